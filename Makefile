@@ -1,0 +1,38 @@
+# The two commands a new user needs: `make demo` and `make test`. Both build .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.muxrec-installed
+
+# Tests and the demo read MovieLens from ../shared/data when it is there (CI lays it out so);
+# otherwise muxrec looks in the user cache dir and, for the demo, downloads it.
+ifneq ($(wildcard ../shared/data),)
+export MUXREC_DATA_DIR ?= $(abspath ../shared/data)
+endif
+
+.PHONY: venv demo test test-unit bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt scripts/bootstrap-venv.sh
+	PYTHON=$(PYTHON) bash scripts/bootstrap-venv.sh $(VENV)
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/muxrec demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+bench: $(STAMP)
+	$(BIN)/muxrec bench ctr --dataset ml-100k --model deepfm --seed 2026 --json
+
+lint: $(STAMP)
+	$(BIN)/lint-imports
+
+clean:
+	rm -rf runs artifacts .pytest_cache
