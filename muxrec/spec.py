@@ -1,0 +1,420 @@
+"""The declarative feature spec: one YAML file per dataset.
+
+The same `FeatureSpec` object drives
+  * preprocessing (`muxrec.encoding`): which source column feeds which feature, vocabularies,
+    hashing, normalisation, labels and the train / valid / test split;
+  * model inputs (`FeatureSpec.tables` -> TorchRec `EmbeddingBagConfig`s, `KeyedJaggedTensor` keys);
+  * request validation in the serving gateway (`FeatureSpec.request_columns`).
+
+A new dataset needs a new YAML file, no code. Example (configs/ml-100k.yaml is the full one):
+
+    name: ml-100k
+    source: {loader: movielens-100k}
+    keys: {user: user_id, item: item_id}
+    labels: [{name: click, source: rating, threshold: 4}]
+    split: {hash: {user_id: 1000003, item_id: 1}, buckets: 10, test: [0], valid: [1]}
+    features:
+      - {name: user_id, kind: categorical}
+      - {name: release_year, kind: categorical, source: release_date, slice: [-4, null], fill: unknown}
+      - {name: genres, kind: multi_categorical, max_len: 6, pooling: mean}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from muxrec.errors import SpecError
+
+_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class FeatureKind(StrEnum):
+    CATEGORICAL = "categorical"  # one id per row
+    MULTI_CATEGORICAL = "multi_categorical"  # a bag of ids per row, pooled
+    NUMERIC = "numeric"  # one float per row, normalised
+    SEQUENCE = "sequence"  # an ordered list of ids per row, not pooled (behaviour history)
+    TEXT = "text"  # free text, tokenised into hashed word ids and pooled
+
+
+# Kinds whose values are looked up in an embedding table.
+ID_KINDS = frozenset(
+    {FeatureKind.CATEGORICAL, FeatureKind.MULTI_CATEGORICAL, FeatureKind.SEQUENCE, FeatureKind.TEXT}
+)
+# Kinds that carry a variable-length list of ids per row.
+LIST_KINDS = frozenset({FeatureKind.MULTI_CATEGORICAL, FeatureKind.SEQUENCE, FeatureKind.TEXT})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSpec(_Strict):
+    """Where raw rows come from: a built-in loader, or Parquet / CSV files."""
+
+    loader: Literal["movielens-100k", "synthetic", "parquet", "csv"]
+    path: str | None = None  # parquet / csv: a file or a directory of files
+    options: dict[str, Any] = Field(default_factory=dict)  # loader-specific, e.g. synthetic rows
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> SourceSpec:
+        if self.loader in ("parquet", "csv") and not self.path:
+            raise ValueError(f"loader {self.loader!r} needs a `path`")
+        return self
+
+
+class LabelSpec(_Strict):
+    """A binary label: `source >= threshold`, or the source column itself when it is already 0/1."""
+
+    name: str = Field(pattern=_NAME)
+    source: str
+    threshold: float | None = None
+
+
+class SplitSpec(_Strict):
+    """Deterministic hash split: h = (sum of column * multiplier) % buckets."""
+
+    hash: dict[str, int]
+    buckets: int = Field(gt=1)
+    test: list[int]
+    valid: list[int]
+
+    @model_validator(mode="after")
+    def _buckets_in_range(self) -> SplitSpec:
+        for part in ("test", "valid"):
+            bad = [b for b in getattr(self, part) if not 0 <= b < self.buckets]
+            if bad:
+                raise ValueError(f"{part} buckets {bad} are outside 0..{self.buckets - 1}")
+        if set(self.test) & set(self.valid):
+            raise ValueError("a bucket cannot be in both test and valid")
+        if not self.hash:
+            raise ValueError("hash needs at least one column")
+        return self
+
+
+class TableSpec(_Strict):
+    """An embedding table that several features may share (their vocabulary is fitted jointly)."""
+
+    min_count: int = Field(default=1, ge=1)
+    hash_buckets: int | None = Field(default=None, gt=0)
+    embedding_dim: int | None = Field(default=None, gt=0)
+
+
+class HistorySpec(_Strict):
+    """How a `sequence` feature is derived: the items a user interacted with before this row."""
+
+    user: str  # source column holding the user id
+    item: str  # source column holding the item id put in the history
+    time: str  # source column ordering the interactions
+    label: str | None = None  # keep only interactions whose label is positive
+    splits: list[Literal["train", "valid", "test"]] = Field(default_factory=lambda: ["train"])
+
+
+class Feature(_Strict):
+    """One model input. Table / vocabulary settings may be inline (own table) or in `tables`."""
+
+    name: str = Field(pattern=_NAME)
+    kind: FeatureKind
+    source: str | None = None  # raw column; defaults to `name`
+    fill: str | float | None = None  # value used where the source is missing or empty
+    # categorical kinds
+    table: str | None = None  # share the named table (declared under `tables`)
+    min_count: int | None = Field(default=None, ge=1)
+    hash_buckets: int | None = Field(default=None, gt=0)
+    embedding_dim: int | None = Field(default=None, gt=0)
+    slice: tuple[int | None, int | None] | None = None  # python-style substring of the source
+    # list kinds
+    max_len: int | None = Field(default=None, gt=0)
+    pooling: Literal["sum", "mean"] | None = None
+    separator: str | None = None  # split a delimited string source into a list
+    history: HistorySpec | None = None  # sequence kind: derive the list from past interactions
+    # numeric
+    normalize: Literal["standard", "minmax", "none"] = "standard"
+
+    @property
+    def column(self) -> str:
+        return self.source or self.name
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> Feature:
+        kind = self.kind
+        if kind == FeatureKind.NUMERIC:
+            for attr in ("table", "min_count", "hash_buckets", "embedding_dim", "max_len", "pooling",
+                         "separator", "slice", "history"):
+                if getattr(self, attr) is not None:
+                    raise ValueError(f"`{attr}` does not apply to a numeric feature")
+            if self.fill is not None and not isinstance(self.fill, (int, float)):
+                raise ValueError("fill of a numeric feature must be a number")
+        else:
+            if self.normalize != "standard":
+                raise ValueError("`normalize` applies to numeric features only")
+        if kind in LIST_KINDS and self.max_len is None:
+            raise ValueError(f"a {kind.value} feature needs `max_len`")
+        if kind not in LIST_KINDS and self.max_len is not None:
+            raise ValueError(f"`max_len` does not apply to a {kind.value} feature")
+        if kind == FeatureKind.SEQUENCE and self.pooling is not None:
+            raise ValueError("a sequence feature is not pooled; drop `pooling`")
+        if kind == FeatureKind.CATEGORICAL and self.pooling is not None:
+            raise ValueError("`pooling` applies to multi_categorical and text features")
+        if self.history is not None and kind != FeatureKind.SEQUENCE:
+            raise ValueError("`history` applies to sequence features only")
+        if kind == FeatureKind.TEXT and self.hash_buckets is None and self.table is None:
+            raise ValueError("a text feature needs `hash_buckets` (its words are hashed)")
+        if self.table is not None:
+            inline = [a for a in ("min_count", "hash_buckets", "embedding_dim") if getattr(self, a) is not None]
+            if inline:
+                raise ValueError(f"feature uses shared table {self.table!r}: set {inline} on the table, not the feature")
+        return self
+
+    @property
+    def table_name(self) -> str | None:
+        if self.kind == FeatureKind.NUMERIC:
+            return None
+        return self.table or self.name
+
+    @property
+    def effective_pooling(self) -> Literal["sum", "mean"] | None:
+        if self.kind in (FeatureKind.NUMERIC, FeatureKind.SEQUENCE):
+            return None
+        if self.kind == FeatureKind.CATEGORICAL:
+            return "sum"
+        return self.pooling or "mean"
+
+
+@dataclass(frozen=True)
+class Table:
+    """An embedding table after joining the spec's `tables` with inline feature settings."""
+
+    name: str
+    features: tuple[str, ...]
+    min_count: int
+    hash_buckets: int | None
+    embedding_dim: int | None  # None: the model's default dim
+
+
+@dataclass(frozen=True)
+class RequestColumn:
+    """A raw column a request (or a batch-scoring input) must carry."""
+
+    name: str
+    type: Literal["string", "number", "string_list", "integer"]
+    required: bool  # False where the spec declares a fill value
+
+
+class FeatureSpec(_Strict):
+    name: str
+    description: str = ""
+    source: SourceSpec
+    keys: dict[Literal["user", "item"], str] = Field(default_factory=dict)
+    labels: list[LabelSpec] = Field(min_length=1)
+    split: SplitSpec
+    tables: dict[str, TableSpec] = Field(default_factory=dict)
+    features: list[Feature] = Field(min_length=1)
+
+    @field_validator("features")
+    @classmethod
+    def _unique_names(cls, features: list[Feature]) -> list[Feature]:
+        seen: set[str] = set()
+        for f in features:
+            if f.name in seen:
+                raise ValueError(f"feature {f.name!r} is declared twice")
+            seen.add(f.name)
+        return features
+
+    @model_validator(mode="after")
+    def _tables_and_labels(self) -> FeatureSpec:
+        names = {f.name for f in self.features}
+        for label in self.labels:
+            if label.name in names:
+                raise ValueError(f"label {label.name!r} has the name of a feature")
+        for f in self.features:
+            if f.table is not None and f.table not in self.tables:
+                raise ValueError(
+                    f"feature {f.name!r} names table {f.table!r}, which is not declared under `tables` "
+                    f"(declared: {sorted(self.tables) or 'none'})"
+                )
+            if f.table is None and f.table_name in self.tables:
+                raise ValueError(f"feature {f.name!r} has the name of a shared table; rename one of them")
+        used = {f.table for f in self.features if f.table}
+        unused = sorted(set(self.tables) - used)
+        if unused:
+            raise ValueError(f"tables {unused} are declared but no feature uses them")
+        for table in self.tables_list():
+            kinds = {self.feature(n).kind for n in table.features}
+            if FeatureKind.TEXT in kinds and table.hash_buckets is None:
+                raise ValueError(f"table {table.name!r} holds text features and needs `hash_buckets`")
+        return self
+
+    # ---- derived views ---------------------------------------------------------------------
+
+    def feature(self, name: str) -> Feature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(f"no feature {name!r}; known: {[f.name for f in self.features]}")
+
+    def of_kind(self, *kinds: FeatureKind) -> list[Feature]:
+        return [f for f in self.features if f.kind in kinds]
+
+    @property
+    def label_names(self) -> list[str]:
+        return [label.name for label in self.labels]
+
+    def tables_list(self) -> list[Table]:
+        """Embedding tables in first-use order, each with the features that read it."""
+        order: dict[str, list[str]] = {}
+        for f in self.features:
+            if f.table_name is not None:
+                order.setdefault(f.table_name, []).append(f.name)
+        tables = []
+        for name, feats in order.items():
+            shared = self.tables.get(name)
+            if shared is not None:
+                tables.append(Table(name, tuple(feats), shared.min_count, shared.hash_buckets, shared.embedding_dim))
+            else:
+                f = self.feature(feats[0])
+                tables.append(Table(name, (f.name,), f.min_count or 1, f.hash_buckets, f.embedding_dim))
+        return tables
+
+    def table(self, name: str) -> Table:
+        for t in self.tables_list():
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def request_columns(self) -> list[RequestColumn]:
+        """The raw columns one row must carry to be scored (what the HTTP API validates)."""
+        cols: dict[str, RequestColumn] = {}
+        for f in self.features:
+            if f.kind == FeatureKind.SEQUENCE and f.history is not None:
+                # A derived history arrives as a list of item ids under the feature's own name.
+                cols[f.name] = RequestColumn(f.name, "string_list", required=False)
+                continue
+            if f.kind == FeatureKind.NUMERIC:
+                typ = "number"
+            elif f.kind in (FeatureKind.MULTI_CATEGORICAL, FeatureKind.SEQUENCE) and f.separator is None:
+                typ = "string_list"
+            else:
+                typ = "string"
+            cols.setdefault(f.column, RequestColumn(f.column, typ, required=f.fill is None))
+        return list(cols.values())
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical spec: prepared data and models record it to detect a mismatch."""
+        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
+@dataclass(frozen=True)
+class TableInput:
+    """An embedding table as a model builds it: rows known once the vocabulary is fitted."""
+
+    name: str
+    num_embeddings: int
+    embedding_dim: int | None
+    feature_names: tuple[str, ...]  # pooled features reading this table
+    sequence_names: tuple[str, ...]  # sequence features reading this table (one vector per position)
+    pooling: Literal["sum", "mean"]
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What a model sees, derived from a FeatureSpec plus the fitted table sizes.
+
+    fields:     the F axis of (B, F, D): pooled id features and numeric features, in spec order
+    pooled:     id features fed to the EmbeddingBagCollection (KeyedJaggedTensor keys, in order)
+    numeric:    numeric features, the columns of the dense (B, N) tensor
+    sequences:  sequence features, (B, L) padded ids looked up position by position
+    tasks:      label names; a model predicts the first `num_tasks` of them
+    """
+
+    fields: tuple[str, ...]
+    pooled: tuple[str, ...]
+    numeric: tuple[str, ...]
+    sequences: tuple[str, ...]
+    max_len: dict[str, int]
+    table_of: dict[str, str]
+    tables: tuple[TableInput, ...]
+    tasks: tuple[str, ...]
+
+    @classmethod
+    def from_spec(cls, spec: FeatureSpec, num_embeddings: dict[str, int]) -> ModelInputs:
+        tables = []
+        for t in spec.tables_list():
+            if t.name not in num_embeddings:
+                raise SpecError(f"no fitted size for table {t.name!r}; re-run prepare for this spec")
+            feats = [spec.feature(n) for n in t.features]
+            pooled = tuple(f.name for f in feats if f.kind != FeatureKind.SEQUENCE)
+            poolings = {f.effective_pooling for f in feats if f.kind != FeatureKind.CATEGORICAL and f.effective_pooling}
+            if len(poolings) > 1:
+                raise SpecError(f"table {t.name!r}: its features ask for different pooling {sorted(poolings)}")
+            tables.append(TableInput(t.name, num_embeddings[t.name], t.embedding_dim, pooled,
+                                     tuple(f.name for f in feats if f.kind == FeatureKind.SEQUENCE),
+                                     poolings.pop() if poolings else "sum"))
+        fields = tuple(f.name for f in spec.features if f.kind != FeatureKind.SEQUENCE)
+        return cls(
+            fields=fields,
+            pooled=tuple(f.name for f in spec.of_kind(FeatureKind.CATEGORICAL, FeatureKind.MULTI_CATEGORICAL,
+                                                      FeatureKind.TEXT)),
+            numeric=tuple(f.name for f in spec.of_kind(FeatureKind.NUMERIC)),
+            sequences=tuple(f.name for f in spec.of_kind(FeatureKind.SEQUENCE)),
+            max_len={f.name: f.max_len for f in spec.features if f.max_len is not None},
+            table_of={f.name: f.table_name for f in spec.features if f.table_name is not None},
+            tables=tuple(tables),
+            tasks=tuple(spec.label_names),
+        )
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.fields)
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def parse_spec(data: Any, origin: str = "<spec>") -> FeatureSpec:
+    """Validate a loaded mapping into a FeatureSpec; raise SpecError naming each bad field."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: a feature spec must be a mapping, got {type(data).__name__}")
+    try:
+        return FeatureSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(f"{origin}: {_format_validation_error(err)}") from None
+
+
+def load_spec(path: str | Path) -> FeatureSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"feature spec {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"{path}: malformed YAML{where}: {getattr(err, 'problem', err)}") from None
+    return parse_spec(data, origin=str(path))
+
+
+def spec_from_yaml(text: str, origin: str = "<spec>") -> FeatureSpec:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SpecError(f"{origin}: malformed YAML: {err}") from None
+    return parse_spec(data, origin=origin)
+
