@@ -1,0 +1,115 @@
+"""The model input contract: a `Batch` of tensors keyed by feature name.
+
+`EncodedRows` holds encoded rows (from Arrow) as padded tensors and cuts them into batches; the
+trainer, the evaluator, batch scoring and the serving Ranker all build batches through it, so a row
+is turned into tensors in exactly one way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch import Tensor
+from torchrec import KeyedJaggedTensor
+
+from muxrec.spec import ModelInputs
+
+
+@dataclass
+class Batch:
+    """One batch of model inputs.
+
+    sparse:     pooled id features, keys = ModelInputs.pooled (one bag per row and key)
+    dense:      (B, N) normalised numeric features, N = len(ModelInputs.numeric)
+    sequences:  name -> (B, L) ids padded with 0, and (B,) lengths
+    labels:     (B, T) float 0/1, or None at inference
+    """
+
+    sparse: KeyedJaggedTensor
+    dense: Tensor
+    sequences: dict[str, tuple[Tensor, Tensor]]
+    labels: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.dense.shape[0]
+
+
+def _padded(column: pa.ChunkedArray | pa.Array, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """A list<int64> column -> (N, max_len) ids padded with 0, and (N,) lengths."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    lengths = np.minimum(lengths, max_len)
+    values = pc.list_flatten(pc.list_slice(column, 0, max_len)).to_numpy(zero_copy_only=False)
+    ids = np.zeros((len(column), max_len), dtype=np.int64)
+    rows = np.repeat(np.arange(len(column)), lengths)
+    cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    ids[rows, cols] = values
+    return ids, lengths
+
+
+class EncodedRows:
+    """Encoded rows held as tensors; `take(rows)` builds a Batch, `batches()` iterates them."""
+
+    def __init__(self, table: pa.Table, inputs: ModelInputs, with_labels: bool = True):
+        missing = [c for c in (*inputs.pooled, *inputs.numeric, *inputs.sequences) if c not in table.column_names]
+        if missing:
+            raise ValueError(f"encoded rows lack feature column(s) {missing}")
+        self.inputs = inputs
+        self.num_rows = table.num_rows
+        # Every pooled feature as (N, L) padded ids + (N,) lengths; L = 1 for single-valued ones.
+        self._pooled: list[tuple[Tensor, Tensor]] = []
+        for name in inputs.pooled:
+            col = table.column(name)
+            if pa.types.is_list(col.type):
+                ids, lengths = _padded(col, inputs.max_len[name])
+            else:
+                ids = col.to_numpy().astype(np.int64).reshape(-1, 1)
+                lengths = np.ones(len(ids), dtype=np.int64)
+            self._pooled.append((torch.from_numpy(ids), torch.from_numpy(lengths)))
+        self._sequences = {}
+        for name in inputs.sequences:
+            ids, lengths = _padded(table.column(name), inputs.max_len[name])
+            self._sequences[name] = (torch.from_numpy(ids), torch.from_numpy(lengths))
+        dense = [table.column(n).to_numpy().astype(np.float32) for n in inputs.numeric]
+        self._dense = torch.from_numpy(np.stack(dense, axis=1) if dense else np.zeros((self.num_rows, 0), np.float32))
+        self._labels = None
+        if with_labels:
+            absent = [t for t in inputs.tasks if t not in table.column_names]
+            if absent:
+                raise ValueError(f"encoded rows lack label column(s) {absent}")
+            labels = [table.column(t).to_numpy().astype(np.float32) for t in inputs.tasks]
+            self._labels = torch.from_numpy(np.stack(labels, axis=1))  # (N, T)
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    @property
+    def labels(self) -> Tensor | None:
+        return self._labels
+
+    def take(self, rows: Tensor) -> Batch:
+        values, lengths = [], []
+        for ids, lens in self._pooled:
+            ids, lens = ids[rows], lens[rows]  # (B, L), (B,)
+            mask = torch.arange(ids.shape[1]) < lens[:, None]  # (B, L)
+            values.append(ids[mask])
+            lengths.append(lens)
+        sparse = KeyedJaggedTensor(
+            keys=list(self.inputs.pooled),
+            values=torch.cat(values) if values else torch.zeros(0, dtype=torch.int64),
+            lengths=torch.cat(lengths) if lengths else torch.zeros(0, dtype=torch.int64),
+        )
+        sequences = {n: (ids[rows], lens[rows]) for n, (ids, lens) in self._sequences.items()}
+        labels = self._labels[rows] if self._labels is not None else None
+        return Batch(sparse, self._dense[rows], sequences, labels)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Consecutive batches; shuffled when a generator is given."""
+        order = torch.randperm(self.num_rows, generator=generator) if generator is not None else torch.arange(self.num_rows)
+        for start in range(0, self.num_rows, batch_size):
+            yield self.take(order[start:start + batch_size])

@@ -1,0 +1,59 @@
+"""DeepFM.
+
+"DeepFM: A Factorization-Machine based Neural Network for CTR Prediction", Guo, Tang, Ye, Li, He,
+IJCAI 2017. https://arxiv.org/abs/1703.04247
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor, nn
+
+from muxrec.models.batch import Batch
+from muxrec.models.layers.embedding import FeatureEmbedding
+from muxrec.models.layers.interaction import FactorizationMachine, FirstOrder
+from muxrec.models.layers.mlp import MLP
+from muxrec.models.registry import register
+from muxrec.spec import ModelInputs
+
+
+@dataclass(frozen=True)
+class DeepFMConfig:
+    embedding_dim: int = 16
+    hidden_units: tuple[int, ...] = (400, 400, 400)
+    dropout: float = 0.2
+    batch_norm: bool = False
+    activation: Literal["relu", "gelu", "silu", "tanh", "prelu"] = "relu"
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
+        if any(h < 1 for h in self.hidden_units):
+            raise ValueError(f"hidden_units must be positive, got {list(self.hidden_units)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@register("deepfm", DeepFMConfig)
+class DeepFM(nn.Module):
+    """First-order weights + FM pairwise term + a DNN, all reading one shared embedding.
+
+    Args:
+        cfg: hyper-parameters.
+        inputs: the model-input view of the feature spec.
+        embedding: the shared (B, F, D) field embedding.
+    """
+
+    def __init__(self, cfg: DeepFMConfig, inputs: ModelInputs, embedding: FeatureEmbedding):
+        super().__init__()
+        self.embedding = embedding
+        self.linear = FirstOrder(inputs)
+        self.fm = FactorizationMachine()
+        self.dnn = MLP(inputs.num_fields * cfg.embedding_dim, cfg.hidden_units, out_dim=1,
+                       dropout=cfg.dropout, batch_norm=cfg.batch_norm, activation=cfg.activation)
+
+    def forward(self, batch: Batch) -> Tensor:
+        fields = self.embedding(batch)  # (B, F, D)
+        return self.linear(batch) + self.fm(fields) + self.dnn(fields.flatten(1))  # (B, 1)

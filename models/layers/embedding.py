@@ -1,0 +1,83 @@
+"""Field embeddings on TorchRec: one EmbeddingBagCollection for every id feature of the spec."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
+
+from muxrec.models.batch import Batch
+from muxrec.spec import ModelInputs
+
+_POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+
+
+class FeatureEmbedding(nn.Module):
+    """Embeds every field of a row into a (B, F, D) tensor.
+
+    Id features (categorical, multi-valued, text) are looked up in a TorchRec
+    `EmbeddingBagCollection`; several features may read one table (the spec's `table:`), which is
+    how per-feature vs shared tables becomes a config change. Multi-valued bags are pooled.
+    Each numeric feature scales a learned D-vector (x * v), so it is a field like the others.
+    Sequence features read their table row by row through `sequence()`, sharing its weights.
+
+    Args:
+        inputs: the model-input view of the feature spec.
+        dim: D, the embedding size of every table.
+        init_std: std of the normal initialisation (small: interactions start near zero).
+
+    Example::
+
+        >>> emb = FeatureEmbedding(inputs, dim=16)
+        >>> emb(batch).shape      # (B, F, D)
+        torch.Size([256, 8, 16])
+    """
+
+    def __init__(self, inputs: ModelInputs, dim: int, init_std: float = 1e-4):
+        super().__init__()
+        self.inputs = inputs
+        self.dim = dim
+        pooled_tables = [t for t in inputs.tables if t.feature_names]
+        self.bags = EmbeddingBagCollection(
+            tables=[
+                EmbeddingBagConfig(name=t.name, embedding_dim=dim, num_embeddings=t.num_embeddings,
+                                   feature_names=list(t.feature_names), pooling=_POOLING[t.pooling])
+                for t in pooled_tables
+            ],
+            device=torch.device("cpu"),
+        )
+        # Tables read only by sequence features have no bag to live in.
+        self.sequence_only = nn.ModuleDict({
+            t.name: nn.Embedding(t.num_embeddings, dim) for t in inputs.tables if not t.feature_names
+        })
+        self.numeric = nn.Parameter(torch.empty(len(inputs.numeric), dim))  # (N, D)
+        self._field_index = {name: i for i, name in enumerate(inputs.fields)}
+        for weight in self.table_weights().values():
+            nn.init.normal_(weight, std=init_std)
+        nn.init.normal_(self.numeric, std=init_std)
+
+    @property
+    def num_fields(self) -> int:
+        return self.inputs.num_fields
+
+    def table_weights(self) -> dict[str, nn.Parameter]:
+        """Table name -> its (rows, D) weight: what the Embedder service serves."""
+        weights = {name: bag.weight for name, bag in self.bags.embedding_bags.items()}
+        weights.update({name: emb.weight for name, emb in self.sequence_only.items()})
+        return weights
+
+    def forward(self, batch: Batch) -> Tensor:
+        columns: dict[str, Tensor] = {}
+        if self.inputs.pooled:
+            columns.update(self.bags(batch.sparse).to_dict())  # name -> (B, D)
+        if self.inputs.numeric:
+            scaled = batch.dense[:, :, None] * self.numeric[None]  # (B, N, D)
+            columns.update({name: scaled[:, i] for i, name in enumerate(self.inputs.numeric)})
+        return torch.stack([columns[name] for name in self.inputs.fields], dim=1)  # (B, F, D)
+
+    def sequence(self, batch: Batch, name: str) -> tuple[Tensor, Tensor]:
+        """A sequence feature's per-position embeddings (B, L, D) and mask (B, L)."""
+        ids, lengths = batch.sequences[name]  # (B, L), (B,)
+        weight = self.table_weights()[self.inputs.table_of[name]]
+        mask = torch.arange(ids.shape[1], device=ids.device) < lengths[:, None]  # (B, L)
+        return nn.functional.embedding(ids, weight), mask  # (B, L, D), (B, L)

@@ -1,0 +1,73 @@
+"""Model registry: a name -> (config class, model class), filled by @register in each model file.
+
+    >>> cfg = make_config("deepfm", {"embedding_dim": 16})
+    >>> model = build_model("deepfm", cfg, inputs)     # inputs: ModelInputs from the spec
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from torch import nn
+
+from muxrec.config import from_dict
+from muxrec.errors import ConfigError
+from muxrec.models.layers.embedding import FeatureEmbedding
+from muxrec.spec import ModelInputs
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    config_cls: type
+    model_cls: type[nn.Module]
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register(name: str, config_cls: type) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make `model_cls` buildable by `name` with a `config_cls` config.
+
+    Every config class has an `embedding_dim`: the registry builds the shared FeatureEmbedding with
+    it and hands it to the model, so ranking and embedding services read the same tables.
+    """
+
+    def decorate(model_cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        if "embedding_dim" not in getattr(config_cls, "__dataclass_fields__", {}):
+            raise TypeError(f"{config_cls.__name__} must be a dataclass with an embedding_dim field")
+        _MODELS[name] = ModelEntry(name, config_cls, model_cls)
+        return model_cls
+
+    return decorate
+
+
+def known_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def entry(name: str) -> ModelEntry:
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(known_models())}")
+    return _MODELS[name]
+
+
+def make_config(name: str, data: Mapping[str, Any] | None = None) -> Any:
+    """A model's typed config from a mapping (YAML / JSON), strictly validated."""
+    return from_dict(entry(name).config_cls, data, origin=f"{name} config")
+
+
+def build_model(name: str, cfg: Any, inputs: ModelInputs) -> nn.Module:
+    """Build model `name` for these inputs; cfg is its config object or a mapping."""
+    e = entry(name)
+    if not isinstance(cfg, e.config_cls):
+        cfg = make_config(name, cfg)
+    for table in inputs.tables:
+        if table.embedding_dim is not None and table.embedding_dim != cfg.embedding_dim:
+            raise ConfigError(f"table {table.name!r} declares embedding_dim {table.embedding_dim} but model "
+                              f"{name!r} embeds every field with embedding_dim {cfg.embedding_dim}")
+    embedding = FeatureEmbedding(inputs, cfg.embedding_dim)
+    return e.model_cls(cfg, inputs, embedding)

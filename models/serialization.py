@@ -1,0 +1,97 @@
+"""Model versions <-> files: safetensors weights plus JSON / YAML, never pickle.
+
+`model_files` is what the training pipeline publishes to the ArtifactRegistry; `load_model` rebuilds
+the model from a hash-verified ModelVersion. Ranking, embedding and batch-scoring all load through
+here, so they run the same weights with the same vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from muxrec.artifacts import ModelVersion
+from muxrec.config import to_dict
+from muxrec.encoding import Vocabulary, derive, encode
+from muxrec.errors import ArtifactError
+from muxrec.models.batch import EncodedRows
+from muxrec.models.registry import build_model, make_config
+from muxrec.spec import FeatureSpec, ModelInputs, spec_from_yaml
+
+WEIGHTS = "weights.safetensors"
+SPEC = "spec.yaml"
+VOCABULARY = "vocabulary.json"
+MODEL = "model.json"
+
+
+def state_bytes(model: nn.Module) -> bytes:
+    return save_safetensors({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+
+
+def load_state(model: nn.Module, data: bytes) -> None:
+    state = load_safetensors(data)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ArtifactError(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def model_files(model: nn.Module, name: str, cfg: Any, spec: FeatureSpec, vocab: Vocabulary) -> dict[str, bytes | str]:
+    return {
+        WEIGHTS: state_bytes(model),
+        SPEC: spec.to_yaml(),
+        VOCABULARY: vocab.to_json(),
+        MODEL: json.dumps({"name": name, "config": to_dict(cfg)}, indent=1),
+    }
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with everything needed to encode raw rows for it."""
+
+    model: nn.Module
+    name: str
+    config: Any
+    spec: FeatureSpec
+    vocab: Vocabulary
+    inputs: ModelInputs
+    version: ModelVersion
+
+    def encode(self, raw: pa.Table, labels: bool = False) -> pa.Table:
+        """Raw source columns -> encoded columns, with this model's vocabulary."""
+        return encode(derive(raw, self.spec, labels=labels, split=False), self.spec, self.vocab)
+
+    def predict(self, rows: EncodedRows, batch_size: int = 8192) -> np.ndarray:
+        return predict_proba(self.model, rows, batch_size)
+
+    def predict_raw(self, raw: pa.Table, batch_size: int = 8192) -> np.ndarray:
+        """(N, T) probabilities for raw rows."""
+        return self.predict(EncodedRows(self.encode(raw), self.inputs, with_labels=False), batch_size)
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, rows: EncodedRows, batch_size: int = 8192) -> np.ndarray:
+    """(N, T) probabilities, in row order."""
+    model.eval()
+    out = [torch.sigmoid(model(batch)) for batch in rows.batches(batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
+
+
+def load_model(version: ModelVersion) -> LoadedModel:
+    """Rebuild a model from a verified version; nothing is unpickled."""
+    spec = spec_from_yaml(version.read_text(SPEC), origin=f"{version.ref}/{SPEC}")
+    vocab = Vocabulary.from_json(version.read_text(VOCABULARY))
+    meta = version.read_json(MODEL)
+    cfg = make_config(meta["name"], meta["config"])
+    inputs = ModelInputs.from_spec(spec, vocab.num_embeddings())
+    model = build_model(meta["name"], cfg, inputs)
+    load_state(model, version.file(WEIGHTS).read_bytes())
+    model.eval()
+    return LoadedModel(model, meta["name"], cfg, spec, vocab, inputs, version)
