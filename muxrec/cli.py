@@ -1,0 +1,223 @@
+"""The `muxrec` command. The composition root: it alone reaches into every layer (lazily, so that
+`muxrec --help` stays fast and the core stays importable without torch or Ray).
+
+Every error a user can cause ends as one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from muxrec.errors import MuxrecError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+def _default(env: str, fallback: str) -> Path:
+    return Path(os.environ.get(env) or fallback)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, sort_keys=False, default=str), flush=True)
+
+
+# ---- commands -------------------------------------------------------------------------------
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from muxrec.data import download
+
+    path = download(args.dataset, args.dest, url=args.url, checksum=args.checksum)
+    print(f"{args.dataset} is in {path}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from muxrec.pipelines.prepare import prepare
+    from muxrec.spec import load_spec
+
+    prepared = prepare(load_spec(args.spec), args.out)
+    print(json.dumps({"prepared": str(prepared.root), **prepared.stats}, indent=1))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from muxrec.artifacts import ArtifactRegistry
+    from muxrec.config import TrainConfig, load_model_file
+    from muxrec.models import make_config
+    from muxrec.pipelines.prepare import prepare_cached
+    from muxrec.pipelines.train import TrainJob, train, with_overrides
+    from muxrec.spec import load_spec
+
+    # Validate everything the user typed before any work starts.
+    spec = load_spec(args.spec)
+    config = args.config or CONFIG_DIR / "models" / f"{args.model}.yaml"
+    model_cfg, train_cfg = load_model_file(config) if args.config or config.is_file() else ({}, TrainConfig())
+    make_config(args.model, model_cfg)
+    train_cfg = with_overrides(train_cfg, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                               seed=args.seed, num_workers=args.num_workers, patience=args.patience)
+    prepared = prepare_cached(spec, args.runs / "prepared")
+    job = TrainJob(str(prepared.root), args.model, model_cfg, train_cfg)
+    name = args.name or f"{spec.name}-{args.model}"
+    result = train(job, ArtifactRegistry(args.registry), name, args.runs / "ray", fresh=args.fresh)
+    summary = {k: v for k, v in result.metrics.items() if k != "history"}
+    _print_json({"version": result.version.ref, **summary})
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from muxrec.artifacts import ArtifactRegistry
+    from muxrec.pipelines.evaluate import evaluate
+
+    version = ArtifactRegistry(args.registry).open(args.name, args.version)
+    report = evaluate(version, args.split)
+    if args.json:
+        _print_json(report)
+        return 0
+    print(f"{report['model']} on {report['split']} ({report['rows']} rows)")
+    for task, m in report["tasks"].items():
+        cal = m["calibration"]
+        print(f"  {task}: AUC {m['auc']:.4f}  logloss {m['logloss']:.4f}  predicted rate {cal['predicted_rate']:.3f}"
+              f"  observed {cal['observed_rate']:.3f}  ECE {cal['ece']:.4f}")
+        for b in cal["bins"]:
+            print(f"      p in [{b['lo']:.1f}, {b['hi']:.1f}): {b['count']:6d} rows  predicted {b['predicted']:.3f}"
+                  f"  observed {b['observed']:.3f}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from muxrec.artifacts import ArtifactRegistry
+    from muxrec.models import known_models
+
+    registry = ArtifactRegistry(args.registry)
+    out = {"architectures": known_models(),
+           "registry": {n: {"versions": registry.versions(n), "aliases": registry.aliases(n)} for n in registry.names()}}
+    if args.json:
+        _print_json(out)
+    else:
+        print(json.dumps(out, indent=1))
+    return 0
+
+
+def cmd_bench_ctr(args: argparse.Namespace) -> int:
+    from muxrec.artifacts import ArtifactRegistry
+    from muxrec.pipelines.bench import bench_ctr
+
+    row = bench_ctr(args.dataset, args.model, args.seed, CONFIG_DIR, args.runs, ArtifactRegistry(args.registry),
+                    None if args.no_save else args.out)
+    if not args.json:
+        print(f"{row['model']} on {row['dataset']} (seed {row['seed']}): test AUC {row['test_auc']:.4f}, "
+              f"logloss {row['test_logloss']:.4f}, valid AUC {row['valid_auc']:.4f}, {row['epochs']} epochs, "
+              f"{row['train_seconds']:.1f}s")
+    _print_json(row)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from muxrec.pipelines.demo import run_demo
+
+    run_demo(CONFIG_DIR, args.runs, args.registry)
+    return 0
+
+
+# ---- parser ---------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # exit code 2 with the usage line, as argparse does
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="muxrec", description="Train and serve CTR / recommendation models.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def paths(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--registry", type=Path, default=_default("MUXREC_REGISTRY", "artifacts"),
+                        help="model registry folder (env MUXREC_REGISTRY; default ./artifacts)")
+        sp.add_argument("--runs", type=Path, default=_default("MUXREC_RUNS", "runs"),
+                        help="prepared data and Ray Train runs (env MUXREC_RUNS; default ./runs)")
+
+    data = sub.add_parser("data", help="dataset utilities")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    dl = data_sub.add_parser("download", help="download a dataset and verify its checksum")
+    dl.add_argument("dataset", choices=["ml-100k"])
+    dl.add_argument("--dest", type=Path, default=None, help="parent folder (default: the user cache dir)")
+    dl.add_argument("--url", default=None, help="override the download URL (mirrors, tests)")
+    dl.add_argument("--checksum", default=None, help="expected ALGORITHM:HEX of the archive")
+    dl.set_defaults(func=cmd_data_download)
+
+    pr = sub.add_parser("prepare", help="preprocess a dataset with Ray Data into Parquet + vocabularies")
+    pr.add_argument("--spec", type=Path, required=True, help="feature spec YAML, e.g. configs/ml-100k.yaml")
+    pr.add_argument("--out", type=Path, default=_default("MUXREC_RUNS", "runs") / "prepared",
+                    help="output root (default ./runs/prepared)")
+    pr.set_defaults(func=cmd_prepare)
+
+    tr = sub.add_parser("train", help="train a model with Ray Train and publish it to the registry")
+    tr.add_argument("--spec", type=Path, required=True, help="feature spec YAML")
+    tr.add_argument("--model", required=True, help="architecture name (see `muxrec models`)")
+    tr.add_argument("--config", type=Path, default=None,
+                    help="model YAML with `model:` and `train:` sections (default configs/models/<model>.yaml)")
+    tr.add_argument("--name", default=None, help="registry name (default <spec>-<model>)")
+    tr.add_argument("--epochs", type=int, default=None)
+    tr.add_argument("--batch-size", type=int, default=None)
+    tr.add_argument("--lr", type=float, default=None)
+    tr.add_argument("--patience", type=int, default=None)
+    tr.add_argument("--seed", type=int, default=None)
+    tr.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (DDP over gloo when > 1)")
+    tr.add_argument("--fresh", action="store_true", help="start over instead of resuming an unfinished run")
+    paths(tr)
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="AUC, logloss and calibration of a model version on a split")
+    ev.add_argument("--name", required=True, help="registry name")
+    ev.add_argument("--version", default="latest", help="version (v0003) or alias (default latest)")
+    ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    ev.add_argument("--json", action="store_true")
+    paths(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
+    mo = sub.add_parser("models", help="list architectures and registry contents")
+    mo.add_argument("--json", action="store_true")
+    paths(mo)
+    mo.set_defaults(func=cmd_models)
+
+    be = sub.add_parser("bench", help="benchmarks (print one JSON object as the last line)")
+    be_sub = be.add_subparsers(dest="bench_command", required=True, parser_class=_Parser)
+    ctr = be_sub.add_parser("ctr", help="fixed CTR protocol: prepare + train + evaluate")
+    ctr.add_argument("--dataset", required=True, help="a spec under configs/, e.g. ml-100k")
+    ctr.add_argument("--model", required=True)
+    ctr.add_argument("--seed", type=int, default=2026)
+    ctr.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
+    ctr.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
+    ctr.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")
+    paths(ctr)
+    ctr.set_defaults(func=cmd_bench_ctr)
+
+    de = sub.add_parser("demo", help="prepare, train and evaluate DeepFM on ML-100K (or synthetic data)")
+    paths(de)
+    de.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MuxrecError as err:
+        print(f"muxrec: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("muxrec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

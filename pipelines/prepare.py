@@ -1,0 +1,149 @@
+"""Preprocessing on Ray Data: raw rows -> derived features -> vocabularies (train only) -> Parquet.
+
+    prepared/<spec name>/
+        spec.yaml  vocabulary.json  stats.json
+        train/part-00000.parquet ...   valid/...   test/...
+
+The whole folder is built in a staging folder and swapped in at the end, with deterministic file
+names, so a rerun replaces the previous output instead of adding to it, and a failed run leaves the
+previous output intact.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import ray
+from ray.data import SaveMode
+from ray.data.datasource import FilenameProvider
+
+from muxrec.data import load_source
+from muxrec.encoding import SPLIT_COLUMN, SPLITS, Vocabulary, count_values, derive, encode, moments
+from muxrec.errors import DataError, MuxrecError, find_muxrec_error
+from muxrec.pipelines.ray_env import ensure_ray
+from muxrec.spec import FeatureSpec, ModelInputs, load_spec
+
+SPEC_FILE = "spec.yaml"
+VOCAB_FILE = "vocabulary.json"
+STATS_FILE = "stats.json"
+_ROWS_PER_BLOCK = 20_000
+
+
+class _PartNames(FilenameProvider):
+    """part-00000.parquet, part-00001.parquet, ... in task order."""
+
+    def __init__(self) -> None:
+        super().__init__(file_format="parquet")
+
+    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+        return f"part-{task_index:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    root: Path
+    spec: FeatureSpec
+    vocab: Vocabulary
+    stats: dict
+
+    @property
+    def inputs(self) -> ModelInputs:
+        return ModelInputs.from_spec(self.spec, self.vocab.num_embeddings())
+
+    def split_dir(self, split: str) -> Path:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; splits: {list(SPLITS)}")
+        return self.root / split
+
+    def read(self, split: str) -> pa.Table:
+        return pads.dataset(self.split_dir(split), format="parquet").to_table()
+
+    @classmethod
+    def load(cls, root: str | Path) -> PreparedData:
+        root = Path(root).resolve()  # Ray workers run in other folders
+        if not (root / VOCAB_FILE).is_file():
+            raise DataError(f"{root} holds no prepared data; run `muxrec prepare --spec <spec.yaml>` first")
+        spec = load_spec(root / SPEC_FILE)
+        vocab = Vocabulary.load(root / VOCAB_FILE)
+        if vocab.spec_fingerprint != spec.fingerprint():
+            raise DataError(f"{root}: the vocabulary does not match spec.yaml; re-run prepare")
+        return cls(root, spec, vocab, json.loads((root / STATS_FILE).read_text()))
+
+
+def _rows_of(table: pa.Table, split: str) -> pa.Table:
+    return table.filter(pc.equal(table[SPLIT_COLUMN], split)).drop_columns([SPLIT_COLUMN])
+
+
+def _blocks(table: pa.Table) -> list[pa.Table]:
+    return [table.slice(i, _ROWS_PER_BLOCK) for i in range(0, max(table.num_rows, 1), _ROWS_PER_BLOCK)]
+
+
+def prepare(spec: FeatureSpec, out_root: str | Path, raw: pa.Table | None = None) -> PreparedData:
+    """Run preprocessing for `spec` into out_root/<spec.name>/ and return the result."""
+    out_root = Path(out_root)
+    raw = load_source(spec.source) if raw is None else raw
+    ensure_ray()
+    try:
+        derived = ray.data.from_arrow(_blocks(raw)).map_batches(
+            derive, fn_kwargs={"spec": spec}, batch_format="pyarrow", batch_size=None).materialize()
+        train = derived.map_batches(_rows_of, fn_kwargs={"split": "train"}, batch_format="pyarrow", batch_size=None)
+        counts = pa.concat_tables(ray.get(train.map_batches(
+            count_values, fn_kwargs={"spec": spec}, batch_format="pyarrow", batch_size=None).to_arrow_refs()))
+        stats = pa.concat_tables(ray.get(train.map_batches(
+            moments, fn_kwargs={"spec": spec}, batch_format="pyarrow", batch_size=None).to_arrow_refs()))
+        vocab = Vocabulary.fit(spec, counts, stats)
+        encoded = derived.map_batches(encode, fn_kwargs={"spec": spec, "vocab": vocab},
+                                      batch_format="pyarrow", batch_size=None).materialize()
+
+        out_root.mkdir(parents=True, exist_ok=True)
+        staging = out_root / f".{spec.name}.staging-{uuid.uuid4().hex[:8]}"
+        summary = {"spec": spec.name, "spec_fingerprint": spec.fingerprint(), "splits": {}}
+        try:
+            for split in SPLITS:
+                part = encoded.map_batches(_rows_of, fn_kwargs={"split": split}, batch_format="pyarrow",
+                                           batch_size=None)
+                part.write_parquet(str(staging / split), filename_provider=_PartNames(), mode=SaveMode.OVERWRITE)
+                table = pads.dataset(staging / split, format="parquet").to_table(columns=spec.label_names)
+                summary["splits"][split] = {
+                    "rows": table.num_rows,
+                    **{f"{t}_rate": (pc.mean(table[t]).as_py() if table.num_rows else None) for t in spec.label_names},
+                }
+            (staging / SPEC_FILE).write_text(spec.to_yaml())
+            vocab.save(staging / VOCAB_FILE)
+            (staging / STATS_FILE).write_text(json.dumps(summary, indent=1))
+            _swap_in(staging, out_root / spec.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except Exception as err:  # Ray re-raises task errors wrapped; surface ours as they are.
+        ours = find_muxrec_error(err)
+        if ours is not None and ours is not err:
+            raise ours from None
+        raise
+    return PreparedData.load(out_root / spec.name)
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare_cached(spec: FeatureSpec, out_root: str | Path) -> PreparedData:
+    """Reuse out_root/<spec.name> when it was prepared from this exact spec, else prepare."""
+    root = Path(out_root) / spec.name
+    try:
+        prepared = PreparedData.load(root)
+        if prepared.spec.fingerprint() == spec.fingerprint():
+            return prepared
+    except (MuxrecError, OSError):
+        pass
+    return prepare(spec, out_root)

@@ -1,0 +1,31 @@
+"""Starting (or joining) Ray once per process, with settings that suit a laptop or CI box."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import ray
+from ray.data import DataContext
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster named by RAY_ADDRESS, else start a local one; no-op if Ray is running.
+
+    The dashboard stays off (it would listen on a public interface by default), and Ray Data keeps
+    row order so that a rerun over the same input writes the same files.
+    """
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                     dashboard_host="127.0.0.1", log_to_driver=True)
+    ctx = DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    if not sys.stderr.isatty():
+        # Without a terminal Ray Data logs every progress update as a line; keep logs readable.
+        ctx.enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)

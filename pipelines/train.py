@@ -1,0 +1,329 @@
+"""Training on Ray Train: `TorchTrainer` over CPU workers (DDP on gloo when num_workers > 1).
+
+Per epoch each worker trains on its shard of the train split, evaluates the full validation split,
+and rank 0 reports metrics with a checkpoint holding the current weights, the best weights so far,
+the optimizer state and the early-stopping state. Re-running a run that did not finish (killed,
+crashed, or given more epochs) resumes from its latest checkpoint: same run name, same storage.
+A run resumed after epoch k continues exactly as the uninterrupted run would have (1 worker), since
+shuffling and dropout are seeded per epoch.
+
+The driver then loads the best weights, evaluates valid and test, and publishes a model version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+from ray.data import DataContext
+from ray.train.torch import TorchTrainer
+from torch import nn
+
+from muxrec.artifacts import ArtifactRegistry, ModelVersion
+from muxrec.config import TrainConfig, from_dict, to_dict
+from muxrec.errors import ConfigError, MuxrecError, find_muxrec_error
+from muxrec.metrics import binary_metrics
+from muxrec.models import EncodedRows, build_model, make_config
+from muxrec.models.serialization import load_state, model_files, predict_proba, state_bytes
+from muxrec.pipelines.prepare import PreparedData
+from muxrec.pipelines.ray_env import ensure_ray
+from muxrec.spec import ModelInputs
+
+DONE_MARKER = "muxrec-done.json"
+_STATE = "state.json"
+_CURRENT = "model.safetensors"
+_BEST = "best.safetensors"
+_OPTIMIZER = "optimizer.pt"
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything one training run needs; crosses into Ray workers as a plain dict."""
+
+    prepared: str  # folder written by `prepare`
+    model: str  # registry name, e.g. "deepfm"
+    model_config: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = TrainConfig()
+    # How to run, not what to learn: never part of the fingerprint.
+    threads: int = 1  # torch threads per worker
+    progress_bars: bool = False  # draw per-batch bars (the driver has a terminal)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prepared": self.prepared, "model": self.model, "model_config": self.model_config,
+                "train": to_dict(self.train), "threads": self.threads, "progress_bars": self.progress_bars}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainJob:
+        return cls(data["prepared"], data["model"], dict(data["model_config"]),
+                   from_dict(TrainConfig, data["train"], "train"), int(data["threads"]), bool(data["progress_bars"]))
+
+    def fingerprint(self, spec_fingerprint: str) -> str:
+        """What must not change between a run and its resumption (epochs and workers may)."""
+        train = {k: v for k, v in to_dict(self.train).items() if k not in ("epochs", "num_workers", "patience")}
+        canon = json.dumps([spec_fingerprint, self.model, to_dict(make_config(self.model, self.model_config)), train],
+                           sort_keys=True)
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    version: ModelVersion
+    metrics: dict[str, Any]
+    run_dir: Path
+
+
+# ---- worker side ----------------------------------------------------------------------------
+
+
+def _shard_rows(name: str, inputs: ModelInputs) -> EncodedRows:
+    """Pull this worker's shard of a Ray dataset into memory, once."""
+    shard = ray.train.get_dataset_shard(name)
+    tables = list(shard.iter_batches(batch_format="pyarrow", batch_size=None))
+    return EncodedRows(pa.concat_tables(tables) if tables else pa.table({}), inputs)
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Embedding tables get embedding_l2, everything else weight_decay."""
+    tables = {id(p) for m in model.modules() if isinstance(m, (nn.EmbeddingBag, nn.Embedding)) for p in m.parameters()}
+    embedding = [p for p in model.parameters() if id(p) in tables]
+    other = [p for p in model.parameters() if id(p) not in tables]
+    return [{"params": embedding, "weight_decay": cfg.embedding_l2}, {"params": other, "weight_decay": cfg.weight_decay}]
+
+
+def evaluate_rows(model: nn.Module, rows: EncodedRows, tasks: tuple[str, ...], batch_size: int) -> dict[str, Any]:
+    """Metrics per task, keyed "<task>_auc" etc.; the first task's also as plain "auc"/"logloss"."""
+    probs = predict_proba(model, rows, batch_size)  # (N, T_out)
+    labels = rows.labels.numpy()
+    out: dict[str, Any] = {}
+    for t in range(probs.shape[1]):
+        m = binary_metrics(labels[:, t], probs[:, t])
+        out.update({f"{tasks[t]}_{k}": v for k, v in m.items()})
+        if t == 0:
+            out.update(m)
+    return out
+
+
+def _equal_batch_count(n_batches: int) -> int:
+    """DDP needs every rank to run the same number of steps: take the minimum."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return n_batches
+    t = torch.tensor([n_batches])
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    job = TrainJob.from_dict(config)
+    cfg = job.train
+    prepared = PreparedData.load(job.prepared)
+    inputs = prepared.inputs
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(job.model, job.model_config, inputs)
+    optimizer = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr)
+    fingerprint = job.fingerprint(prepared.spec.fingerprint())
+    state = {"epoch": -1, "best_epoch": -1, "best_valid_auc": -1.0, "bad_epochs": 0, "stopped": False,
+             "history": [], "fingerprint": fingerprint, "train_seconds": 0.0}
+    best_weights: bytes | None = None
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            d = Path(d)
+            state = json.loads((d / _STATE).read_text())
+            if state["fingerprint"] != fingerprint:
+                raise ConfigError("this run was started with another spec / model / training config; "
+                                  "use --fresh to start it over")
+            load_state(model, (d / _CURRENT).read_bytes())
+            best_weights = (d / _BEST).read_bytes()
+            optimizer.load_state_dict(torch.load(d / _OPTIMIZER, weights_only=True))
+        if rank == 0:
+            print(f"[muxrec] resuming after epoch {state['epoch'] + 1} (best valid AUC "
+                  f"{state['best_valid_auc']:.4f} at epoch {state['best_epoch'] + 1})", flush=True)
+
+    net = ray.train.torch.prepare_model(model) if ctx.get_world_size() > 1 else model
+    DataContext.get_current().enable_progress_bars = False  # the shards are small; bars would be noise
+    train_rows = _shard_rows("train", inputs)
+    valid_rows = _shard_rows("valid", inputs)
+    # Each worker holds one Ray CPU so that Ray Data can stream the shards in; once they are in
+    # memory, let torch use this worker's share of the machine.
+    torch.set_num_threads(job.threads)
+    start = state["epoch"] + 1
+    if state["stopped"]:
+        start = cfg.epochs  # early-stopped before: nothing left to do
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout
+        shuffle = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        n_batches = _equal_batch_count((len(train_rows) + cfg.batch_size - 1) // cfg.batch_size)
+        net.train()
+        losses = []
+        progress = _progress(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", rank == 0 and job.progress_bars)
+        for step, batch in enumerate(train_rows.batches(cfg.batch_size, shuffle)):
+            if step >= n_batches:
+                break
+            logits = net(batch)  # (B, T_out)
+            n_tasks = logits.shape[1]
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels[:, :n_tasks])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            progress.update(1)
+        progress.close()
+        valid = evaluate_rows(model, valid_rows, inputs.tasks, cfg.eval_batch_size)
+        seconds = time.perf_counter() - t0
+        state["train_seconds"] += seconds
+        state["epoch"] = epoch
+        if valid["auc"] > state["best_valid_auc"]:
+            state.update(best_valid_auc=valid["auc"], best_epoch=epoch, bad_epochs=0)
+            best_weights = state_bytes(model)
+        else:
+            state["bad_epochs"] += 1
+        state["stopped"] = state["bad_epochs"] >= cfg.patience
+        metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "valid_auc": valid["auc"],
+                   "valid_logloss": valid["logloss"], "best_valid_auc": state["best_valid_auc"],
+                   "epoch_seconds": seconds}
+        state["history"].append(metrics)
+        if rank == 0:
+            print(f"[muxrec] epoch {epoch + 1}: loss {metrics['train_loss']:.4f}  valid AUC {valid['auc']:.4f}  "
+                  f"logloss {valid['logloss']:.4f}  ({seconds:.1f}s)", flush=True)
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if rank == 0:
+                d = Path(d)
+                (d / _CURRENT).write_bytes(state_bytes(model))
+                (d / _BEST).write_bytes(best_weights)
+                torch.save(optimizer.state_dict(), d / _OPTIMIZER)
+                (d / _STATE).write_text(json.dumps(state))
+                checkpoint = Checkpoint.from_directory(str(d))
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if state["stopped"]:
+            if rank == 0:
+                print(f"[muxrec] early stop: no better valid AUC for {cfg.patience} epoch(s)", flush=True)
+            break
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    """A per-epoch progress bar drawn by Ray on the driver's terminal; a no-op when disabled."""
+    if not enabled:
+        return _NoProgress()
+    from ray.experimental.tqdm_ray import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch")
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# ---- driver side ----------------------------------------------------------------------------
+
+
+def run_dir(storage: str | Path, name: str) -> Path:
+    return Path(storage).resolve() / name
+
+
+def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> tuple[dict, bytes, float]:
+    """Run (or resume) the Ray Train run `name`; return its final state, best weights, wall seconds.
+
+    A run folder holding a DONE marker is a finished run: it is started over. One without the marker
+    is resumed from its latest checkpoint unless `fresh`.
+    """
+    folder = run_dir(storage, name)
+    if folder.exists() and (fresh or (folder / DONE_MARKER).exists()):
+        shutil.rmtree(folder)
+    ensure_ray()
+    prepared = PreparedData.load(job.prepared)
+    make_config(job.model, job.model_config)  # fail fast, before Ray starts workers
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    job = replace(job, threads=max(1, cpus // job.train.num_workers), progress_bars=sys.stderr.isatty())
+    datasets = {split: ray.data.read_parquet(str(prepared.split_dir(split))) for split in ("train", "valid")}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=job.to_dict(),
+        scaling_config=ScalingConfig(num_workers=job.train.num_workers, use_gpu=False),
+        run_config=RunConfig(name=name, storage_path=str(Path(storage).resolve()),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    t0 = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except Exception as err:
+        cause = find_muxrec_error(err)
+        if cause is not None:
+            raise cause from None
+        raise
+    wall = time.perf_counter() - t0
+    if result.checkpoint is None:
+        raise MuxrecError(f"training run {name} produced no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = json.loads((Path(d) / _STATE).read_text())
+        best = (Path(d) / _BEST).read_bytes()
+    return state, best, wall
+
+
+def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: str | Path,
+          run_name: str | None = None, fresh: bool = False) -> TrainResult:
+    """Fit, evaluate the best checkpoint on valid and test, publish it as a new model version."""
+    prepared = PreparedData.load(job.prepared)
+    run_name = run_name or f"{model_name}-seed{job.train.seed}"
+    state, best_weights, wall = fit(job, storage, run_name, fresh=fresh)
+
+    cfg = make_config(job.model, job.model_config)
+    model = build_model(job.model, cfg, prepared.inputs)
+    load_state(model, best_weights)
+    metrics: dict[str, Any] = {
+        "model": job.model,
+        "best_epoch": state["best_epoch"] + 1,
+        "epochs": state["epoch"] + 1,
+        "train_seconds": round(state["train_seconds"], 2),
+        "wall_seconds": round(wall, 2),
+        "params": sum(p.numel() for p in model.parameters()),
+        "history": state["history"],
+    }
+    for split in ("valid", "test"):
+        rows = EncodedRows(prepared.read(split), prepared.inputs)
+        metrics[split] = evaluate_rows(model, rows, prepared.inputs.tasks, job.train.eval_batch_size)
+    files = model_files(model, job.model, cfg, prepared.spec, prepared.vocab)
+    files["metrics.json"] = json.dumps(metrics, indent=1)
+    files["train.json"] = json.dumps(job.to_dict(), indent=1)
+    version = registry.publish(model_name, files, metadata={
+        "model": job.model, "spec": prepared.spec.name, "valid_auc": metrics["valid"]["auc"],
+        "test_auc": metrics["test"]["auc"], "run": run_name})
+    folder = run_dir(storage, run_name)
+    (folder / DONE_MARKER).write_text(json.dumps({"version": version.ref}))
+    print(f"[muxrec] published {version.ref}: valid AUC {metrics['valid']['auc']:.4f}, "
+          f"test AUC {metrics['test']['auc']:.4f} (best epoch {metrics['best_epoch']})", file=sys.stderr, flush=True)
+    return TrainResult(version, metrics, folder)
+
+
+def with_overrides(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
+    """TrainConfig with the non-None overrides applied (CLI flags on top of YAML)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return replace(cfg, **given)
+    except ValueError as err:
+        raise ConfigError(f"train config: {err}") from None
