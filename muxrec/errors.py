@@ -26,11 +26,13 @@ class ArtifactError(MuxrecError):
 
 
 def find_muxrec_error(err: BaseException | None) -> MuxrecError | None:
-    """Ray wraps exceptions raised in tasks and workers; find the user-facing one underneath."""
-    seen = set()
+    """The innermost MuxrecError in err's chain: Ray wraps exceptions raised in tasks and workers
+    (its wrappers may themselves subclass the original), and the user wants the original message."""
+    found, seen = None, set()
     while err is not None and id(err) not in seen:
         if isinstance(err, MuxrecError):
-            return err
+            found = err
         seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
+        # Ray's task errors carry the original exception as `.cause`.
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    return found

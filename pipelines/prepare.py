@@ -89,6 +89,7 @@ def prepare(spec: FeatureSpec, out_root: str | Path, raw: pa.Table | None = None
     """Run preprocessing for `spec` into out_root/<spec.name>/ and return the result."""
     out_root = Path(out_root)
     raw = load_source(spec.source) if raw is None else raw
+    derive(raw.slice(0, 0), spec)  # schema errors (missing columns, wrong types) before any Ray work
     ensure_ray()
     try:
         derived = ray.data.from_arrow(_blocks(raw)).map_batches(

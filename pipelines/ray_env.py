@@ -25,6 +25,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
                      dashboard_host="127.0.0.1", log_to_driver=True)
     ctx = DataContext.get_current()
     ctx.execution_options.preserve_order = True
+    ctx.raise_original_map_exception = True  # a DataError from derive() reaches the user as itself
     if not sys.stderr.isatty():
         # Without a terminal Ray Data logs every progress update as a line; keep logs readable.
         ctx.enable_progress_bars = False

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -126,8 +127,21 @@ def _equal_batch_count(n_batches: int) -> int:
     return int(t.item())
 
 
+def _worker_log() -> logging.Logger:
+    """Worker-side log lines reach the driver once (print() output is forwarded twice by Ray Train)."""
+    log = logging.getLogger("muxrec.train")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[muxrec] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     job = TrainJob.from_dict(config)
+    log = _worker_log()
     cfg = job.train
     prepared = PreparedData.load(job.prepared)
     inputs = prepared.inputs
@@ -139,7 +153,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr)
     fingerprint = job.fingerprint(prepared.spec.fingerprint())
     state = {"epoch": -1, "best_epoch": -1, "best_valid_auc": -1.0, "bad_epochs": 0, "stopped": False,
-             "history": [], "fingerprint": fingerprint, "train_seconds": 0.0}
+             "history": [], "fingerprint": fingerprint, "train_seconds": 0.0, "world_size": ctx.get_world_size(),
+             "train_rows": 0}
     best_weights: bytes | None = None
 
     checkpoint = ray.train.get_checkpoint()
@@ -154,8 +169,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             best_weights = (d / _BEST).read_bytes()
             optimizer.load_state_dict(torch.load(d / _OPTIMIZER, weights_only=True))
         if rank == 0:
-            print(f"[muxrec] resuming after epoch {state['epoch'] + 1} (best valid AUC "
-                  f"{state['best_valid_auc']:.4f} at epoch {state['best_epoch'] + 1})", flush=True)
+            log.info(f"resuming after epoch {state['epoch'] + 1} (best valid AUC "
+                     f"{state['best_valid_auc']:.4f} at epoch {state['best_epoch'] + 1})")
 
     net = ray.train.torch.prepare_model(model) if ctx.get_world_size() > 1 else model
     DataContext.get_current().enable_progress_bars = False  # the shards are small; bars would be noise
@@ -164,6 +179,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # Each worker holds one Ray CPU so that Ray Data can stream the shards in; once they are in
     # memory, let torch use this worker's share of the machine.
     torch.set_num_threads(job.threads)
+    state["world_size"] = ctx.get_world_size()
+    state["train_rows"] = len(train_rows)  # this rank's shard
     start = state["epoch"] + 1
     if state["stopped"]:
         start = cfg.epochs  # early-stopped before: nothing left to do
@@ -202,8 +219,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                    "epoch_seconds": seconds}
         state["history"].append(metrics)
         if rank == 0:
-            print(f"[muxrec] epoch {epoch + 1}: loss {metrics['train_loss']:.4f}  valid AUC {valid['auc']:.4f}  "
-                  f"logloss {valid['logloss']:.4f}  ({seconds:.1f}s)", flush=True)
+            log.info(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f}  valid AUC {valid['auc']:.4f}  "
+                     f"logloss {valid['logloss']:.4f}  ({seconds:.1f}s)")
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
@@ -216,7 +233,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
         if state["stopped"]:
             if rank == 0:
-                print(f"[muxrec] early stop: no better valid AUC for {cfg.patience} epoch(s)", flush=True)
+                log.info(f"early stop: no better valid AUC for {cfg.patience} epoch(s)")
             break
 
 
@@ -258,11 +275,15 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
     make_config(job.model, job.model_config)  # fail fast, before Ray starts workers
     cpus = int(ray.cluster_resources().get("CPU", 1))
     job = replace(job, threads=max(1, cpus // job.train.num_workers), progress_bars=sys.stderr.isatty())
+    # Workers must leave a CPU free: Ray Data streams their shards in with tasks of its own, and a
+    # cluster whose CPUs are all held by workers would wait for them forever.
+    worker_cpus = min(1.0, max(0.1, (cpus - 1) / job.train.num_workers))
     datasets = {split: ray.data.read_parquet(str(prepared.split_dir(split))) for split in ("train", "valid")}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job.to_dict(),
-        scaling_config=ScalingConfig(num_workers=job.train.num_workers, use_gpu=False),
+        scaling_config=ScalingConfig(num_workers=job.train.num_workers, use_gpu=False,
+                                     resources_per_worker={"CPU": worker_cpus}),
         run_config=RunConfig(name=name, storage_path=str(Path(storage).resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets=datasets,
@@ -272,9 +293,11 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
     try:
         result = trainer.fit()
     except Exception as err:
-        cause = find_muxrec_error(err)
-        if cause is not None:
-            raise cause from None
+        # Ray Train reports worker exceptions by rank; show the user-facing one as it is.
+        failures = list(getattr(err, "worker_failures", {}).values())
+        for cause in (find_muxrec_error(e) for e in [err, *failures]):
+            if cause is not None and cause is not err:
+                raise cause from None
         raise
     wall = time.perf_counter() - t0
     if result.checkpoint is None:

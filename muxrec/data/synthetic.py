@@ -137,7 +137,8 @@ def generate(cfg: SyntheticConfig = SyntheticConfig()) -> tuple[pa.Table, Synthe
              + pair[cols["region"], cols["ad_type"]]
              + triple[cols["device"], cols["daypart"], cols["slot"]]
              + np.where(match, cfg.topic_match, -cfg.topic_match / 3))
-    click = rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
+    ctr = 1.0 / (1.0 + np.exp(-logit))
+    click = rng.random(n) < ctr
     cvr_logit = -0.8 - 0.9 * log_price + 0.6 * (cols["device"] == 0)
     conversion = click & (rng.random(n) < 1.0 / (1.0 + np.exp(-cvr_logit)))
 
@@ -154,6 +155,7 @@ def generate(cfg: SyntheticConfig = SyntheticConfig()) -> tuple[pa.Table, Synthe
         "title": pa.array([titles[i] for i in item]),
         "history": pa.array([histories[u] for u in user], pa.list_(pa.string())),
         "click": pa.array(click.astype(np.int8)),
+        "true_ctr": pa.array(ctr),  # ground truth for tests and oracle AUC; no spec reads it
         "conversion": pa.array(conversion.astype(np.int8)),
     })
     truth = SyntheticTruth(
