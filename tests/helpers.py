@@ -1,0 +1,70 @@
+"""Small builders shared by tests: tiny specs and raw tables made from the spec, not committed files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from muxrec.data.synthetic import SyntheticConfig, generate
+from muxrec.encoding import SPLIT_COLUMN, Vocabulary, count_values, derive, encode, moments
+from muxrec.spec import FeatureSpec, ModelInputs, load_spec, parse_spec
+
+from tests.conftest import CONFIGS
+
+
+def synthetic_spec(rows: int = 4000, seed: int = 7) -> FeatureSpec:
+    """configs/synthetic.yaml with a smaller row count."""
+    data = load_spec(CONFIGS / "synthetic.yaml").model_dump(mode="json")
+    data["source"]["options"] = {"rows": rows, "seed": seed}
+    return parse_spec(data)
+
+
+def synthetic_raw(spec: FeatureSpec) -> pa.Table:
+    return generate(SyntheticConfig(**spec.source.options))[0]
+
+
+def fitted(spec: FeatureSpec, raw: pa.Table) -> tuple[Vocabulary, dict[str, pa.Table]]:
+    """Vocabulary fitted on train rows and the encoded rows of every split, all in-process."""
+    derived = derive(raw, spec)
+    parts = {s: derived.filter(pc.equal(derived[SPLIT_COLUMN], s)) for s in ("train", "valid", "test")}
+    vocab = Vocabulary.fit(spec, count_values(parts["train"], spec), moments(parts["train"], spec))
+    return vocab, {s: encode(t, spec, vocab) for s, t in parts.items()}
+
+
+def tiny_spec(**overrides: Any) -> FeatureSpec:
+    """A 4-feature spec over an in-memory table, one feature of each main kind."""
+    data = {
+        "name": "tiny",
+        "source": {"loader": "parquet", "path": "/nonexistent"},
+        "labels": [{"name": "click", "source": "y"}],
+        "split": {"hash": {"row": 1}, "buckets": 4, "test": [0], "valid": [1]},
+        "features": [
+            {"name": "color", "kind": "categorical", "min_count": 2},
+            {"name": "tags", "kind": "multi_categorical", "max_len": 3},
+            {"name": "price", "kind": "numeric"},
+            {"name": "title", "kind": "text", "max_len": 4, "hash_buckets": 16},
+        ],
+    }
+    data.update(overrides)
+    return parse_spec(data)
+
+
+def tiny_raw(n: int = 64, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    colors = rng.choice(["red", "green", "blue", "rare"], size=n, p=[0.4, 0.3, 0.29, 0.01])
+    return pa.table({
+        "row": pa.array(np.arange(n), pa.int64()),
+        "color": pa.array(colors),
+        "tags": pa.array([list(rng.choice(["a", "b", "c", "d", "e"], size=rng.integers(0, 5))) for _ in range(n)],
+                         pa.list_(pa.string())),
+        "price": pa.array(rng.normal(10, 2, size=n)),
+        "title": pa.array([f"Big {c} Sale" for c in colors]),
+        "y": pa.array(rng.integers(0, 2, size=n).astype(np.int8)),
+    })
+
+
+def inputs_for(spec: FeatureSpec, vocab: Vocabulary) -> ModelInputs:
+    return ModelInputs.from_spec(spec, vocab.num_embeddings())

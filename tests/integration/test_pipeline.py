@@ -1,0 +1,121 @@
+"""The Ray pipeline end to end on small synthetic data and on MovieLens-100K.
+
+prepare (Ray Data) -> train (Ray Train, checkpoints, resume, DDP) -> publish -> evaluate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from muxrec.artifacts import ArtifactRegistry
+from muxrec.config import TrainConfig
+from muxrec.encoding import SPLIT_COLUMN, derive
+from muxrec.pipelines.evaluate import evaluate
+from muxrec.pipelines.prepare import PreparedData, prepare
+from muxrec.pipelines.train import TrainJob, fit, train
+from muxrec.spec import load_spec
+
+from tests.conftest import CONFIGS
+from tests.helpers import synthetic_raw, synthetic_spec
+
+pytestmark = pytest.mark.integration
+
+SMALL = TrainConfig(epochs=3, batch_size=256, lr=3e-3, patience=5, seed=11)
+DEEPFM = {"embedding_dim": 8, "hidden_units": [32, 16], "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def prepared(ray_cluster, tmp_path_factory):
+    spec = synthetic_spec(rows=16000, seed=3)
+    return prepare(spec, tmp_path_factory.mktemp("prepared"))
+
+
+def test_prepare_writes_deterministic_parquet_fitted_on_train_only(prepared):
+    spec = prepared.spec
+    assert {s: v["rows"] for s, v in prepared.stats["splits"].items()} == \
+        {"train": pytest.approx(12800, rel=0.05), "valid": pytest.approx(1600, rel=0.15),
+         "test": pytest.approx(1600, rel=0.15)}
+    assert sum(v["rows"] for v in prepared.stats["splits"].values()) == 16000
+    files = {s: sorted(p.name for p in prepared.split_dir(s).iterdir()) for s in ("train", "valid", "test")}
+    assert all(names and all(n.startswith("part-") and n.endswith(".parquet") for n in names)
+               for names in files.values())
+    # Vocabularies come from train rows only: no value seen only in valid/test is in them.
+    derived = derive(synthetic_raw(spec), spec)
+    train_users = set(derived.filter(pc.equal(derived[SPLIT_COLUMN], "train"))["user_id"].to_pylist())
+    held_out = set(derived.filter(pc.not_equal(derived[SPLIT_COLUMN], "train"))["user_id"].to_pylist())
+    vocab_users = set(prepared.vocab.tables["user_id"].values)
+    assert vocab_users == train_users and held_out - train_users  # some held-out users are unseen
+    # A rerun replaces the output: same file names, same content, nothing added.
+    before = {s: pq.read_table(prepared.split_dir(s)) for s in ("train", "test")}
+    again = prepare(spec, prepared.root.parent)
+    assert {s: sorted(p.name for p in again.split_dir(s).iterdir()) for s in ("train", "valid", "test")} == files
+    for s, table in before.items():
+        assert pq.read_table(again.split_dir(s)).equals(table)
+    assert not [p for p in prepared.root.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_train_resume_and_evaluate(prepared, tmp_path):
+    """2 epochs, then resumed to 3, equals 3 straight; the published model evaluates the same offline."""
+    storage = tmp_path / "ray"
+    job = TrainJob(str(prepared.root), "deepfm", DEEPFM, replace(SMALL, epochs=2))
+    first, _, _ = fit(job, storage, "interrupted")
+    assert first["epoch"] == 1 and len(first["history"]) == 2
+    resumed, resumed_best, _ = fit(replace(job, train=replace(job.train, epochs=3)), storage, "interrupted")
+    assert resumed["epoch"] == 2 and resumed["history"][:2] == first["history"]
+
+    registry = ArtifactRegistry(tmp_path / "registry")
+    result = train(replace(job, train=replace(job.train, epochs=3)), registry, "synthetic-deepfm", storage,
+                   run_name="straight")
+    straight = result.metrics["history"]
+    assert [h["valid_auc"] for h in straight] == [h["valid_auc"] for h in resumed["history"]]
+    assert result.version.file("weights.safetensors").read_bytes() == resumed_best
+    assert (storage / "straight" / "muxrec-done.json").is_file()
+
+    assert result.metrics["valid"]["auc"] > 0.62  # the planted signal is being learned (chance: 0.5)
+    report = evaluate(result.version, "test")
+    assert report["rows"] == prepared.stats["splits"]["test"]["rows"]
+    assert report["tasks"]["click"]["auc"] == pytest.approx(result.metrics["test"]["auc"], abs=1e-6)
+    assert report["tasks"]["click"]["calibration"]["bins"]
+
+    # The same run name after it finished starts over rather than resuming a done run.
+    again, _, _ = fit(replace(job, train=replace(job.train, epochs=1)), storage, "straight")
+    assert again["epoch"] == 0
+
+
+def test_two_workers_train_with_ddp(prepared, tmp_path):
+    job = TrainJob(str(prepared.root), "deepfm", DEEPFM, replace(SMALL, epochs=1, num_workers=2))
+    state, best, _ = fit(job, tmp_path / "ray", "ddp")
+    assert state["world_size"] == 2
+    total = prepared.stats["splits"]["train"]["rows"]
+    assert abs(state["train_rows"] - total / 2) <= total * 0.1  # each rank saw about half
+    assert state["best_valid_auc"] > 0.6 and best
+
+
+def test_resume_refuses_a_changed_config(prepared, tmp_path):
+    from muxrec.errors import ConfigError
+
+    job = TrainJob(str(prepared.root), "deepfm", DEEPFM, replace(SMALL, epochs=1))
+    fit(job, tmp_path / "ray", "changing")
+    changed = replace(job, model_config={**DEEPFM, "hidden_units": [8]}, train=replace(job.train, epochs=2))
+    with pytest.raises(ConfigError, match="started with another spec / model / training config"):
+        fit(changed, tmp_path / "ray", "changing")
+
+
+def test_ml100k_one_short_epoch(ray_cluster, ml100k_dir, tmp_path):
+    spec = load_spec(CONFIGS / "ml-100k.yaml")
+    prep = prepare(spec, tmp_path / "prepared")
+    assert {s: v["rows"] for s, v in prep.stats["splits"].items()} == {"train": 80_004, "valid": 9_976, "test": 10_020}
+    job = TrainJob(str(prep.root), "deepfm", {"embedding_dim": 8, "hidden_units": [64]},
+                   TrainConfig(epochs=1, batch_size=2048, lr=3e-3))
+    result = train(job, ArtifactRegistry(tmp_path / "registry"), "ml-100k-deepfm", tmp_path / "ray")
+    assert result.metrics["epochs"] == 1
+    assert 0.70 < result.metrics["test"]["auc"] < 0.80
+    manifest = json.loads((result.version.path / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"weights.safetensors", "spec.yaml", "vocabulary.json", "model.json",
+                                      "metrics.json", "train.json"}
+    assert PreparedData.load(prep.root).spec == spec

@@ -1,0 +1,44 @@
+"""Typed configs: strict dict -> dataclass conversion with field-naming errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from muxrec.config import TrainConfig, from_dict, load_model_file
+from muxrec.errors import ConfigError
+
+from tests.conftest import CONFIGS
+
+
+def test_train_config_defaults_and_validation():
+    assert from_dict(TrainConfig, {}) == TrainConfig()
+    assert from_dict(TrainConfig, {"lr": 1}).lr == 1.0  # ints are fine where floats are expected
+    with pytest.raises(ConfigError, match=r"TrainConfig.batch_size: expected an integer, got 'big'"):
+        from_dict(TrainConfig, {"batch_size": "big"})
+    with pytest.raises(ConfigError, match="epochs must be >= 1"):
+        from_dict(TrainConfig, {"epochs": 0})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['learning_rate'\]"):
+        from_dict(TrainConfig, {"learning_rate": 0.1})
+    with pytest.raises(ConfigError, match="expected true or false|expected an integer"):
+        from_dict(TrainConfig, {"epochs": True})
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "models").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_model_files_are_valid(path):
+    from muxrec.models import make_config
+
+    model, train = load_model_file(path)
+    make_config(path.stem, model)
+    assert train.epochs >= 1
+
+
+def test_model_file_errors(tmp_path):
+    bad = tmp_path / "m.yaml"
+    bad.write_text("model: {}\ntrian: {}\n")
+    with pytest.raises(ConfigError, match=r"unknown top-level key\(s\) \['trian'\]"):
+        load_model_file(bad)
+    bad.write_text("model: [1, 2]\n")
+    with pytest.raises(ConfigError, match="`model` must be a mapping"):
+        load_model_file(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_model_file(tmp_path / "missing.yaml")

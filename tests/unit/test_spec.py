@@ -1,0 +1,110 @@
+"""The feature spec: parsing, validation errors, and the three views derived from it."""
+
+from __future__ import annotations
+
+import pytest
+
+from muxrec.encoding import derive
+from muxrec.errors import SpecError
+from muxrec.spec import FeatureKind, ModelInputs, load_spec, parse_spec, spec_from_yaml
+
+from tests.conftest import CONFIGS
+from tests.helpers import fitted, synthetic_raw, synthetic_spec, tiny_spec
+
+
+@pytest.mark.parametrize("name", ["ml-100k", "synthetic"])
+def test_shipped_specs_load_and_round_trip(name):
+    spec = load_spec(CONFIGS / f"{name}.yaml")
+    again = spec_from_yaml(spec.to_yaml())
+    assert again == spec
+    assert again.fingerprint() == spec.fingerprint()
+
+
+def test_ml100k_spec_is_the_benchmark_protocol():
+    spec = load_spec(CONFIGS / "ml-100k.yaml")
+    assert [f.name for f in spec.features] == ["user_id", "item_id", "age", "gender", "occupation", "zip_code",
+                                                "release_year", "genres"]
+    assert spec.labels[0].source == "rating" and spec.labels[0].threshold == 4
+    assert spec.split.hash == {"user_id": 1000003, "item_id": 1}
+    assert (spec.split.buckets, spec.split.test, spec.split.valid) == (10, [0], [1])
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nfeatures:\n  - {name: a, kind: categorical\n")
+    with pytest.raises(SpecError, match=r"malformed YAML at line \d+"):
+        load_spec(bad)
+
+
+def test_unknown_feature_kind_names_the_field():
+    with pytest.raises(SpecError, match=r"features\.0\.kind: Input should be 'categorical'"):
+        tiny_spec(features=[{"name": "a", "kind": "categorial"}])
+
+
+@pytest.mark.parametrize("features, message", [
+    ([{"name": "a", "kind": "multi_categorical"}], "needs `max_len`"),
+    ([{"name": "a", "kind": "numeric", "min_count": 3}], "`min_count` does not apply to a numeric feature"),
+    ([{"name": "a", "kind": "categorical"}, {"name": "a", "kind": "numeric"}], "declared twice"),
+    ([{"name": "a", "kind": "categorical", "table": "nope"}], "names table 'nope', which is not declared"),
+    ([{"name": "a", "kind": "text", "max_len": 3}], "needs `hash_buckets`"),
+    ([{"name": "a", "kind": "sequence", "max_len": 3, "pooling": "mean"}], "not pooled"),
+    ([{"name": "a", "kind": "categorical", "colour": 1}], r"features\.0\.colour: Extra inputs are not permitted"),
+])
+def test_invalid_features_are_refused_with_a_reason(features, message):
+    with pytest.raises(SpecError, match=message):
+        tiny_spec(features=features)
+
+
+def test_shared_table_settings_live_on_the_table():
+    with pytest.raises(SpecError, match="set \\['min_count'\\] on the table"):
+        tiny_spec(tables={"t": {}}, features=[{"name": "a", "kind": "categorical", "table": "t", "min_count": 2}])
+    spec = tiny_spec(tables={"t": {"min_count": 2}}, features=[
+        {"name": "a", "kind": "categorical", "table": "t"},
+        {"name": "b", "kind": "multi_categorical", "max_len": 2, "table": "t"},
+    ])
+    (table,) = spec.tables_list()
+    assert (table.name, table.features, table.min_count) == ("t", ("a", "b"), 2)
+
+
+def test_split_buckets_are_checked():
+    with pytest.raises(SpecError, match="outside 0..3"):
+        tiny_spec(split={"hash": {"row": 1}, "buckets": 4, "test": [4], "valid": [1]})
+    with pytest.raises(SpecError, match="both test and valid"):
+        tiny_spec(split={"hash": {"row": 1}, "buckets": 4, "test": [1], "valid": [1]})
+
+
+def test_spec_must_be_a_mapping():
+    with pytest.raises(SpecError, match="must be a mapping"):
+        parse_spec(["not", "a", "mapping"])
+
+
+def test_three_views_agree():
+    """Preprocessing output, model inputs and request schema are derived from one spec and match."""
+    spec = synthetic_spec(rows=600)
+    raw = synthetic_raw(spec)
+    vocab, encoded = fitted(spec, raw)
+    inputs = ModelInputs.from_spec(spec, vocab.num_embeddings())
+
+    # Preprocessing writes one column per feature, typed by kind.
+    train = encoded["train"]
+    for f in spec.features:
+        assert f.name in train.column_names
+    # Model inputs cover every non-sequence feature as a field and every id feature's table.
+    assert set(inputs.fields) == {f.name for f in spec.features if f.kind != FeatureKind.SEQUENCE}
+    assert set(inputs.sequences) == {f.name for f in spec.of_kind(FeatureKind.SEQUENCE)}
+    tables = {t.name: t for t in inputs.tables}
+    for f in spec.features:
+        if f.table_name:
+            t = tables[f.table_name]
+            assert f.name in t.feature_names + t.sequence_names
+            assert t.num_embeddings == vocab.tables[f.table_name].num_embeddings
+    # The item table is shared by item_id (pooled) and history (per position).
+    assert tables["item"].feature_names == ("item_id",) and tables["item"].sequence_names == ("history",)
+    # The request schema names exactly the raw columns derive() reads; one raw row derives cleanly.
+    request = {c.name: c for c in spec.request_columns()}
+    assert set(request) == {f.column for f in spec.features}
+    row = raw.slice(0, 1).select(list(request))
+    derived = derive(row, spec, labels=False, split=False)
+    assert set(derived.column_names) >= {f.name for f in spec.features}
+    assert request["price"].type == "number" and request["tags"].type == "string_list"
+    assert request["title"].type == "string"
