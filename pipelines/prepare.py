@@ -12,8 +12,6 @@ previous output intact.
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray
-from ray.data import SaveMode
-from ray.data.datasource import FilenameProvider
 
 from muxrec.data import load_source
 from muxrec.encoding import SPLIT_COLUMN, SPLITS, Vocabulary, count_values, derive, encode, moments
 from muxrec.errors import DataError, MuxrecError, find_muxrec_error
+from muxrec.pipelines.io import replacing, write_parquet
 from muxrec.pipelines.ray_env import ensure_ray
 from muxrec.spec import FeatureSpec, ModelInputs, load_spec
 
@@ -34,16 +31,6 @@ SPEC_FILE = "spec.yaml"
 VOCAB_FILE = "vocabulary.json"
 STATS_FILE = "stats.json"
 _ROWS_PER_BLOCK = 20_000
-
-
-class _PartNames(FilenameProvider):
-    """part-00000.parquet, part-00001.parquet, ... in task order."""
-
-    def __init__(self) -> None:
-        super().__init__(file_format="parquet")
-
-    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-        return f"part-{task_index:05d}.parquet"
 
 
 @dataclass(frozen=True)
@@ -103,14 +90,12 @@ def prepare(spec: FeatureSpec, out_root: str | Path, raw: pa.Table | None = None
         encoded = derived.map_batches(encode, fn_kwargs={"spec": spec, "vocab": vocab},
                                       batch_format="pyarrow", batch_size=None).materialize()
 
-        out_root.mkdir(parents=True, exist_ok=True)
-        staging = out_root / f".{spec.name}.staging-{uuid.uuid4().hex[:8]}"
         summary = {"spec": spec.name, "spec_fingerprint": spec.fingerprint(), "splits": {}}
-        try:
+        with replacing(out_root / spec.name) as staging:
             for split in SPLITS:
                 part = encoded.map_batches(_rows_of, fn_kwargs={"split": split}, batch_format="pyarrow",
                                            batch_size=None)
-                part.write_parquet(str(staging / split), filename_provider=_PartNames(), mode=SaveMode.OVERWRITE)
+                write_parquet(part, staging / split)
                 table = pads.dataset(staging / split, format="parquet").to_table(columns=spec.label_names)
                 summary["splits"][split] = {
                     "rows": table.num_rows,
@@ -119,23 +104,12 @@ def prepare(spec: FeatureSpec, out_root: str | Path, raw: pa.Table | None = None
             (staging / SPEC_FILE).write_text(spec.to_yaml())
             vocab.save(staging / VOCAB_FILE)
             (staging / STATS_FILE).write_text(json.dumps(summary, indent=1))
-            _swap_in(staging, out_root / spec.name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     except Exception as err:  # Ray re-raises task errors wrapped; surface ours as they are.
         ours = find_muxrec_error(err)
         if ours is not None and ours is not err:
             raise ours from None
         raise
     return PreparedData.load(out_root / spec.name)
-
-
-def _swap_in(staging: Path, final: Path) -> None:
-    old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-    if final.exists():
-        final.rename(old)
-    staging.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def prepare_cached(spec: FeatureSpec, out_root: str | Path) -> PreparedData:

@@ -40,6 +40,7 @@ from muxrec.errors import ConfigError, MuxrecError, find_muxrec_error
 from muxrec.metrics import binary_metrics
 from muxrec.models import EncodedRows, build_model, make_config
 from muxrec.models.serialization import load_state, model_files, predict_proba, state_bytes
+from muxrec.pipelines.importance import permutation_importance
 from muxrec.pipelines.prepare import PreparedData
 from muxrec.pipelines.ray_env import ensure_ray
 from muxrec.spec import ModelInputs
@@ -332,6 +333,8 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
         metrics[split] = evaluate_rows(model, rows, prepared.inputs.tasks, job.train.eval_batch_size)
     files = model_files(model, job.model, cfg, prepared.spec, prepared.vocab)
     files["metrics.json"] = json.dumps(metrics, indent=1)
+    files["importance.json"] = json.dumps(permutation_importance(model, prepared.read("valid"), prepared.inputs,
+                                                                 seed=job.train.seed), indent=1)
     files["train.json"] = json.dumps(job.to_dict(), indent=1)
     version = registry.publish(model_name, files, metadata={
         "model": job.model, "spec": prepared.spec.name, "valid_auc": metrics["valid"]["auc"],
