@@ -1,0 +1,84 @@
+"""Ranker deployment: scores candidate rows with a registry model version, batched with serve.batch.
+
+Requests arrive as Arrow tables of raw columns (already validated by the gateway against the spec).
+A batch concatenates the requests of one version, encodes them with that version's vocabulary and
+runs one forward pass: the same derive -> encode -> model path as offline evaluation, so online and
+offline scores agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from ray import serve
+
+from muxrec.artifacts import ArtifactRegistry
+from muxrec.services.settings import ServeSettings
+from muxrec.services.versions import ModelStore
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    version: str
+    rows: pa.Table
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    version: str
+    scores: np.ndarray  # (N, T) probabilities
+    tasks: tuple[str, ...]
+    batch_rows: int  # rows in the forward pass this request shared
+    batch_requests: int
+
+
+@serve.deployment(name="Ranker")
+class Ranker:
+    def __init__(self, settings: ServeSettings):
+        registry = ArtifactRegistry(settings.registry)
+        self.store = ModelStore(registry, settings.model)
+        self.store.get(registry.resolve(settings.model, settings.version))  # load before taking traffic
+
+    def reconfigure(self, config: dict) -> None:
+        """user_config from deploy/serve.yaml: batching knobs, changeable without a restart."""
+        self.score.set_max_batch_size(int(config.get("max_batch_size", 16)))
+        self.score.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.002)))
+
+    async def prepare(self, version: str) -> list[str]:
+        """Load `version` ahead of a reload; returns the versions now loaded."""
+        await asyncio.to_thread(self.store.get, version)
+        return self.store.versions
+
+    async def loaded(self) -> list[str]:
+        return self.store.versions
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        results: dict[int, ScoreResult] = {}
+        for version in {r.version for r in requests}:
+            group = [i for i, r in enumerate(requests) if r.version == version]
+            results.update(await asyncio.to_thread(self._score_group, version, [requests[i] for i in group], group))
+        return [results[i] for i in range(len(requests))]
+
+    def _score_group(self, version: str, group: list[ScoreRequest], positions: list[int]) -> dict[int, ScoreResult]:
+        model = self.store.get(version)
+        tables = [r.rows for r in group]
+        try:
+            probs = model.predict_raw(pa.concat_tables(tables, promote_options="permissive"))  # (N, T)
+        except Exception:
+            if len(group) == 1:
+                raise
+            # One bad request must not fail the others it was batched with.
+            out = {}
+            for pos, request in zip(positions, group):
+                out.update(self._score_group(version, [request], [pos]))
+            return out
+        out, start = {}, 0
+        for pos, table in zip(positions, tables):
+            out[pos] = ScoreResult(f"{model.version.ref}", probs[start:start + table.num_rows],
+                                   model.inputs.tasks[:probs.shape[1]], len(probs), len(group))
+            start += table.num_rows
+        return out
