@@ -120,9 +120,37 @@ def cmd_bench_ctr(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from muxrec.pipelines.demo import run_demo
+    from muxrec.apps.demo import run_demo
 
-    run_demo(CONFIG_DIR, args.runs, args.registry)
+    run_demo(CONFIG_DIR, REPO_ROOT / "deploy" / "serve.yaml", args.runs, args.registry)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from muxrec.apps.serving import serve_until_stopped
+
+    overrides = {k: v for k, v in {"model": args.name, "version": args.model_version,
+                                   "registry": str(args.registry) if args.registry else None}.items() if v}
+    serve_until_stopped(args.config, overrides, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from muxrec.artifacts import ArtifactRegistry
+    from muxrec.pipelines.score import score
+
+    report = score(ArtifactRegistry(args.registry), args.name, args.model_version, args.input, args.output,
+                   batch_size=args.batch_size, concurrency=args.concurrency)
+    _print_json(report)
+    return 0
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from muxrec.apps.serve_bench import bench_serve
+
+    result = bench_serve(CONFIG_DIR, REPO_ROOT / "deploy" / "serve.yaml", args.runs, args.registry, args.name,
+                         requests=args.requests, out_dir=None if args.no_save else args.out)
+    _print_json(result)
     return 0
 
 
@@ -201,7 +229,36 @@ def build_parser() -> argparse.ArgumentParser:
     paths(ctr)
     ctr.set_defaults(func=cmd_bench_ctr)
 
-    de = sub.add_parser("demo", help="prepare, train and evaluate DeepFM on ML-100K (or synthetic data)")
+    sv = be_sub.add_parser("serve", help="latency / QPS of the running stack against the model-forward floor")
+    sv.add_argument("--name", default=os.environ.get("MUXREC_MODEL", "ml-100k-deepfm"),
+                    help="registry name to serve (trained on ML-100K first if missing)")
+    sv.add_argument("--requests", type=int, default=400, help="rank requests per concurrency level")
+    sv.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
+    sv.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
+    sv.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")
+    paths(sv)
+    sv.set_defaults(func=cmd_bench_serve)
+
+    se = sub.add_parser("serve", help="start the Ray Serve app locally and print its URL (Ctrl-C stops it)")
+    se.add_argument("--config", type=Path, default=REPO_ROOT / "deploy" / "serve.yaml", help="Serve config YAML")
+    se.add_argument("--name", default=None, help="registry name to serve (overrides the config's `model`)")
+    se.add_argument("--model-version", default=None, help="version or alias to serve first (overrides `version`)")
+    se.add_argument("--host", default=None, help="listen address (overrides http_options.host)")
+    se.add_argument("--port", type=int, default=None, help="port (overrides http_options.port)")
+    se.add_argument("--registry", type=Path, default=None, help="model registry folder (overrides `registry`)")
+    se.set_defaults(func=cmd_serve)
+
+    sc = sub.add_parser("score", help="batch offline scoring of Parquet rows with Ray Data")
+    sc.add_argument("--input", type=Path, required=True, help="Parquet file or folder of raw rows")
+    sc.add_argument("--output", type=Path, required=True, help="output folder (replaced when the run succeeds)")
+    sc.add_argument("--name", default=os.environ.get("MUXREC_MODEL", "ml-100k-deepfm"), help="registry name")
+    sc.add_argument("--model-version", default="latest", help="version (v0003) or alias (default latest)")
+    sc.add_argument("--batch-size", type=int, default=4096)
+    sc.add_argument("--concurrency", type=int, default=1, help="scoring actors")
+    paths(sc)
+    sc.set_defaults(func=cmd_score)
+
+    de = sub.add_parser("demo", help="train DeepFM on ML-100K (or synthetic data), serve it, query it, stop")
     paths(de)
     de.set_defaults(func=cmd_demo)
     return p
