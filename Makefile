@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/muxrec demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit

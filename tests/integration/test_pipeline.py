@@ -117,5 +117,9 @@ def test_ml100k_one_short_epoch(ray_cluster, ml100k_dir, tmp_path):
     assert 0.70 < result.metrics["test"]["auc"] < 0.80
     manifest = json.loads((result.version.path / "manifest.json").read_text())
     assert set(manifest["files"]) == {"weights.safetensors", "spec.yaml", "vocabulary.json", "model.json",
-                                      "metrics.json", "train.json"}
+                                      "metrics.json", "train.json", "importance.json"}
+    importance = json.loads(result.version.read_text("importance.json"))
+    assert importance["method"] == "permutation"
+    assert {f["name"] for f in importance["features"]} == set(spec.feature(f.name).name for f in spec.features)
+    assert importance["features"][0]["importance"] >= importance["features"][-1]["importance"]
     assert PreparedData.load(prep.root).spec == spec

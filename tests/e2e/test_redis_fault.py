@@ -1,0 +1,101 @@
+"""Redis dies mid-test: requests still succeed from the model (fail-open), /readyz says degraded,
+the breaker stops calling Redis; Redis comes back: cache hits resume.
+
+The test runs its own redis-server on a free port and kills that one, never the shared server; a
+second Serve application (route prefix /fault) points at it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import replace
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import MODEL, REPO, require
+from tests.e2e.conftest import free_port
+from tests.e2e.test_gateway import _rows
+
+pytestmark = pytest.mark.e2e
+
+
+def _start_redis(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port, socket_timeout=0.5)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if client.ping():
+                return proc
+        except redis.RedisError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"private redis-server on port {port} did not start")
+
+
+def _cache_counts(http: httpx.Client) -> dict[str, float]:
+    out = {}
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith("muxrec_embedding_cache_total{"):
+            out[line.split('result="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+@pytest.fixture
+def fault_app(served):
+    from ray import serve
+
+    from muxrec.services.app import build_app, load_serve_config, make_settings
+
+    require(shutil.which("redis-server") is not None, "redis-server is not installed")
+    port = free_port()
+    proc = _start_redis(port)
+    config = load_serve_config(REPO / "deploy" / "serve.yaml")
+    small = {name: {**opts, "ray_actor_options": {"num_cpus": 0.05}} for name, opts in config.deployments.items()}
+    settings = make_settings({"registry": str(served.registry.root), "model": MODEL, "version": served.v1.version,
+                              "serving_alias": "serving-fault", "redis_url": f"redis://127.0.0.1:{port}/0",
+                              "breaker_cooldown_s": 1.0})
+    serve.run(build_app(settings, small), name="fault", route_prefix="/fault")
+    state = {"proc": proc, "port": port}
+    yield f"{served.url}/fault", state
+    serve.delete("fault")
+    state["proc"].kill()
+    state["proc"].wait()
+
+
+def test_redis_outage_is_survived_and_recovered(fault_app):
+    url, state = fault_app
+    rows = _rows(5)
+    ids = [str(r["user_id"]) for r in _rows(4, "train")]
+    with httpx.Client(base_url=url, timeout=30) as http:
+        assert http.get("/readyz").json()["redis"] == "ok"
+        http.post("/v1/embed", json={"entity": "user", "ids": ids}).raise_for_status()
+        assert all(http.post("/v1/embed", json={"entity": "user", "ids": ids}).json()["cache_hits"])
+
+        state["proc"].kill()  # Redis dies
+        state["proc"].wait()
+        for _ in range(5):
+            r = http.post("/v1/embed", json={"entity": "user", "ids": ids})
+            assert r.status_code == 200 and not any(r.json()["cache_hits"])
+            assert http.post("/v1/rank", json={"candidates": rows}).status_code == 200
+        ready = http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["status"] == "degraded" and ready.json()["redis"] == "down"
+        counts = _cache_counts(http)
+        assert counts["errors"] >= 1 and counts["skipped"] >= 1  # the breaker stopped calling Redis
+        assert "muxrec_redis_up 0.0" in http.get("/metrics").text
+
+        state["proc"] = _start_redis(state["port"])  # Redis is back (empty)
+        time.sleep(1.2)  # the breaker's cool-down
+        deadline, hits = time.monotonic() + 20, []
+        while time.monotonic() < deadline:
+            http.post("/v1/embed", json={"entity": "user", "ids": ids})
+            hits = http.post("/v1/embed", json={"entity": "user", "ids": ids}).json()["cache_hits"]
+            if all(hits):
+                break
+            time.sleep(0.3)
+        assert all(hits), "cache hits did not resume after Redis came back"
+        assert http.get("/readyz").json()["status"] == "ready"
