@@ -79,7 +79,8 @@ class LoadedModel:
 @torch.inference_mode()
 def predict_proba(model: nn.Module, rows: EncodedRows, batch_size: int = 8192) -> np.ndarray:
     """(N, T) probabilities, in row order."""
-    model.eval()
+    if model.training:  # eval() walks every module: not on each serving call
+        model.eval()
     out = [torch.sigmoid(model(batch)) for batch in rows.batches(batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
 

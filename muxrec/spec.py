@@ -25,6 +25,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -308,6 +309,10 @@ class FeatureSpec(_Strict):
 
     def fingerprint(self) -> str:
         """sha256 of the canonical spec: prepared data and models record it to detect a mismatch."""
+        return self._fingerprint
+
+    @cached_property
+    def _fingerprint(self) -> str:  # the spec is frozen: hash it once (encode() checks it per call)
         canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 

@@ -1,7 +1,9 @@
 """Embedding caches for the gateway: Redis (shared, with a circuit breaker) or an in-process LRU.
 
 Keys carry the model version, `muxrec:emb:{version}:{entity}:{id}`, so a reload can never serve the
-previous version's vectors; values are raw little-endian float32 bytes; entries expire (TTL).
+previous version's vectors. The version part is `<name>/<version>@<first 12 hex of the weights'
+sha256>` (`version_tag`): two registries that both hold a `ranker/v0003` share a Redis without
+reading each other's vectors. Values are raw little-endian float32 bytes; entries expire (TTL).
 A read is one MGET, a write one pipeline of SETs with EX.
 
 Redis trouble never fails a request: errors and timeouts are counted, the breaker opens for a
@@ -23,6 +25,11 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 KEY_PREFIX = "muxrec:emb"
+
+
+def version_tag(ref: str, weights_sha256: str) -> str:
+    """The version part of a cache key: model/version plus the weights' hash prefix."""
+    return f"{ref}@{weights_sha256[:12]}"
 
 
 def cache_key(version: str, entity: str, entity_id: str) -> str:

@@ -29,7 +29,7 @@ from ray.serve.handle import DeploymentHandle
 
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.errors import ArtifactError, MuxrecError, find_muxrec_error
-from muxrec.services.cache import LocalLRUCache, RedisEmbeddingCache
+from muxrec.services.cache import LocalLRUCache, RedisEmbeddingCache, version_tag
 from muxrec.services.embedder import EmbedRequest as EmbedCall
 from muxrec.services.metrics import GatewayMetrics
 from muxrec.services.ranker import ScoreRequest
@@ -160,6 +160,7 @@ class Gateway:
                                              settings.breaker_cooldown_s)
         else:
             self.cache = LocalLRUCache(settings.lru_capacity, settings.cache_ttl_s)
+        self._cache_tags: dict[str, str] = {}
         self.metrics = GatewayMetrics()
         self.metrics.registry.register(_CacheCollector(self))
         self.metrics.model.info({"version": version.ref})
@@ -170,6 +171,15 @@ class Gateway:
     @property
     def model_ref(self) -> str:
         return f"{self.settings.model}/{self.live.get()}"
+
+    def cache_tag(self, version: str) -> str:
+        """The cache-key version of `version` (its manifest's weights hash; read once per version)."""
+        tag = self._cache_tags.get(version)
+        if tag is None:
+            manifest = json.loads((self.registry.root / self.settings.model / version / "manifest.json").read_text())
+            tag = version_tag(f"{self.settings.model}/{version}", manifest["files"]["weights.safetensors"])
+            self._cache_tags[version] = tag
+        return tag
 
 
 def build_api(gw: Gateway) -> Any:
@@ -226,14 +236,15 @@ def build_api(gw: Gateway) -> Any:
               summary="User or item vectors from the live model, through the embedding cache")
     async def embed(body: EmbedRequestModel) -> EmbedResponse:
         ids = [str(i) for i in body.ids]
-        ref = gw.model_ref
-        cached = await gw.cache.get_many(ref, body.entity, ids)
+        version = gw.live.get()
+        ref, tag = f"{gw.settings.model}/{version}", gw.cache_tag(version)
+        cached = await gw.cache.get_many(tag, body.entity, ids)
         missing = sorted({i for i, v in zip(ids, cached) if v is None})
         fresh: dict[str, tuple[np.ndarray, bool]] = {}
         if missing:
-            result = await call(gw.embedder.embed.remote(EmbedCall(ref.split("/")[-1], body.entity, tuple(missing))))
+            result = await call(gw.embedder.embed.remote(EmbedCall(version, body.entity, tuple(missing))))
             fresh = {i: (v, bool(k)) for i, v, k in zip(missing, result.vectors, result.known)}
-            await gw.cache.put_many(ref, body.entity, {i: v for i, (v, k) in fresh.items() if k})
+            await gw.cache.put_many(tag, body.entity, {i: v for i, (v, k) in fresh.items() if k})
         vectors, known = [], []
         for i, v in zip(ids, cached):
             if v is None:

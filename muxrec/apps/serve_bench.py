@@ -28,6 +28,7 @@ from muxrec.artifacts import ArtifactRegistry
 from muxrec.config import load_model_file
 from muxrec.data import load_source
 from muxrec.pipelines.bench import commit, machine
+from muxrec.services.cache import cache_key, version_tag
 
 CANDIDATES = 100
 
@@ -118,7 +119,7 @@ def _redis_mget_vs_get(url: str, n: int = 100, reps: int = 200) -> dict[str, flo
     return {"keys": n, "mget_p50_ms": m, "get_loop_p50_ms": g, "loop_over_mget": round(g / m, 1)}
 
 
-def _embed(url: str, redis_url: str, model_ref: str, ids: list[str], reps: int = 100) -> dict[str, Any]:
+def _embed(url: str, redis_url: str, tag: str, ids: list[str], reps: int = 100) -> dict[str, Any]:
     import httpx
     import redis
 
@@ -128,7 +129,7 @@ def _embed(url: str, redis_url: str, model_ref: str, ids: list[str], reps: int =
         body = {"entity": "user", "ids": ids}
         for _ in range(reps):
             if client is not None:
-                client.delete(*[f"muxrec:emb:{model_ref}:user:{i}" for i in ids])  # untimed
+                client.delete(*[cache_key(tag, "user", i) for i in ids])  # untimed
             t0 = time.perf_counter()
             r = http.post(f"{url}/v1/embed", json=body).json()
             misses.append(time.perf_counter() - t0)
@@ -171,7 +172,8 @@ def bench_serve(config_dir: Path, serve_config: Path, runs: Path, registry_root:
                                          "errors": errors}
             levels[f"c{concurrency}"]["_samples"] = latencies
         users = [str(u) for u in dict.fromkeys(raw[spec.keys["user"]].to_pylist())][:100]
-        result["embed"] = _embed(url, redis_url, version.ref, users)
+        tag = version_tag(version.ref, version.manifest["files"]["weights.safetensors"])
+        result["embed"] = _embed(url, redis_url, tag, users)
     result["rank"] = {k: {kk: vv for kk, vv in v.items() if kk != "_samples"} for k, v in levels.items()}
     result["floor"] = floor
     p50 = result["rank"]["c1"]["p50_ms"]

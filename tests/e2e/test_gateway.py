@@ -17,7 +17,7 @@ from muxrec.encoding import split_of
 from muxrec.models import EncodedRows
 from muxrec.models.serialization import load_model
 from muxrec.pipelines.evaluate import split_rows
-from muxrec.services.cache import cache_key, decode_vector
+from muxrec.services.cache import cache_key, decode_vector, version_tag
 
 from tests.e2e.conftest import ADMIN_TOKEN
 from tests.helpers import synthetic_raw, synthetic_spec
@@ -83,12 +83,16 @@ def test_context_fields_are_shared_by_candidates(served):
     assert split == whole
 
 
+def _tag(version) -> str:
+    return version_tag(version.ref, version.manifest["files"]["weights.safetensors"])
+
+
 def test_embed_misses_then_hits_and_keys_live_in_redis_with_ttl(served, redis_url):
     client = redis.Redis.from_url(redis_url)
     ids = ["u-none", *[str(r["user_id"]) for r in _rows(6, "train")]]
     ids = list(dict.fromkeys(ids))
     for i in ids:
-        client.delete(cache_key(served.v1.ref, "user", i))
+        client.delete(cache_key(_tag(served.v1), "user", i))
     with httpx.Client(base_url=served.url, timeout=30) as http:
         first = http.post("/v1/embed", json={"entity": "user", "ids": ids}).raise_for_status().json()
         second = http.post("/v1/embed", json={"entity": "user", "ids": ids}).json()
@@ -97,10 +101,10 @@ def test_embed_misses_then_hits_and_keys_live_in_redis_with_ttl(served, redis_ur
     assert second["cache_hits"] == [False] + [True] * (len(ids) - 1)  # unknown ids are not cached
     assert second["vectors"] == first["vectors"] and first["dim"] == 8
     for i, vector in zip(ids[1:], first["vectors"][1:]):
-        key = cache_key(served.v1.ref, "user", i)
+        key = cache_key(_tag(served.v1), "user", i)
         assert 0 < client.ttl(key) <= 3600
         np.testing.assert_array_equal(decode_vector(client.get(key)), np.asarray(vector, np.float32))
-    assert client.get(cache_key(served.v1.ref, "user", "u-none")) is None
+    assert client.get(cache_key(_tag(served.v1), "user", "u-none")) is None
 
 
 def _names(response: httpx.Response, where: list) -> bool:
@@ -181,6 +185,8 @@ def test_reload_under_a_stream_of_requests_fails_none(served, redis_url):
                     versions.append(r.json()["model_version"])
 
     ids = [str(r["user_id"]) for r in rows[:3]]
+    client = redis.Redis.from_url(redis_url)
+    client.delete(*[cache_key(_tag(v), "user", i) for v in (served.v1, served.v2) for i in ids])
     with httpx.Client(base_url=served.url, timeout=30) as http:
         http.post("/v1/embed", json={"entity": "user", "ids": ids})  # cache them under v0001
     workers = [threading.Thread(target=stream) for _ in range(3)]
