@@ -45,7 +45,7 @@ class Ranker:
     def reconfigure(self, config: dict) -> None:
         """user_config from deploy/serve.yaml: batching knobs, changeable without a restart."""
         self.score.set_max_batch_size(int(config.get("max_batch_size", 16)))
-        self.score.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.001)))
+        self.score.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.002)))
 
     async def prepare(self, version: str) -> list[str]:
         """Load `version` ahead of a reload; returns the versions now loaded."""
@@ -55,7 +55,7 @@ class Ranker:
     async def loaded(self) -> list[str]:
         return self.store.versions
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.001)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         results: dict[int, ScoreResult] = {}
         for version in {r.version for r in requests}:
