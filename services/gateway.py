@@ -121,7 +121,7 @@ class RequestMetrics:
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(route, str(status)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(route, str(status)).observe(time.perf_counter() - start)
 
 
 def _safe_error(error: dict) -> dict:

@@ -14,8 +14,8 @@ class GatewayMetrics:
         r = self.registry
         self.requests = Counter("muxrec_requests", "HTTP requests by route and status", ["route", "status"],
                                 registry=r)
-        self.latency = Histogram("muxrec_request_latency_seconds", "Request latency by route", ["route"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram("muxrec_request_latency_seconds", "Request latency by route and status",
+                                 ["route", "status"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("muxrec_ranker_batch_rows", "Rows per model call in the Ranker (after batching)",
                                     buckets=(1, 10, 50, 100, 200, 500, 1000, 2000, 5000, 10000), registry=r)
         self.batch_requests = Histogram("muxrec_ranker_batch_requests", "Requests merged into one Ranker call",

@@ -1,8 +1,9 @@
 """Redis dies mid-test: requests still succeed from the model (fail-open), /readyz says degraded,
-the breaker stops calling Redis; Redis comes back: cache hits resume.
+the breaker stops calling Redis; Redis comes back: cache hits resume. And with REDIS_URL empty the
+gateway needs no Redis at all (in-process LRU).
 
-The test runs its own redis-server on a free port and kills that one, never the shared server; a
-second Serve application (route prefix /fault) points at it."""
+The test runs its own redis-server on a free port and kills that one, never the shared server;
+extra Serve applications (route prefixes /fault, /lru) point at it or at nothing."""
 
 from __future__ import annotations
 
@@ -45,23 +46,30 @@ def _cache_counts(http: httpx.Client) -> dict[str, float]:
     return out
 
 
-@pytest.fixture
-def fault_app(served):
+def _extra_app(served, name: str, overrides: dict) -> str:
+    """Deploy another copy of the app under /<name>, with tiny CPU reservations; return its URL."""
     from ray import serve
 
     from muxrec.services.app import build_app, load_serve_config, make_settings
 
+    config = load_serve_config(REPO / "deploy" / "serve.yaml")
+    small = {n: {**opts, "ray_actor_options": {"num_cpus": 0.05}} for n, opts in config.deployments.items()}
+    settings = make_settings({"registry": str(served.registry.root), "model": MODEL, "version": served.v1.version,
+                              "serving_alias": f"serving-{name}", **overrides})
+    serve.run(build_app(settings, small), name=name, route_prefix=f"/{name}")
+    return f"{served.url}/{name}"
+
+
+@pytest.fixture
+def fault_app(served):
+    from ray import serve
+
     require(shutil.which("redis-server") is not None, "redis-server is not installed")
     port = free_port()
     proc = _start_redis(port)
-    config = load_serve_config(REPO / "deploy" / "serve.yaml")
-    small = {name: {**opts, "ray_actor_options": {"num_cpus": 0.05}} for name, opts in config.deployments.items()}
-    settings = make_settings({"registry": str(served.registry.root), "model": MODEL, "version": served.v1.version,
-                              "serving_alias": "serving-fault", "redis_url": f"redis://127.0.0.1:{port}/0",
-                              "breaker_cooldown_s": 1.0})
-    serve.run(build_app(settings, small), name="fault", route_prefix="/fault")
+    url = _extra_app(served, "fault", {"redis_url": f"redis://127.0.0.1:{port}/0", "breaker_cooldown_s": 1.0})
     state = {"proc": proc, "port": port}
-    yield f"{served.url}/fault", state
+    yield url, state
     serve.delete("fault")
     state["proc"].kill()
     state["proc"].wait()
@@ -99,3 +107,20 @@ def test_redis_outage_is_survived_and_recovered(fault_app):
             time.sleep(0.3)
         assert all(hits), "cache hits did not resume after Redis came back"
         assert http.get("/readyz").json()["status"] == "ready"
+
+
+def test_empty_redis_url_uses_the_in_process_cache(served):
+    from ray import serve
+
+    url = _extra_app(served, "lru", {"redis_url": ""})
+    try:
+        ids = [str(r["user_id"]) for r in _rows(3, "train")]
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert http.get("/readyz").json()["redis"] == "disabled"
+            first = http.post("/v1/embed", json={"entity": "user", "ids": ids}).json()
+            second = http.post("/v1/embed", json={"entity": "user", "ids": ids}).json()
+            assert first["cache_hits"] == [False] * 3 and second["cache_hits"] == [True] * 3
+            assert second["vectors"] == first["vectors"]
+            assert "muxrec_redis_up" not in http.get("/metrics").text
+    finally:
+        serve.delete("lru")
