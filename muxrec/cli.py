@@ -49,7 +49,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from muxrec.artifacts import ArtifactRegistry
-    from muxrec.config import TrainConfig, load_model_file
+    from muxrec.config import load_model_file, model_file
     from muxrec.models import make_config
     from muxrec.pipelines.prepare import prepare_cached
     from muxrec.pipelines.train import TrainJob, train, with_overrides
@@ -57,13 +57,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     # Validate everything the user typed before any work starts.
     spec = load_spec(args.spec)
-    config = args.config or CONFIG_DIR / "models" / f"{args.model}.yaml"
-    model_cfg, train_cfg = load_model_file(config) if args.config or config.is_file() else ({}, TrainConfig())
-    make_config(args.model, model_cfg)
-    train_cfg = with_overrides(train_cfg, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    mf = load_model_file(args.config) if args.config else model_file(CONFIG_DIR, args.model)
+    make_config(mf.architecture, mf.model)
+    train_cfg = with_overrides(mf.train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                seed=args.seed, num_workers=args.num_workers, patience=args.patience)
     prepared = prepare_cached(spec, args.runs / "prepared")
-    job = TrainJob(str(prepared.root), args.model, model_cfg, train_cfg)
+    job = TrainJob(str(prepared.root), mf.architecture, mf.model, train_cfg)
     name = args.name or f"{spec.name}-{args.model}"
     result = train(job, ArtifactRegistry(args.registry), name, args.runs / "ray", fresh=args.fresh)
     summary = {k: v for k, v in result.metrics.items() if k != "history"}
@@ -190,9 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a model with Ray Train and publish it to the registry")
     tr.add_argument("--spec", type=Path, required=True, help="feature spec YAML")
-    tr.add_argument("--model", required=True, help="architecture name (see `muxrec models`)")
+    tr.add_argument("--model", required=True,
+                    help="a configs/models/<model>.yaml name or an architecture (see `muxrec models`)")
     tr.add_argument("--config", type=Path, default=None,
-                    help="model YAML with `model:` and `train:` sections (default configs/models/<model>.yaml)")
+                    help="model YAML with `architecture:`, `model:` and `train:` (default configs/models/<model>.yaml)")
     tr.add_argument("--name", default=None, help="registry name (default <spec>-<model>)")
     tr.add_argument("--epochs", type=int, default=None)
     tr.add_argument("--batch-size", type=int, default=None)

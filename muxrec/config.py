@@ -135,13 +135,38 @@ def load_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     return data
 
 
-def load_model_file(path: str | Path) -> tuple[dict[str, Any], TrainConfig]:
-    """A per-model YAML (configs/models/<name>.yaml): `model:` hyper-parameters, `train:` TrainConfig."""
+@dataclass(frozen=True)
+class ModelFile:
+    """configs/models/<name>.yaml: an architecture, its hyper-parameters and how to train it.
+
+    The file's stem is the name benchmarks and the CLI use; `architecture` (default: the same name)
+    is the registry entry, so variants of one model can live side by side (hiformer.yaml and
+    hiformer-fast.yaml, both `architecture: hiformer`).
+    """
+
+    name: str
+    architecture: str
+    model: dict[str, Any]
+    train: TrainConfig
+
+
+def load_model_file(path: str | Path) -> ModelFile:
+    """Read and check a per-model YAML: top-level `architecture`, `model` and `train` only."""
+    path = Path(path)
     data = load_yaml_mapping(path, "model config")
-    unknown = sorted(set(data) - {"model", "train"})
+    unknown = sorted(set(data) - {"architecture", "model", "train"})
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; expected `model` and `train`")
+        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; expected `architecture`, `model`, `train`")
     model = data.get("model") or {}
     if not isinstance(model, dict):
         raise ConfigError(f"{path}: `model` must be a mapping")
-    return model, from_dict(TrainConfig, data.get("train"), origin=f"{path}: train")
+    architecture = data.get("architecture", path.stem)
+    if not isinstance(architecture, str):
+        raise ConfigError(f"{path}: `architecture` must be a model name")
+    return ModelFile(path.stem, architecture, model, from_dict(TrainConfig, data.get("train"), origin=f"{path}: train"))
+
+
+def model_file(config_dir: str | Path, name: str) -> ModelFile:
+    """configs/models/<name>.yaml when it exists, else architecture `name` with default settings."""
+    path = Path(config_dir) / "models" / f"{name}.yaml"
+    return load_model_file(path) if path.is_file() else ModelFile(name, name, {}, TrainConfig())

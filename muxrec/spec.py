@@ -336,7 +336,8 @@ class TableInput:
 class ModelInputs:
     """What a model sees, derived from a FeatureSpec plus the fitted table sizes.
 
-    fields:     the F axis of (B, F, D): pooled id features and numeric features, in spec order
+    fields:     the F axis of (B, F, D): every feature in spec order (a sequence is mean-pooled there;
+                models that attend over its positions read them through `sequences`)
     pooled:     id features fed to the EmbeddingBagCollection (KeyedJaggedTensor keys, in order)
     numeric:    numeric features, the columns of the dense (B, N) tensor
     sequences:  sequence features, (B, L) padded ids looked up position by position
@@ -366,7 +367,7 @@ class ModelInputs:
             tables.append(TableInput(t.name, num_embeddings[t.name], t.embedding_dim, pooled,
                                      tuple(f.name for f in feats if f.kind == FeatureKind.SEQUENCE),
                                      poolings.pop() if poolings else "sum"))
-        fields = tuple(f.name for f in spec.features if f.kind != FeatureKind.SEQUENCE)
+        fields = tuple(f.name for f in spec.features)
         return cls(
             fields=fields,
             pooled=tuple(f.name for f in spec.of_kind(FeatureKind.CATEGORICAL, FeatureKind.MULTI_CATEGORICAL,

@@ -50,8 +50,8 @@ def bench_ctr(dataset: str, model: str, seed: int, config_dir: Path, runs: Path,
         raise ConfigError(f"no model config {model_path}; models with configs: {known}")
     spec = load_spec(spec_path)
     prepared = prepare_cached(spec, runs / "prepared")
-    model_cfg, train_cfg = load_model_file(model_path)
-    job = TrainJob(str(prepared.root), model, model_cfg, replace(train_cfg, seed=seed))
+    mf = load_model_file(model_path)
+    job = TrainJob(str(prepared.root), mf.architecture, mf.model, replace(mf.train, seed=seed))
     name = f"bench-{dataset}-{model}"
     result = train(job, registry, name, runs / "ray", run_name=f"{name}-seed{seed}", fresh=True)
     m = result.metrics

@@ -28,7 +28,7 @@ def permutation_importance(model: nn.Module, table: pa.Table, inputs: ModelInput
     labels = rows.labels.numpy()[:, 0]
     baseline = roc_auc(labels, predict_proba(model, rows, batch_size)[:, 0])
     features = []
-    for name in (*inputs.fields, *inputs.sequences):
+    for name in inputs.fields:
         drops = []
         for _ in range(repeats):
             shuffled = table.set_column(table.schema.get_field_index(name), name,

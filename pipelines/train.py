@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import ray
 import ray.train
@@ -37,10 +36,10 @@ from torch import nn
 from muxrec.artifacts import ArtifactRegistry, ModelVersion
 from muxrec.config import TrainConfig, from_dict, to_dict
 from muxrec.errors import ConfigError, MuxrecError, find_muxrec_error
-from muxrec.metrics import binary_metrics
 from muxrec.models import EncodedRows, build_model, make_config
-from muxrec.models.serialization import load_state, model_files, predict_proba, state_bytes
+from muxrec.models.serialization import load_state, model_files, state_bytes
 from muxrec.pipelines.importance import permutation_importance
+from muxrec.pipelines.loop import evaluate_rows, make_optimizer, train_epoch
 from muxrec.pipelines.prepare import PreparedData
 from muxrec.pipelines.ray_env import ensure_ray
 from muxrec.spec import ModelInputs
@@ -98,27 +97,6 @@ def _shard_rows(name: str, inputs: ModelInputs) -> EncodedRows:
     return EncodedRows(pa.concat_tables(tables) if tables else pa.table({}), inputs)
 
 
-def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """Embedding tables get embedding_l2, everything else weight_decay."""
-    tables = {id(p) for m in model.modules() if isinstance(m, (nn.EmbeddingBag, nn.Embedding)) for p in m.parameters()}
-    embedding = [p for p in model.parameters() if id(p) in tables]
-    other = [p for p in model.parameters() if id(p) not in tables]
-    return [{"params": embedding, "weight_decay": cfg.embedding_l2}, {"params": other, "weight_decay": cfg.weight_decay}]
-
-
-def evaluate_rows(model: nn.Module, rows: EncodedRows, tasks: tuple[str, ...], batch_size: int) -> dict[str, Any]:
-    """Metrics per task, keyed "<task>_auc" etc.; the first task's also as plain "auc"/"logloss"."""
-    probs = predict_proba(model, rows, batch_size)  # (N, T_out)
-    labels = rows.labels.numpy()
-    out: dict[str, Any] = {}
-    for t in range(probs.shape[1]):
-        m = binary_metrics(labels[:, t], probs[:, t])
-        out.update({f"{tasks[t]}_{k}": v for k, v in m.items()})
-        if t == 0:
-            out.update(m)
-    return out
-
-
 def _equal_batch_count(n_batches: int) -> int:
     """DDP needs every rank to run the same number of steps: take the minimum."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -151,7 +129,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(job.model, job.model_config, inputs)
-    optimizer = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr)
+    optimizer = make_optimizer(model, cfg)
     fingerprint = job.fingerprint(prepared.spec.fingerprint())
     state = {"epoch": -1, "best_epoch": -1, "best_valid_auc": -1.0, "bad_epochs": 0, "stopped": False,
              "history": [], "fingerprint": fingerprint, "train_seconds": 0.0, "world_size": ctx.get_world_size(),
@@ -187,23 +165,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         start = cfg.epochs  # early-stopped before: nothing left to do
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
-        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout
-        shuffle = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         n_batches = _equal_batch_count((len(train_rows) + cfg.batch_size - 1) // cfg.batch_size)
-        net.train()
-        losses = []
         progress = _progress(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", rank == 0 and job.progress_bars)
-        for step, batch in enumerate(train_rows.batches(cfg.batch_size, shuffle)):
-            if step >= n_batches:
-                break
-            logits = net(batch)  # (B, T_out)
-            n_tasks = logits.shape[1]
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels[:, :n_tasks])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            progress.update(1)
+        train_loss = train_epoch(net, model, train_rows, cfg, epoch, optimizer, n_batches,
+                                 on_batch=lambda: progress.update(1))
         progress.close()
         valid = evaluate_rows(model, valid_rows, inputs.tasks, cfg.eval_batch_size)
         seconds = time.perf_counter() - t0
@@ -215,7 +180,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             state["bad_epochs"] += 1
         state["stopped"] = state["bad_epochs"] >= cfg.patience
-        metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "valid_auc": valid["auc"],
+        metrics = {"epoch": epoch + 1, "train_loss": train_loss, "valid_auc": valid["auc"],
                    "valid_logloss": valid["logloss"], "best_valid_auc": state["best_valid_auc"],
                    "epoch_seconds": seconds}
         state["history"].append(metrics)
@@ -311,23 +276,44 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
 
 def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: str | Path,
           run_name: str | None = None, fresh: bool = False) -> TrainResult:
-    """Fit, evaluate the best checkpoint on valid and test, publish it as a new model version."""
+    """Fit, evaluate the best checkpoint on valid and test, publish it as a new model version.
+
+    Search-then-retrain models (a `retrain_config()` method returning the config they chose, e.g.
+    OptInter's interaction method per field pair) are fitted twice: the search run, then a run of
+    the chosen config from scratch, which is what gets published; the search is recorded in metrics.
+    """
     prepared = PreparedData.load(job.prepared)
     run_name = run_name or f"{model_name}-seed{job.train.seed}"
+    runs = [run_name]
     state, best_weights, wall = fit(job, storage, run_name, fresh=fresh)
-
     cfg = make_config(job.model, job.model_config)
     model = build_model(job.model, cfg, prepared.inputs)
     load_state(model, best_weights)
+
+    search = None
+    chosen = model.retrain_config() if hasattr(model, "retrain_config") else None
+    if chosen is not None:
+        search = {"config": to_dict(cfg), "valid_auc": state["best_valid_auc"], "epochs": state["epoch"] + 1,
+                  "train_seconds": round(state["train_seconds"], 2), "chosen": to_dict(chosen)}
+        search.update(getattr(model, "search_report", dict)())
+        job, cfg = replace(job, model_config=to_dict(chosen)), chosen
+        runs.append(f"{run_name}-retrain")
+        state, best_weights, retrain_wall = fit(job, storage, runs[-1], fresh=fresh)
+        wall += retrain_wall
+        model = build_model(job.model, cfg, prepared.inputs)
+        load_state(model, best_weights)
+
     metrics: dict[str, Any] = {
         "model": job.model,
         "best_epoch": state["best_epoch"] + 1,
         "epochs": state["epoch"] + 1,
-        "train_seconds": round(state["train_seconds"], 2),
+        "train_seconds": round(state["train_seconds"] + (search["train_seconds"] if search else 0.0), 2),
         "wall_seconds": round(wall, 2),
         "params": sum(p.numel() for p in model.parameters()),
         "history": state["history"],
     }
+    if search is not None:
+        metrics["search"] = search
     for split in ("valid", "test"):
         rows = EncodedRows(prepared.read(split), prepared.inputs)
         metrics[split] = evaluate_rows(model, rows, prepared.inputs.tasks, job.train.eval_batch_size)
@@ -338,12 +324,12 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
     files["train.json"] = json.dumps(job.to_dict(), indent=1)
     version = registry.publish(model_name, files, metadata={
         "model": job.model, "spec": prepared.spec.name, "valid_auc": metrics["valid"]["auc"],
-        "test_auc": metrics["test"]["auc"], "run": run_name})
-    folder = run_dir(storage, run_name)
-    (folder / DONE_MARKER).write_text(json.dumps({"version": version.ref}))
+        "test_auc": metrics["test"]["auc"], "run": runs[-1]})
+    for name in runs:
+        (run_dir(storage, name) / DONE_MARKER).write_text(json.dumps({"version": version.ref}))
     print(f"[muxrec] published {version.ref}: valid AUC {metrics['valid']['auc']:.4f}, "
           f"test AUC {metrics['test']['auc']:.4f} (best epoch {metrics['best_epoch']})", file=sys.stderr, flush=True)
-    return TrainResult(version, metrics, folder)
+    return TrainResult(version, metrics, run_dir(storage, runs[-1]))
 
 
 def with_overrides(cfg: TrainConfig, **overrides: Any) -> TrainConfig:

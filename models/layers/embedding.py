@@ -19,7 +19,9 @@ class FeatureEmbedding(nn.Module):
     `EmbeddingBagCollection`; several features may read one table (the spec's `table:`), which is
     how per-feature vs shared tables becomes a config change. Multi-valued bags are pooled.
     Each numeric feature scales a learned D-vector (x * v), so it is a field like the others.
-    Sequence features read their table row by row through `sequence()`, sharing its weights.
+    A sequence feature (a behaviour history) is a field too, the mean of its positions' vectors;
+    `sequence()` gives the positions themselves for target attention (DIN). It reads its table row by
+    row, sharing the weights with the pooled features of that table (item_id and the history).
 
     Args:
         inputs: the model-input view of the feature spec.
@@ -73,6 +75,10 @@ class FeatureEmbedding(nn.Module):
         if self.inputs.numeric:
             scaled = batch.dense[:, :, None] * self.numeric[None]  # (B, N, D)
             columns.update({name: scaled[:, i] for i, name in enumerate(self.inputs.numeric)})
+        for name in self.inputs.sequences:
+            vectors, mask = self.sequence(batch, name)  # (B, L, D), (B, L)
+            total = (vectors * mask[..., None]).sum(dim=1)  # (B, D)
+            columns[name] = total / mask.sum(dim=1, keepdim=True).clamp(min=1)  # (B, D); empty history -> 0
         return torch.stack([columns[name] for name in self.inputs.fields], dim=1)  # (B, F, D)
 
     def sequence(self, batch: Batch, name: str) -> tuple[Tensor, Tensor]:

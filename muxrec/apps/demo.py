@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from muxrec.apps.serving import free_port, serving
 from muxrec.artifacts import ArtifactRegistry
-from muxrec.config import load_model_file
+from muxrec.config import model_file
 from muxrec.data import download, find_dataset, load_source
 from muxrec.errors import DataError, DataNotFoundError
 from muxrec.pipelines.evaluate import evaluate
@@ -68,9 +68,9 @@ def run_demo(config_dir: Path, serve_config: Path, runs: Path, registry_root: Pa
     prepared = prepare_cached(spec, runs / "prepared")
     print(f"[demo] prepared {prepared.root}: " + ", ".join(
         f"{s} {v['rows']:,} rows" for s, v in prepared.stats["splits"].items()))
-    model_cfg, train_cfg = load_model_file(config_dir / "models" / f"{MODEL}.yaml")
+    mf = model_file(config_dir, MODEL)
     name = f"demo-{spec.name}-{MODEL}"
-    result = train(TrainJob(str(prepared.root), MODEL, model_cfg, train_cfg), ArtifactRegistry(registry_root),
+    result = train(TrainJob(str(prepared.root), mf.architecture, mf.model, mf.train), ArtifactRegistry(registry_root),
                    name, runs / "ray", fresh=True)
     report = evaluate(result.version, "test")
     click = report["tasks"][spec.label_names[0]]

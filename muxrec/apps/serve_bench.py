@@ -26,7 +26,7 @@ import pyarrow as pa
 from muxrec.apps.demo import example_request
 from muxrec.apps.serving import free_port, serving
 from muxrec.artifacts import ArtifactRegistry
-from muxrec.config import load_model_file
+from muxrec.config import model_file
 from muxrec.data import load_source
 from muxrec.pipelines.bench import commit, machine
 from muxrec.services.cache import cache_key, version_tag
@@ -49,8 +49,8 @@ def _ensure_model(config_dir: Path, runs: Path, registry: ArtifactRegistry, name
 
     print(f"[bench] no model {name!r} in {registry.root}: training DeepFM on ML-100K first (2 epochs)", flush=True)
     prepared = prepare_cached(load_spec(config_dir / "ml-100k.yaml"), runs / "prepared")
-    model_cfg, train_cfg = load_model_file(config_dir / "models" / "deepfm.yaml")
-    train(TrainJob(str(prepared.root), "deepfm", model_cfg, replace(train_cfg, epochs=2)), registry, name,
+    mf = model_file(config_dir, "deepfm")
+    train(TrainJob(str(prepared.root), mf.architecture, mf.model, replace(mf.train, epochs=2)), registry, name,
           runs / "ray", fresh=True)
 
 

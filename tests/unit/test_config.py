@@ -27,9 +27,9 @@ def test_train_config_defaults_and_validation():
 def test_shipped_model_files_are_valid(path):
     from muxrec.models import make_config
 
-    model, train = load_model_file(path)
-    make_config(path.stem, model)
-    assert train.epochs >= 1
+    mf = load_model_file(path)
+    make_config(mf.architecture, mf.model)
+    assert mf.name == path.stem and mf.train.epochs >= 1
 
 
 def test_model_file_errors(tmp_path):
@@ -37,6 +37,9 @@ def test_model_file_errors(tmp_path):
     bad.write_text("model: {}\ntrian: {}\n")
     with pytest.raises(ConfigError, match=r"unknown top-level key\(s\) \['trian'\]"):
         load_model_file(bad)
+    bad.write_text("architecture: deepfm\nmodel: {dropout: 0.1}\n")
+    variant = load_model_file(bad)
+    assert (variant.name, variant.architecture, variant.model) == ("m", "deepfm", {"dropout": 0.1})
     bad.write_text("model: [1, 2]\n")
     with pytest.raises(ConfigError, match="`model` must be a mapping"):
         load_model_file(bad)

@@ -136,3 +136,7 @@ def test_shared_table_is_one_weight(tiny):
     assert "item" in emb.bags.embedding_bags  # the pooled item_id reads the same module
     fields = emb(batch)
     assert fields.shape == (8, inputs.num_fields, 4)
+    # The history's field is the mean of its valid positions (an empty history gives zeros).
+    pooled = fields[:, inputs.fields.index("history")]
+    expected = torch.stack([vectors[b][mask[b]].mean(0) if mask[b].any() else torch.zeros(4) for b in range(8)])
+    assert torch.allclose(pooled, expected, atol=1e-6)

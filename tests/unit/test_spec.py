@@ -89,8 +89,8 @@ def test_three_views_agree():
     train = encoded["train"]
     for f in spec.features:
         assert f.name in train.column_names
-    # Model inputs cover every non-sequence feature as a field and every id feature's table.
-    assert set(inputs.fields) == {f.name for f in spec.features if f.kind != FeatureKind.SEQUENCE}
+    # Model inputs: every feature is a field (sequences mean-pooled), every id feature reads a table.
+    assert inputs.fields == tuple(f.name for f in spec.features)
     assert set(inputs.sequences) == {f.name for f in spec.of_kind(FeatureKind.SEQUENCE)}
     tables = {t.name: t for t in inputs.tables}
     for f in spec.features:

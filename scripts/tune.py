@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Hyper-parameter selection on the VALIDATION split, in-process (no Ray cluster), for development.
+
+    python scripts/tune.py --prepared runs/prepared/ml-100k --model deepfm \
+        --set model.dropout=0.1 --set train.lr=2e-3 --seeds 2026,2027
+
+Runs the same epoch loop as the Ray Train workers (muxrec.pipelines.loop) with early stopping on
+validation AUC and prints one JSON line per seed. It never reads the test split: choose settings
+here, then measure them once with `muxrec bench ctr`. Prepare the data first with `muxrec prepare`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import yaml
+
+from muxrec.config import TrainConfig, from_dict, load_model_file, model_file, to_dict
+from muxrec.models import EncodedRows, build_model, make_config
+from muxrec.pipelines.loop import evaluate_rows, make_optimizer, train_epoch
+from muxrec.pipelines.prepare import PreparedData
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _set(model_cfg: dict, train_cfg: dict, assignment: str) -> None:
+    key, _, raw = assignment.partition("=")
+    section, _, name = key.partition(".")
+    target = {"model": model_cfg, "train": train_cfg}.get(section)
+    if target is None or not name:
+        raise SystemExit(f"--set {assignment!r}: use model.<field>=<value> or train.<field>=<value>")
+    target[name] = yaml.safe_load(raw)
+
+
+def run(prepared: PreparedData, model_name: str, model_cfg: dict, train_cfg: TrainConfig,
+        train_rows: EncodedRows, valid_rows: EncodedRows) -> dict:
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(model_name, model_cfg, prepared.inputs)
+    optimizer = make_optimizer(model, train_cfg)
+    best, best_epoch, bad, t0, history = -1.0, -1, 0, time.perf_counter(), []
+    for epoch in range(train_cfg.epochs):
+        train_epoch(model, model, train_rows, train_cfg, epoch, optimizer)
+        auc = evaluate_rows(model, valid_rows, prepared.inputs.tasks, train_cfg.eval_batch_size)["auc"]
+        history.append(round(auc, 4))
+        if auc > best:
+            best, best_epoch, bad = auc, epoch, 0
+        else:
+            bad += 1
+            if bad >= train_cfg.patience:
+                break
+    return {"valid_auc": round(best, 5), "best_epoch": best_epoch + 1, "epochs": len(history),
+            "seconds": round(time.perf_counter() - t0, 1), "history": history}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prepared", type=Path, required=True, help="a folder written by `muxrec prepare`")
+    p.add_argument("--model", required=True, help="a configs/models/<model>.yaml name or an architecture")
+    p.add_argument("--config", type=Path, default=None, help="default configs/models/<model>.yaml if present")
+    p.add_argument("--set", action="append", default=[], help="model.<field>=<value> or train.<field>=<value>")
+    p.add_argument("--seeds", default="2026")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    mf = load_model_file(args.config) if args.config else model_file(REPO / "configs", args.model)
+    model_cfg, train_dict = dict(mf.model), to_dict(mf.train)
+    for assignment in args.set:
+        _set(model_cfg, train_dict, assignment)
+    make_config(mf.architecture, model_cfg)
+    prepared = PreparedData.load(args.prepared)
+    train_rows = EncodedRows(prepared.read("train"), prepared.inputs)
+    valid_rows = EncodedRows(prepared.read("valid"), prepared.inputs)
+    for seed in (int(s) for s in args.seeds.split(",")):
+        cfg = replace(from_dict(TrainConfig, train_dict), seed=seed)
+        result = run(prepared, mf.architecture, model_cfg, cfg, train_rows, valid_rows)
+        print(json.dumps({"model": args.model, "seed": seed, "set": args.set, **result}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
