@@ -236,6 +236,10 @@ class FeatureSpec(_Strict):
             if label.name in names:
                 raise ValueError(f"label {label.name!r} has the name of a feature")
         for f in self.features:
+            if f.history is not None and f.history.label is not None and f.history.label not in self.label_names:
+                raise ValueError(f"feature {f.name!r}: history label {f.history.label!r} is not one of the "
+                                 f"labels {self.label_names}")
+        for f in self.features:
             if f.table is not None and f.table not in self.tables:
                 raise ValueError(
                     f"feature {f.name!r} names table {f.table!r}, which is not declared under `tables` "

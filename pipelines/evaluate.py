@@ -16,6 +16,7 @@ from muxrec.artifacts import ModelVersion
 from muxrec.data import load_source
 from muxrec.encoding import SPLIT_COLUMN, SPLITS, derive, encode
 from muxrec.errors import DataError
+from muxrec.history import add_histories
 from muxrec.metrics import calibration, log_loss, roc_auc
 from muxrec.models import EncodedRows
 from muxrec.models.serialization import LoadedModel, load_model
@@ -26,7 +27,7 @@ def split_rows(loaded: LoadedModel, split: str, raw: pa.Table | None = None) -> 
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; splits: {list(SPLITS)}")
     raw = load_source(loaded.spec.source) if raw is None else raw
-    derived = derive(raw, loaded.spec)
+    derived = derive(add_histories(raw, loaded.spec), loaded.spec)
     derived = derived.filter(pc.equal(derived[SPLIT_COLUMN], split)).drop_columns([SPLIT_COLUMN])
     return encode(derived, loaded.spec, loaded.vocab)
 

@@ -23,6 +23,7 @@ import ray
 from muxrec.data import load_source
 from muxrec.encoding import SPLIT_COLUMN, SPLITS, Vocabulary, count_values, derive, encode, moments
 from muxrec.errors import DataError, MuxrecError, find_muxrec_error
+from muxrec.history import add_histories
 from muxrec.pipelines.io import replacing, write_parquet
 from muxrec.pipelines.ray_env import ensure_ray
 from muxrec.spec import FeatureSpec, ModelInputs, load_spec
@@ -75,7 +76,7 @@ def _blocks(table: pa.Table) -> list[pa.Table]:
 def prepare(spec: FeatureSpec, out_root: str | Path, raw: pa.Table | None = None) -> PreparedData:
     """Run preprocessing for `spec` into out_root/<spec.name>/ and return the result."""
     out_root = Path(out_root)
-    raw = load_source(spec.source) if raw is None else raw
+    raw = add_histories(load_source(spec.source) if raw is None else raw, spec)  # needs every row at once
     derive(raw.slice(0, 0), spec)  # schema errors (missing columns, wrong types) before any Ray work
     ensure_ray()
     try:

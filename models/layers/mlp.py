@@ -4,9 +4,29 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import Tensor, nn
 
-_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "prelu": nn.PReLU}
+
+class Dice(nn.Module):
+    """Data-adaptive activation from "Deep Interest Network for Click-Through Rate Prediction" (KDD 2018).
+
+    f(s) = p(s) * s + (1 - p(s)) * alpha * s with p(s) = sigmoid(BN(s)): a PReLU whose rectification
+    point follows the batch statistics of each unit. Input (N, C).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-8):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, eps=eps, affine=False)
+        self.alpha = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = torch.sigmoid(self.norm(x))  # (N, C)
+        return p * x + (1 - p) * self.alpha * x  # (N, C)
+
+
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "prelu": nn.PReLU,
+                "dice": Dice}
 
 
 class MLP(nn.Module):
@@ -18,7 +38,7 @@ class MLP(nn.Module):
         out_dim: width of a final linear layer without activation, or None for none.
         dropout: dropout after each hidden activation.
         batch_norm: BatchNorm1d before each activation.
-        activation: one of relu, gelu, silu, tanh, prelu.
+        activation: one of relu, gelu, silu, tanh, prelu, dice.
 
     Example::
 
@@ -37,7 +57,7 @@ class MLP(nn.Module):
             layers.append(nn.Linear(width, h))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(h))
-            layers.append(_ACTIVATIONS[activation]())
+            layers.append(Dice(h) if activation == "dice" else _ACTIVATIONS[activation]())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = h

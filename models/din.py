@@ -1,0 +1,109 @@
+"""DIN: target attention over a user's behaviour history.
+
+"Deep Interest Network for Click-Through Rate Prediction", Zhou, Zhu, Song, Fan, Zhu, Ma, Yan, Jin,
+Li, Gai, KDD 2018. https://arxiv.org/abs/1706.06978
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from muxrec.errors import ConfigError
+from muxrec.models.batch import Batch
+from muxrec.models.layers.embedding import FeatureEmbedding
+from muxrec.models.layers.mlp import MLP
+from muxrec.models.registry import register
+from muxrec.spec import ModelInputs
+
+Activation = Literal["dice", "prelu", "relu"]
+
+
+@dataclass(frozen=True)
+class DINConfig:
+    """Args:
+        target: the candidate feature whose embedding queries the history (reads the same table).
+        sequence: the behaviour-history sequence feature.
+        attention_units: hidden widths of the local activation unit.
+    """
+
+    embedding_dim: int = 16
+    target: str = "item_id"
+    sequence: str = "history"
+    attention_units: tuple[int, ...] = (80, 40)
+    hidden_units: tuple[int, ...] = (200, 80)
+    activation: Activation = "dice"
+    attention_activation: Activation = "dice"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
+        if not self.attention_units or any(h < 1 for h in (*self.attention_units, *self.hidden_units)):
+            raise ValueError("attention_units must be non-empty and all widths positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class TargetAttention(nn.Module):
+    """DIN's local activation unit: a weight per history position from [q, k, q - k, q * k].
+
+    The weights are not softmax-normalised (the paper keeps their sum as the intensity of interest);
+    padded positions get weight 0.
+    """
+
+    def __init__(self, dim: int, units: tuple[int, ...], activation: Activation):
+        super().__init__()
+        self.score = MLP(4 * dim, units, out_dim=1, activation=activation)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """query (B, D), keys (B, L, D), mask (B, L) -> interest (B, D), weights (B, L)."""
+        b, length, d = keys.shape
+        q = query[:, None, :].expand(b, length, d)  # (B, L, D)
+        pairs = torch.cat([q, keys, q - keys, q * keys], dim=-1)  # (B, L, 4D)
+        weights = self.score(pairs.reshape(b * length, 4 * d)).view(b, length)  # (B, L)
+        weights = weights.masked_fill(~mask, 0.0)  # (B, L)
+        return (weights[..., None] * keys).sum(dim=1), weights  # (B, D), (B, L)
+
+
+@register("din", DINConfig)
+class DIN(nn.Module):
+    """Embeddings of every field plus the history pooled by attention to the candidate, then an MLP.
+
+    Args:
+        cfg: hyper-parameters; `target` and `sequence` must read the same embedding table.
+        inputs: the model-input view of the feature spec (must include the sequence feature).
+        embedding: the shared (B, F, D) field embedding.
+    """
+
+    def __init__(self, cfg: DINConfig, inputs: ModelInputs, embedding: FeatureEmbedding):
+        super().__init__()
+        if cfg.sequence not in inputs.sequences:
+            raise ConfigError(f"DIN needs the sequence feature {cfg.sequence!r}; the spec's sequence features are "
+                              f"{list(inputs.sequences) or 'none'} (use a spec with a history, e.g. ml-100k-history)")
+        if cfg.target not in inputs.pooled:
+            raise ConfigError(f"DIN's target {cfg.target!r} is not a categorical feature of the spec")
+        if inputs.table_of[cfg.target] != inputs.table_of[cfg.sequence]:
+            raise ConfigError(f"DIN's target {cfg.target!r} and sequence {cfg.sequence!r} must share an embedding "
+                              f"table (they read {inputs.table_of[cfg.target]!r} and {inputs.table_of[cfg.sequence]!r})")
+        self.cfg = cfg
+        self.embedding = embedding
+        self.target_index = inputs.fields.index(cfg.target)
+        self.attention = TargetAttention(cfg.embedding_dim, cfg.attention_units, cfg.attention_activation)
+        width = (inputs.num_fields + 1) * cfg.embedding_dim
+        self.dnn = MLP(width, cfg.hidden_units, out_dim=1, dropout=cfg.dropout, activation=cfg.activation)
+
+    def attention_weights(self, batch: Batch) -> Tensor:
+        """Per-position attention weights (B, L) of the history, 0 on padding: what the model looked at."""
+        fields = self.embedding(batch)  # (B, F, D)
+        keys, mask = self.embedding.sequence(batch, self.cfg.sequence)  # (B, L, D), (B, L)
+        return self.attention(fields[:, self.target_index], keys, mask)[1]  # (B, L)
+
+    def forward(self, batch: Batch) -> Tensor:
+        fields = self.embedding(batch)  # (B, F, D)
+        keys, mask = self.embedding.sequence(batch, self.cfg.sequence)  # (B, L, D), (B, L)
+        interest, _ = self.attention(fields[:, self.target_index], keys, mask)  # (B, D)
+        return self.dnn(torch.cat([fields.flatten(1), interest], dim=1))  # (B, 1)
