@@ -108,14 +108,33 @@ def cmd_bench_ctr(args: argparse.Namespace) -> int:
     from muxrec.artifacts import ArtifactRegistry
     from muxrec.pipelines.bench import bench_ctr
 
-    row = bench_ctr(args.dataset, args.model, args.seed, CONFIG_DIR, args.runs, ArtifactRegistry(args.registry),
-                    None if args.no_save else args.out)
-    if not args.json:
-        print(f"{row['model']} on {row['dataset']} (seed {row['seed']}): test AUC {row['test_auc']:.4f}, "
-              f"logloss {row['test_logloss']:.4f}, valid AUC {row['valid_auc']:.4f}, {row['epochs']} epochs, "
-              f"{row['train_seconds']:.1f}s")
-    _print_json(row)
+    seeds = _seeds(args.seeds) if args.seeds else [args.seed]
+    for row in bench_ctr(args.dataset, args.model, seeds, CONFIG_DIR, args.runs, ArtifactRegistry(args.registry),
+                         None if args.no_save else args.out):
+        if not args.json:
+            if "skipped" in row:
+                print(f"{row['model']} on {row['dataset']}: skipped ({row['skipped']})", file=sys.stderr)
+            else:
+                print(f"{row['model']} on {row['dataset']} ({len(seeds)} seed(s)): test AUC {row['test_auc']:.4f}"
+                      f" ± {row['test_auc_std']:.4f}, logloss {row['test_logloss']:.4f}, valid AUC "
+                      f"{row['valid_auc']:.4f}, {row['params']:,} params, {row['train_seconds']:.0f}s",
+                      file=sys.stderr)
+        flat = {k: v for k, v in row.items() if k != "per_seed"}
+        if row.get("per_seed") and len(row["per_seed"]) == 1:  # the single-seed form of the foundation issue
+            only = row["per_seed"][0]
+            flat.update(seed=only["seed"], best_epoch=only["best_epoch"], version=only["version"])
+        _print_json(flat)
     return 0
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise MuxrecError(f"--seeds: expected comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise MuxrecError("--seeds: give at least one seed")
+    return seeds
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -220,10 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     be = sub.add_parser("bench", help="benchmarks (print one JSON object as the last line)")
     be_sub = be.add_subparsers(dest="bench_command", required=True, parser_class=_Parser)
     ctr = be_sub.add_parser("ctr", help="fixed CTR protocol: prepare + train + evaluate")
-    ctr.add_argument("--dataset", required=True, help="a spec under configs/, e.g. ml-100k")
-    ctr.add_argument("--model", required=True)
-    ctr.add_argument("--seed", type=int, default=2026)
-    ctr.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
+    ctr.add_argument("--dataset", required=True, help="a spec under configs/, e.g. ml-100k, ml-100k-history, synthetic")
+    ctr.add_argument("--model", required=True, help="a configs/models/<model>.yaml name, or `all`")
+    ctr.add_argument("--seed", type=int, default=2026, help="one seed (see --seeds)")
+    ctr.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 2026,2027,2028 (overrides --seed)")
+    ctr.add_argument("--json", action="store_true", help="print only the JSON lines (one per model) on stdout")
     ctr.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
     ctr.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")
     paths(ctr)

@@ -1,7 +1,13 @@
-"""`muxrec bench ctr`: the fixed CTR protocol (prepare + train + evaluate) as one measured run.
+"""`muxrec bench ctr`: the fixed CTR protocol (prepare + train + evaluate), per model and seed.
 
-Each run's figures are saved under docs/benchmarks/results/ and the per-dataset table
-docs/benchmarks/ctr-<dataset>.md is rebuilt from all saved runs.
+    muxrec bench ctr --dataset ml-100k --model all --seeds 2026,2027,2028 --json
+
+For each model (a configs/models/<name>.yaml) and seed: train with Ray Train, keep the checkpoint with
+the best validation AUC, evaluate it on the test split. Per model: mean and std over seeds of test
+AUC / logloss, params, training seconds, and CPU forward latency for batches of 100 and 1000 test
+rows. Hyper-parameters come from the YAML files (chosen on validation AUC); seeds only change the
+initialisation and shuffling. Results are saved under docs/benchmarks/results/ and the dataset's
+report (docs/benchmarks/<dataset>.md and <dataset>.png) is rebuilt from all saved results.
 """
 
 from __future__ import annotations
@@ -9,19 +15,29 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from muxrec.artifacts import ArtifactRegistry
-from muxrec.config import load_model_file
+from muxrec.artifacts import ArtifactRegistry, ModelVersion
+from muxrec.config import ModelFile, load_model_file
 from muxrec.errors import ConfigError
-from muxrec.pipelines.prepare import prepare_cached
+from muxrec.models import EncodedRows, build_model
+from muxrec.models.serialization import load_model
+from muxrec.pipelines.prepare import PreparedData, prepare_cached
 from muxrec.pipelines.train import TrainJob, train
 from muxrec.spec import load_spec
+
+# Test AUC of a well-tuned peer library on this exact ML-100K protocol (one seed, embedding dim 16),
+# as quoted in the model-zoo issue. Shown beside ours; never used to choose anything.
+PEER_ML100K = {"lr": 0.769, "fm": 0.772, "wide_deep": 0.781, "deepfm": 0.782, "dcn_v2": 0.781, "autoint": 0.778,
+               "final_mlp": 0.783}
+LATENCY_BATCHES = (100, 1000)
 
 
 def machine() -> dict[str, Any]:
@@ -38,53 +54,158 @@ def commit() -> str | None:
         return None
 
 
-def bench_ctr(dataset: str, model: str, seed: int, config_dir: Path, runs: Path, registry: ArtifactRegistry,
-              out_dir: Path | None) -> dict[str, Any]:
+def model_names(config_dir: Path, model: str) -> list[str]:
+    """`all` -> every configs/models/*.yaml, sorted; otherwise the one name, which must have a file."""
+    available = sorted(p.stem for p in (config_dir / "models").glob("*.yaml"))
+    if model == "all":
+        return available
+    if model not in available:
+        raise ConfigError(f"no model config configs/models/{model}.yaml; models with configs: {available}")
+    return [model]
+
+
+@torch.inference_mode()
+def forward_latency(version: ModelVersion, rows: EncodedRows, reps: int = 50) -> dict[str, float]:
+    """Median forward time (ms) for batches of LATENCY_BATCHES rows, one CPU thread, after warm-up."""
+    model = load_model(version).model.eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {}
+        for size in LATENCY_BATCHES:
+            batch = rows.take(torch.arange(min(size, len(rows))))
+            for _ in range(5):
+                model(batch)
+            samples = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                model(batch)
+                samples.append(time.perf_counter() - t0)
+            out[f"latency_ms_b{size}"] = round(statistics.median(samples) * 1000, 3)
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def bench_model(dataset: str, mf: ModelFile, prepared: PreparedData, seeds: list[int], runs: Path,
+                registry: ArtifactRegistry) -> dict[str, Any]:
+    """Train `mf` once per seed under the protocol; the aggregate row for the report."""
+    per_seed, last = [], None
+    for seed in seeds:
+        job = TrainJob(str(prepared.root), mf.architecture, mf.model, replace(mf.train, seed=seed))
+        name = f"bench-{dataset}-{mf.name}"
+        last = train(job, registry, name, runs / "ray", run_name=f"{name}-seed{seed}", fresh=True)
+        m = last.metrics
+        per_seed.append({"seed": seed, "test_auc": m["test"]["auc"], "test_logloss": m["test"]["logloss"],
+                         "valid_auc": m["valid"]["auc"], "epochs": m["epochs"], "best_epoch": m["best_epoch"],
+                         "train_seconds": m["train_seconds"], "version": last.version.ref,
+                         **({"search": m["search"]} if "search" in m else {})})
+    auc, auc_std = _mean_std([r["test_auc"] for r in per_seed])
+    loss, loss_std = _mean_std([r["test_logloss"] for r in per_seed])
+    row = {
+        "dataset": dataset, "model": mf.name, "architecture": mf.architecture, "seeds": seeds,
+        "test_auc": round(auc, 5), "test_auc_std": round(auc_std, 5),
+        "test_logloss": round(loss, 5), "test_logloss_std": round(loss_std, 5),
+        "valid_auc": round(statistics.fmean(r["valid_auc"] for r in per_seed), 5),
+        "params": last.metrics["params"],
+        "train_seconds": round(statistics.fmean(r["train_seconds"] for r in per_seed), 1),
+        "epochs": round(statistics.fmean(r["epochs"] for r in per_seed), 1),
+        **forward_latency(last.version, EncodedRows(prepared.read("test"), prepared.inputs)),
+        "per_seed": per_seed, "commit": commit(), "machine": machine(),
+    }
+    if dataset == "ml-100k" and mf.name in PEER_ML100K:
+        row["peer_test_auc"] = PEER_ML100K[mf.name]
+    return row
+
+
+def bench_ctr(dataset: str, model: str, seeds: list[int], config_dir: Path, runs: Path, registry: ArtifactRegistry,
+              out_dir: Path | None) -> Iterator[dict[str, Any]]:
+    """One result row per model (or a `skipped` row naming why a model cannot run on this dataset)."""
     spec_path = config_dir / f"{dataset}.yaml"
-    model_path = config_dir / "models" / f"{model}.yaml"
     if not spec_path.is_file():
         known = sorted(p.stem for p in config_dir.glob("*.yaml"))
         raise ConfigError(f"no dataset spec {spec_path}; datasets: {known}")
-    if not model_path.is_file():
-        known = sorted(p.stem for p in (config_dir / "models").glob("*.yaml"))
-        raise ConfigError(f"no model config {model_path}; models with configs: {known}")
-    spec = load_spec(spec_path)
-    prepared = prepare_cached(spec, runs / "prepared")
-    mf = load_model_file(model_path)
-    job = TrainJob(str(prepared.root), mf.architecture, mf.model, replace(mf.train, seed=seed))
-    name = f"bench-{dataset}-{model}"
-    result = train(job, registry, name, runs / "ray", run_name=f"{name}-seed{seed}", fresh=True)
-    m = result.metrics
-    row = {
-        "dataset": dataset, "model": model, "seed": seed,
-        "test_auc": round(m["test"]["auc"], 5), "test_logloss": round(m["test"]["logloss"], 5),
-        "valid_auc": round(m["valid"]["auc"], 5), "valid_logloss": round(m["valid"]["logloss"], 5),
-        "epochs": m["epochs"], "best_epoch": m["best_epoch"], "train_seconds": m["train_seconds"],
-        "wall_seconds": m["wall_seconds"], "params": m["params"], "version": result.version.ref,
-        "commit": commit(), "machine": machine(),
-    }
-    if out_dir is not None:
-        save_result(row, out_dir)
-    return row
+    names = model_names(config_dir, model)
+    prepared = prepare_cached(load_spec(spec_path), runs / "prepared")
+    for name in names:
+        mf = load_model_file(config_dir / "models" / f"{name}.yaml")
+        try:
+            build_model(mf.architecture, mf.model, prepared.inputs)  # e.g. DIN needs a history feature
+        except ConfigError as err:
+            yield {"dataset": dataset, "model": name, "skipped": str(err)}
+            continue
+        row = bench_model(dataset, mf, prepared, seeds, runs, registry)
+        if out_dir is not None:
+            save_result(row, out_dir)
+        yield row
 
 
 def save_result(row: dict[str, Any], out_dir: Path) -> None:
     results = out_dir / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / f"ctr-{row['dataset']}-{row['model']}-seed{row['seed']}.json").write_text(json.dumps(row, indent=1))
-    rows = [json.loads(p.read_text()) for p in sorted(results.glob(f"ctr-{row['dataset']}-*.json"))]
-    rows.sort(key=lambda r: (-r["test_auc"], r["model"], r["seed"]))
+    (results / f"ctr-{row['dataset']}-{row['model']}.json").write_text(json.dumps(row, indent=1))
+    write_report(row["dataset"], out_dir)
+
+
+def write_report(dataset: str, out_dir: Path) -> None:
+    """docs/benchmarks/<dataset>.md (table) and <dataset>.png (test AUC vs latency) from saved results."""
+    rows = [json.loads(p.read_text()) for p in sorted((out_dir / "results").glob(f"ctr-{dataset}-*.json"))]
+    rows.sort(key=lambda r: -r["test_auc"])
+    peer = any("peer_test_auc" in r for r in rows)
     lines = [
-        f"# CTR benchmark: {row['dataset']}",
+        f"# CTR benchmark: {dataset}",
         "",
-        f"Protocol: configs/{row['dataset']}.yaml. Test figures are for the checkpoint with the best validation AUC.",
-        "Made by `muxrec bench ctr --dataset <dataset> --model <model> --seed <seed> --json`.",
+        f"Protocol and features: `configs/{dataset}.yaml`. Per model, hyper-parameters from "
+        "`configs/models/<model>.yaml` (chosen on validation AUC); each seed trains with Ray Train and is "
+        "evaluated on the test split at its best validation epoch. Mean ± std over seeds. Latency: median "
+        "CPU forward pass, one thread, for 100 / 1000 test rows.",
         "",
-        "| model | seed | test AUC | test logloss | valid AUC | epochs (best) | train s | params | commit |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Made by `muxrec bench ctr --dataset " + dataset + " --model all --seeds 2026,2027,2028 --json`.",
+        "",
+        "| model | test AUC | test logloss | valid AUC | " + ("peer AUC | " if peer else "") +
+        "params | train s | ms / 100 | ms / 1000 | seeds | commit |",
+        "|---|---|---|---|" + ("---|" if peer else "") + "---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['seed']} | {r['test_auc']:.4f} | {r['test_logloss']:.4f} | "
-                     f"{r['valid_auc']:.4f} | {r['epochs']} ({r['best_epoch']}) | {r['train_seconds']:.1f} | "
-                     f"{r['params']:,} | {r['commit'] or '-'} |")
-    (out_dir / f"ctr-{row['dataset']}.md").write_text("\n".join(lines) + "\n")
+        lines.append(
+            f"| {r['model']} | {r['test_auc']:.4f} ± {r['test_auc_std']:.4f} | {r['test_logloss']:.4f} ± "
+            f"{r['test_logloss_std']:.4f} | {r['valid_auc']:.4f} | "
+            + (f"{r['peer_test_auc']:.3f} | " if "peer_test_auc" in r else ("- | " if peer else ""))
+            + f"{r['params']:,} | {r['train_seconds']:.0f} | {r['latency_ms_b100']:.2f} | {r['latency_ms_b1000']:.2f} | "
+            f"{len(r['seeds'])} | {r['commit'] or '-'} |")
+    searched = [r for r in rows if any("search" in s for s in r["per_seed"])]
+    for r in searched:
+        chosen = r["per_seed"][0]["search"]
+        lines += ["", f"**{r['model']}** search (seed {r['per_seed'][0]['seed']}): "
+                  f"valid AUC {chosen['valid_auc']:.4f} while searching; chosen: `{json.dumps(chosen.get('methods', chosen['chosen']))}`"]
+    lines += ["", f"![test AUC against latency]({dataset}.png)", ""]
+    (out_dir / f"{dataset}.md").write_text("\n".join(lines))
+    _plot(dataset, rows, out_dir / f"{dataset}.png")
+
+
+def _plot(dataset: str, rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    largest = max(r["params"] for r in rows)
+    for r in rows:
+        size = 40 + 600 * r["params"] / largest
+        ax.errorbar(r["latency_ms_b1000"], r["test_auc"], yerr=r["test_auc_std"], fmt="none", ecolor="grey", alpha=0.6)
+        ax.scatter(r["latency_ms_b1000"], r["test_auc"], s=size, alpha=0.6)
+        ax.annotate(r["model"], (r["latency_ms_b1000"], r["test_auc"]), textcoords="offset points", xytext=(6, 4),
+                    fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("CPU forward latency, 1000 rows, 1 thread (ms, log scale)")
+    ax.set_ylabel("test AUC (mean over seeds, bar = std)")
+    ax.set_title(f"{dataset}: accuracy against serving cost (point area ~ parameters)")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,42 @@
+"""`muxrec bench ctr` end to end on a tiny synthetic dataset: seeds aggregate, incompatible models are
+skipped with a reason, and the report (table + plot) is written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from muxrec.artifacts import ArtifactRegistry
+from muxrec.pipelines.bench import bench_ctr
+
+from tests.helpers import synthetic_spec
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_two_seeds_and_a_skip(ray_cluster, tmp_path):
+    configs = tmp_path / "configs"
+    (configs / "models").mkdir(parents=True)
+    spec = synthetic_spec(rows=3000, seed=4).model_dump(mode="json")
+    spec["name"] = "tiny"
+    spec["features"] = [f for f in spec["features"] if f["kind"] != "sequence"]  # no history: DIN cannot run
+    (configs / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    (configs / "models" / "lr.yaml").write_text("model: {}\ntrain: {epochs: 2, batch_size: 512, lr: 0.01}\n")
+    (configs / "models" / "din.yaml").write_text("model: {embedding_dim: 4}\ntrain: {epochs: 1}\n")
+    out = tmp_path / "docs"
+
+    rows = list(bench_ctr("tiny", "all", [1, 2], configs, tmp_path / "runs", ArtifactRegistry(tmp_path / "reg"), out))
+    skipped, (lr,) = [r for r in rows if "skipped" in r], [r for r in rows if "skipped" not in r]
+    assert [r["model"] for r in skipped] == ["din"] and "needs the sequence feature" in skipped[0]["skipped"]
+    assert lr["model"] == "lr" and lr["seeds"] == [1, 2] and len(lr["per_seed"]) == 2
+    aucs = [s["test_auc"] for s in lr["per_seed"]]
+    assert lr["test_auc"] == pytest.approx(sum(aucs) / 2, abs=1e-5) and lr["test_auc_std"] >= 0
+    assert 0.5 < lr["test_auc"] < 1 and lr["params"] > 0
+    assert 0 < lr["latency_ms_b100"] and 0 < lr["latency_ms_b1000"]
+    saved = json.loads((out / "results" / "ctr-tiny-lr.json").read_text())
+    assert saved["test_auc"] == lr["test_auc"]
+    report = (out / "tiny.md").read_text()
+    assert "| lr |" in report and "![test AUC against latency](tiny.png)" in report
+    assert (out / "tiny.png").stat().st_size > 10_000
