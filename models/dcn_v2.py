@@ -1,0 +1,97 @@
+"""DCN-v2: a cross network of learned bit-wise feature crosses, stacked on or beside a DNN.
+
+"DCN V2: Improved Deep & Cross Network and Practical Lessons for Web-scale Learning to Rank Systems",
+Wang, Shivanna, Cheng, Jain, Lin, Hong, Chi, WWW 2021. https://arxiv.org/abs/2008.13535
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from muxrec.models.batch import Batch
+from muxrec.models.layers.embedding import FeatureEmbedding
+from muxrec.models.layers.interaction import CrossNetwork
+from muxrec.models.layers.mlp import MLP
+from muxrec.models.registry import register
+from muxrec.spec import ModelInputs
+
+_STRUCTURES = ("parallel", "stacked")
+
+
+@dataclass(frozen=True)
+class DCNv2Config:
+    """DCN-v2 hyper-parameters.
+
+    Args:
+        embedding_dim: D; the cross network works on x0 = the F field embeddings concatenated, F * D wide
+            (default 16).
+        structure: "parallel" (cross network and DNN both read x0, their outputs are concatenated) or
+            "stacked" (the DNN reads the cross network's output) (default "parallel").
+        num_cross_layers: cross layers, i.e. the highest explicit crossing order minus one (default 3).
+        low_rank: r of the low-rank cross W = U V^T; 0 for full (F*D) x (F*D) matrices (default 0).
+        hidden_units: DNN hidden widths (default (400, 400, 400)); may be empty only when stacked, which
+            leaves the cross network alone ("CrossNet" in the paper).
+        dropout: dropout after each DNN hidden activation (default 0.2).
+        batch_norm: BatchNorm1d before each DNN hidden activation (default off).
+        activation: the DNN hidden activation (default relu).
+    """
+
+    embedding_dim: int = 16
+    structure: Literal["parallel", "stacked"] = "parallel"
+    num_cross_layers: int = 3
+    low_rank: int = 0
+    hidden_units: tuple[int, ...] = (400, 400, 400)
+    dropout: float = 0.2
+    batch_norm: bool = False
+    activation: Literal["relu", "gelu", "silu", "tanh", "prelu"] = "relu"
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
+        if self.structure not in _STRUCTURES:
+            raise ValueError(f"structure must be one of {list(_STRUCTURES)}, got {self.structure!r}")
+        if self.num_cross_layers < 1:
+            raise ValueError(f"num_cross_layers must be >= 1, got {self.num_cross_layers}")
+        if self.low_rank < 0:
+            raise ValueError(f"low_rank must be >= 0 (0 = full matrix), got {self.low_rank}")
+        if any(h < 1 for h in self.hidden_units):
+            raise ValueError(f"hidden_units must be positive, got {list(self.hidden_units)}")
+        if self.structure == "parallel" and not self.hidden_units:
+            raise ValueError("hidden_units must not be empty with structure 'parallel' (the DNN is one of "
+                             "the two branches); use structure 'stacked' for a cross network alone")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@register("dcn_v2", DCNv2Config)
+class DCNv2(nn.Module):
+    """Cross network x_{l+1} = x0 * (W_l x_l + b_l) + x_l over the flattened fields, combined with a DNN.
+
+    parallel: logit = w^T [cross(x0); dnn(x0)] + b.    stacked: logit = dnn_with_output(cross(x0)).
+
+    Args:
+        cfg: hyper-parameters.
+        inputs: the model-input view of the feature spec.
+        embedding: the shared (B, F, D) field embedding.
+    """
+
+    def __init__(self, cfg: DCNv2Config, inputs: ModelInputs, embedding: FeatureEmbedding):
+        super().__init__()
+        self.embedding = embedding
+        self.parallel = cfg.structure == "parallel"
+        width = inputs.num_fields * cfg.embedding_dim
+        self.cross = CrossNetwork(width, cfg.num_cross_layers, cfg.low_rank)
+        self.dnn = MLP(width, cfg.hidden_units, out_dim=None if self.parallel else 1,
+                       dropout=cfg.dropout, batch_norm=cfg.batch_norm, activation=cfg.activation)
+        self.head = nn.Linear(width + self.dnn.out_dim, 1) if self.parallel else nn.Identity()
+
+    def forward(self, batch: Batch) -> Tensor:
+        x0 = self.embedding(batch).flatten(1)  # (B, F*D)
+        if self.parallel:
+            both = torch.cat([self.cross(x0), self.dnn(x0)], dim=1)  # (B, F*D + hidden[-1])
+            return self.head(both)  # (B, 1)
+        return self.dnn(self.cross(x0))  # (B, F*D) -> (B, 1)
