@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from muxrec.config import model_file
 from muxrec.data.synthetic import SyntheticConfig, generate
 from muxrec.encoding import SPLIT_COLUMN, Vocabulary, count_values, derive, encode, moments
+from muxrec.models import make_config
 from muxrec.spec import FeatureSpec, ModelInputs, load_spec, parse_spec
 
 from tests.conftest import CONFIGS
@@ -68,3 +71,19 @@ def tiny_raw(n: int = 64, seed: int = 0) -> pa.Table:
 
 def inputs_for(spec: FeatureSpec, vocab: Vocabulary) -> ModelInputs:
     return ModelInputs.from_spec(spec, vocab.num_embeddings())
+
+
+def model_config_files() -> list[str]:
+    """Every configs/models/<name>.yaml, by name (architectures and their variants, e.g. hiformer-fast)."""
+    return sorted(p.stem for p in (CONFIGS / "models").glob("*.yaml"))
+
+
+def small_model(name: str) -> tuple[str, Any]:
+    """(architecture, config) of configs/models/<name>.yaml with its sizes shrunk, the architecture unchanged."""
+    mf = model_file(CONFIGS, name)
+    cfg = make_config(mf.architecture, mf.model)
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    small = {"embedding_dim": 8 if cfg.embedding_dim > 1 else 1, "hidden_units": (64, 32)}
+    if getattr(cfg, "dnn_hidden_units", ()):
+        small["dnn_hidden_units"] = (64, 32)
+    return mf.architecture, dataclasses.replace(cfg, **{k: v for k, v in small.items() if k in fields})

