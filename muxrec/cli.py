@@ -127,6 +127,19 @@ def cmd_bench_ctr(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_hiformer(args: argparse.Namespace) -> int:
+    from muxrec.artifacts import ArtifactRegistry
+    from muxrec.pipelines.bench_hiformer import bench_hiformer
+
+    result = bench_hiformer(args.dataset, ArtifactRegistry(args.registry), args.out)
+    if not args.json:
+        for r in result["variants"]:
+            print(f"{r['variant']:>14}: test AUC {r['test_auc']:.4f}, {r['latency_ms_b1000']:.2f} ms / 1000 rows "
+                  f"({r['speedup_b1000']:.2f}x)", file=sys.stderr)
+    _print_json(result)
+    return 0
+
+
 def _seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
@@ -248,6 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     ctr.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")
     paths(ctr)
     ctr.set_defaults(func=cmd_bench_ctr)
+
+    hf = be_sub.add_parser("hiformer", help="Hiformer's low-rank and pruning tricks: speed-up and AUC cost")
+    hf.add_argument("--dataset", default="ml-100k", help="the dataset `bench ctr` ran hiformer and hiformer-fast on")
+    hf.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
+    hf.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks",
+                    help="where bench ctr saved its results; the report is written here too")
+    paths(hf)
+    hf.set_defaults(func=cmd_bench_hiformer)
 
     sv = be_sub.add_parser("serve", help="latency / QPS of the running stack against the model-forward floor")
     sv.add_argument("--name", default=os.environ.get("MUXREC_MODEL", "ml-100k-deepfm"),

@@ -65,9 +65,9 @@ def model_names(config_dir: Path, model: str) -> list[str]:
 
 
 @torch.inference_mode()
-def forward_latency(version: ModelVersion, rows: EncodedRows, reps: int = 50) -> dict[str, float]:
+def forward_latency(model: torch.nn.Module, rows: EncodedRows, reps: int = 50) -> dict[str, float]:
     """Median forward time (ms) for batches of LATENCY_BATCHES rows, one CPU thread, after warm-up."""
-    model = load_model(version).model.eval()
+    model.eval()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -114,7 +114,7 @@ def bench_model(dataset: str, mf: ModelFile, prepared: PreparedData, seeds: list
         "params": last.metrics["params"],
         "train_seconds": round(statistics.fmean(r["train_seconds"] for r in per_seed), 1),
         "epochs": round(statistics.fmean(r["epochs"] for r in per_seed), 1),
-        **forward_latency(last.version, EncodedRows(prepared.read("test"), prepared.inputs)),
+        **forward_latency(load_model(last.version).model, EncodedRows(prepared.read("test"), prepared.inputs)),
         "per_seed": per_seed, "commit": commit(), "machine": machine(),
     }
     if dataset == "ml-100k" and mf.name in PEER_ML100K:

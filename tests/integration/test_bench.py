@@ -40,3 +40,28 @@ def test_bench_two_seeds_and_a_skip(ray_cluster, tmp_path):
     report = (out / "tiny.md").read_text()
     assert "| lr |" in report and "![test AUC against latency](tiny.png)" in report
     assert (out / "tiny.png").stat().st_size > 10_000
+
+
+def test_bench_hiformer_times_the_serving_tricks(ray_cluster, tmp_path):
+    from muxrec.pipelines.bench_hiformer import bench_hiformer
+
+    configs = tmp_path / "configs"
+    (configs / "models").mkdir(parents=True)
+    spec = synthetic_spec(rows=3000, seed=4).model_dump(mode="json")
+    spec["name"] = "tiny"
+    (configs / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    small = "embedding_dim: 4, num_layers: 2, head_dim: 4, ffn_dim: 8, hidden_units: [16]"
+    (configs / "models" / "hiformer.yaml").write_text(f"model: {{{small}}}\ntrain: {{epochs: 1}}\n")
+    (configs / "models" / "hiformer-fast.yaml").write_text(
+        f"architecture: hiformer\nmodel: {{{small}, low_rank: 8, prune_last_layer: true}}\ntrain: {{epochs: 1}}\n")
+    out, registry = tmp_path / "docs", ArtifactRegistry(tmp_path / "reg")
+    for name in ("hiformer", "hiformer-fast"):
+        list(bench_ctr("tiny", name, [1], configs, tmp_path / "runs", registry, out))
+
+    result = bench_hiformer("tiny", registry, out, reps=5)
+    variants = {v["variant"]: v for v in result["variants"]}
+    assert list(variants) == ["full", "full+prune", "lowrank", "lowrank+prune"]
+    assert variants["full"]["speedup_b100"] == 1.0 and variants["full+prune"]["latency_ms_b1000"] > 0
+    assert variants["lowrank"]["params"] < variants["full"]["params"]
+    assert result["prune_max_abs_logit_change"] < 1e-4  # pruning is exact up to float rounding
+    assert "| lowrank+prune |" in (out / "hiformer-tiny.md").read_text()
