@@ -96,6 +96,26 @@ def test_two_workers_train_with_ddp(prepared, tmp_path):
     assert state["best_valid_auc"] > 0.6 and best
 
 
+def test_search_then_retrain_publishes_the_chosen_architecture(prepared, tmp_path):
+    """OptInter searches a method per field pair, then the argmax is retrained from scratch and published."""
+    from muxrec.models.optinter import METHODS, categorical_pairs
+    from muxrec.models.serialization import load_model
+
+    cfg = {"embedding_dim": 4, "hidden_units": [16], "anneal_steps": 50, "cross_buckets": 5000}
+    job = TrainJob(str(prepared.root), "optinter", cfg, replace(SMALL, epochs=2))
+    result = train(job, ArtifactRegistry(tmp_path / "registry"), "synthetic-optinter", tmp_path / "ray")
+    search = result.metrics["search"]
+    pairs = [f"{a} x {b}" for a, b in categorical_pairs(prepared.inputs)]
+    assert list(search["methods"]) == pairs and set(search["methods"].values()) <= set(METHODS)
+    for weights in search["weights"].values():  # the architecture weights behind each choice
+        assert sum(weights.values()) == pytest.approx(1, abs=1e-3)
+    chosen = tuple(search["methods"].values())
+    loaded = load_model(result.version)
+    assert loaded.config.methods == chosen and loaded.model.chosen_methods() == chosen
+    assert (tmp_path / "ray" / "synthetic-optinter-seed11-retrain" / "muxrec-done.json").is_file()
+    assert result.metrics["train_seconds"] > search["train_seconds"]  # both runs are counted
+
+
 def test_resume_refuses_a_changed_config(prepared, tmp_path):
     from muxrec.errors import ConfigError
 
