@@ -35,7 +35,13 @@ def _set(model_cfg: dict, train_cfg: dict, assignment: str) -> None:
     target = {"model": model_cfg, "train": train_cfg}.get(section)
     if target is None or not name:
         raise SystemExit(f"--set {assignment!r}: use model.<field>=<value> or train.<field>=<value>")
-    target[name] = yaml.safe_load(raw)
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string; a number is meant
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    target[name] = value
 
 
 def run(prepared: PreparedData, model_name: str, model_cfg: dict, train_cfg: TrainConfig,

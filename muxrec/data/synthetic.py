@@ -45,7 +45,9 @@ class SyntheticConfig:
     history_len: tuple[int, int] = (5, 20)  # min, max items in a user's history
     pair_scale: float = 1.6  # std of the pairwise interaction table
     triple_scale: float = 1.6  # std of the third-order interaction table
-    topic_match: float = 1.4  # logit bonus when the item's topic is one the user prefers
+    # Logit bonus when the item's topic is one the user prefers. At 1.4 the effect was worth 0.025 oracle AUC and
+    # was swamped by the other signals (DIN gained 0.005 from histories); at 2.5 DIN clearly learns it.
+    topic_match: float = 2.5
     base_logit: float = -1.3
 
     def __post_init__(self) -> None:
