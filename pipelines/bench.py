@@ -164,7 +164,8 @@ def write_report(dataset: str, out_dir: Path) -> None:
         "evaluated on the test split at its best validation epoch. Mean ± std over seeds. Latency: median "
         "CPU forward pass, one thread, for 100 / 1000 test rows.",
         "",
-        "Made by `muxrec bench ctr --dataset " + dataset + " --model all --seeds 2026,2027,2028 --json`.",
+        f"Made by `muxrec bench ctr --dataset {dataset} --model all --seeds "
+        f"{','.join(str(s) for s in rows[0]['seeds'])} --json` (each model's row may come from its own run).",
         "",
         "| model | test AUC | test logloss | valid AUC | " + ("peer AUC | " if peer else "") +
         "params | train s | ms / 100 | ms / 1000 | seeds | commit |",
