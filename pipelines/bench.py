@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import torch
 
-from muxrec.artifacts import ArtifactRegistry, ModelVersion
+from muxrec.artifacts import ArtifactRegistry
 from muxrec.config import ModelFile, load_model_file
 from muxrec.errors import ConfigError
 from muxrec.models import EncodedRows, build_model

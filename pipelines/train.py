@@ -31,7 +31,6 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, DataConfig, RunConfig, ScalingConfig
 from ray.data import DataContext
 from ray.train.torch import TorchTrainer
-from torch import nn
 
 from muxrec.artifacts import ArtifactRegistry, ModelVersion
 from muxrec.config import TrainConfig, from_dict, to_dict

@@ -87,3 +87,13 @@ def small_model(name: str) -> tuple[str, Any]:
     if getattr(cfg, "dnn_hidden_units", ()):
         small["dnn_hidden_units"] = (64, 32)
     return mf.architecture, dataclasses.replace(cfg, **{k: v for k, v in small.items() if k in fields})
+
+
+def tiny_rows(rows: int = 600) -> tuple[ModelInputs, "EncodedRows"]:
+    """(inputs, encoded train rows) of a small synthetic set: the unit tier's model data."""
+    from muxrec.models import EncodedRows
+
+    spec = synthetic_spec(rows=rows)
+    vocab, encoded = fitted(spec, synthetic_raw(spec))
+    inputs = inputs_for(spec, vocab)
+    return inputs, EncodedRows(encoded["train"], inputs)

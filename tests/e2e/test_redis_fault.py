@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from dataclasses import replace
 
 import httpx
 import pytest

@@ -7,18 +7,16 @@ import torch
 
 import muxrec.models.armnet  # noqa: F401  (registers "armnet")
 from muxrec.errors import ConfigError
-from muxrec.models import EncodedRows, build_model, make_config
+from muxrec.models import build_model, make_config
 from muxrec.models.armnet import ExponentialNeurons, entmax
 
-from tests.helpers import fitted, inputs_for, synthetic_raw, synthetic_spec
+from tests.helpers import tiny_rows
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    spec = synthetic_spec(rows=400)
-    vocab, encoded = fitted(spec, synthetic_raw(spec))
-    inputs = inputs_for(spec, vocab)
-    return inputs, EncodedRows(encoded["train"], inputs).take(torch.arange(64))
+    inputs, rows = tiny_rows(400)
+    return inputs, rows.take(torch.arange(64))
 
 
 def _model(inputs, **overrides):

@@ -10,19 +10,16 @@ import torch
 import muxrec.models.autoint  # noqa: F401  (registers "autoint")
 from muxrec.config import model_file
 from muxrec.errors import ConfigError
-from muxrec.models import EncodedRows, build_model, make_config
+from muxrec.models import build_model, make_config
 from muxrec.models.layers.attention import InteractingLayer
 
 from tests.conftest import CONFIGS
-from tests.helpers import fitted, inputs_for, synthetic_raw, synthetic_spec
+from tests.helpers import tiny_rows
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    spec = synthetic_spec(rows=600)
-    vocab, encoded = fitted(spec, synthetic_raw(spec))
-    inputs = inputs_for(spec, vocab)
-    return inputs, EncodedRows(encoded["train"], inputs)
+    return tiny_rows()
 
 
 def _by_hand(layer: InteractingLayer, x: torch.Tensor, scale: float) -> torch.Tensor:

@@ -7,19 +7,17 @@ import torch
 
 import muxrec.models.dcn_v2  # noqa: F401  (registers "dcn_v2")
 from muxrec.errors import ConfigError
-from muxrec.models import EncodedRows, build_model, make_config
+from muxrec.models import build_model, make_config
 from muxrec.models.dcn_v2 import DCNv2Config
 from muxrec.models.layers.interaction import CrossNetwork
 
-from tests.helpers import fitted, inputs_for, synthetic_raw, synthetic_spec
+from tests.helpers import tiny_rows
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    spec = synthetic_spec(rows=400)
-    vocab, encoded = fitted(spec, synthetic_raw(spec))
-    inputs = inputs_for(spec, vocab)
-    return inputs, EncodedRows(encoded["train"], inputs).take(torch.arange(32))
+    inputs, rows = tiny_rows(400)
+    return inputs, rows.take(torch.arange(32))
 
 
 def test_cross_layers_by_hand():

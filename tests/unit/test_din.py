@@ -6,24 +6,19 @@ import dataclasses
 
 import pytest
 import torch
-
-from muxrec.errors import ConfigError
 from muxrec.models import build_model
 from muxrec.models.batch import Batch
 from muxrec.models.layers.mlp import Dice
 
-from tests.helpers import fitted, inputs_for, synthetic_raw, synthetic_spec
-from muxrec.models import EncodedRows
+from muxrec.errors import ConfigError
+from tests.helpers import tiny_rows
 
 CFG = {"embedding_dim": 4, "attention_units": (8,), "hidden_units": (8,)}
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    spec = synthetic_spec(rows=600)
-    vocab, encoded = fitted(spec, synthetic_raw(spec))
-    inputs = inputs_for(spec, vocab)
-    return inputs, EncodedRows(encoded["train"], inputs)
+    return tiny_rows()
 
 
 def test_padding_positions_get_no_weight_and_change_nothing(tiny):

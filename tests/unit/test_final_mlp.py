@@ -7,11 +7,11 @@ import torch
 
 import muxrec.models.final_mlp  # noqa: F401  (registers "final_mlp")
 from muxrec.errors import ConfigError
-from muxrec.models import EncodedRows, build_model, make_config
+from muxrec.models import build_model, make_config
 from muxrec.models.final_mlp import FeatureGate
 from muxrec.models.layers.interaction import BilinearFusion
 
-from tests.helpers import fitted, inputs_for, synthetic_raw, synthetic_spec
+from tests.helpers import tiny_rows
 
 SMALL = {"embedding_dim": 4, "stream1_hidden_units": (8, 8), "stream2_hidden_units": (6,),
          "gate_hidden_units": (8,), "dropout": 0.0}
@@ -19,10 +19,8 @@ SMALL = {"embedding_dim": 4, "stream1_hidden_units": (8, 8), "stream2_hidden_uni
 
 @pytest.fixture(scope="module")
 def tiny():
-    spec = synthetic_spec(rows=400)
-    vocab, encoded = fitted(spec, synthetic_raw(spec))
-    inputs = inputs_for(spec, vocab)
-    return inputs, EncodedRows(encoded["train"], inputs).take(torch.arange(32))
+    inputs, rows = tiny_rows(400)
+    return inputs, rows.take(torch.arange(32))
 
 
 def test_bilinear_fusion_by_hand():

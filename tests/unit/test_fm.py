@@ -8,17 +8,15 @@ import torch
 import muxrec.models.fm  # noqa: F401  (registers "fm")
 import muxrec.models.wide_deep  # noqa: F401  (registers "wide_deep")
 from muxrec.errors import ConfigError
-from muxrec.models import EncodedRows, build_model, make_config
+from muxrec.models import build_model, make_config
 
-from tests.helpers import fitted, inputs_for, synthetic_raw, synthetic_spec
+from tests.helpers import tiny_rows
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    spec = synthetic_spec(rows=400)
-    vocab, encoded = fitted(spec, synthetic_raw(spec))
-    inputs = inputs_for(spec, vocab)
-    return inputs, EncodedRows(encoded["train"], inputs).take(torch.arange(16))
+    inputs, rows = tiny_rows(400)
+    return inputs, rows.take(torch.arange(16))
 
 
 def _jiggle(model: torch.nn.Module) -> None:

@@ -10,21 +10,18 @@ import torch
 import muxrec.models.hiformer  # noqa: F401  (registers "hiformer")
 from muxrec.config import model_file
 from muxrec.errors import ConfigError
-from muxrec.models import EncodedRows, build_model, make_config
+from muxrec.models import build_model, make_config
 from muxrec.models.layers.attention import CompositeProjection, HeterogeneousAttentionLayer, TokenLinear
 
 from tests.conftest import CONFIGS
-from tests.helpers import fitted, inputs_for, synthetic_raw, synthetic_spec
+from tests.helpers import tiny_rows
 
 SMALL = {"embedding_dim": 4, "num_layers": 2, "num_heads": 2, "head_dim": 3, "ffn_dim": 6, "hidden_units": [8]}
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    spec = synthetic_spec(rows=600)
-    vocab, encoded = fitted(spec, synthetic_raw(spec))
-    inputs = inputs_for(spec, vocab)
-    return inputs, EncodedRows(encoded["train"], inputs)
+    return tiny_rows()
 
 
 def _layer_norm(v: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:

@@ -15,20 +15,17 @@ from torchrec import KeyedJaggedTensor
 import muxrec.models.optinter  # noqa: F401  (registers "optinter")
 from muxrec.config import to_dict
 from muxrec.errors import ConfigError
-from muxrec.models import Batch, EncodedRows, build_model, make_config
+from muxrec.models import Batch, build_model, make_config
 from muxrec.models.optinter import METHODS, OptInterConfig, categorical_pairs
 
-from tests.helpers import fitted, inputs_for, synthetic_raw, synthetic_spec
+from tests.helpers import tiny_rows
 
 SMALL = {"embedding_dim": 4, "hidden_units": (8,), "dropout": 0.0}
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    spec = synthetic_spec(rows=400)
-    vocab, encoded = fitted(spec, synthetic_raw(spec))
-    inputs = inputs_for(spec, vocab)
-    return inputs, EncodedRows(encoded["train"], inputs)
+    return tiny_rows(400)
 
 
 def _fixed(inputs, methods, **overrides):
