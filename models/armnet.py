@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.layers.mlp import MLP
@@ -59,16 +60,11 @@ class ARMNetConfig:
     max_exponent: float = 20.0
 
     def __post_init__(self) -> None:
-        for name in ("embedding_dim", "num_heads", "neurons_per_head", "attention_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        checks.at_least_one(self, "embedding_dim", "num_heads", "neurons_per_head", "attention_dim")
+        checks.widths(self, "hidden_units", "dnn_hidden_units")
+        checks.dropout(self, "dropout")
         if not 1.0 < self.alpha <= 2.0:
             raise ValueError(f"alpha must be in (1, 2] (1.5: entmax, 2: sparsemax), got {self.alpha}")
-        for name in ("hidden_units", "dnn_hidden_units"):
-            if any(h < 1 for h in getattr(self, name)):
-                raise ValueError(f"{name} must be positive, got {list(getattr(self, name))}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.log_eps < 1.0:
             raise ValueError(f"log_eps must be in (0, 1), got {self.log_eps}")
         if not 0.0 < self.max_exponent <= 40.0:

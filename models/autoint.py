@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.attention import InteractingLayer
 from muxrec.models.layers.embedding import FeatureEmbedding
@@ -41,13 +42,9 @@ class AutoIntConfig:
     dnn_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("embedding_dim", "attention_layers", "num_heads", "attention_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if any(h < 1 for h in self.dnn_hidden_units):
-            raise ValueError(f"dnn_hidden_units must be positive, got {list(self.dnn_hidden_units)}")
-        if not 0.0 <= self.dnn_dropout < 1.0:
-            raise ValueError(f"dnn_dropout must be in [0, 1), got {self.dnn_dropout}")
+        checks.at_least_one(self, "embedding_dim", "attention_layers", "num_heads", "attention_dim")
+        checks.widths(self, "dnn_hidden_units")
+        checks.dropout(self, "dnn_dropout")
 
 
 @register("autoint", AutoIntConfig)

@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.layers.interaction import CrossNetwork
@@ -50,21 +51,16 @@ class DCNv2Config:
     activation: Literal["relu", "gelu", "silu", "tanh", "prelu"] = "relu"
 
     def __post_init__(self) -> None:
-        if self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
+        checks.at_least_one(self, "embedding_dim", "num_cross_layers")
+        checks.widths(self, "hidden_units")
+        checks.dropout(self, "dropout")
         if self.structure not in _STRUCTURES:
             raise ValueError(f"structure must be one of {list(_STRUCTURES)}, got {self.structure!r}")
-        if self.num_cross_layers < 1:
-            raise ValueError(f"num_cross_layers must be >= 1, got {self.num_cross_layers}")
         if self.low_rank < 0:
             raise ValueError(f"low_rank must be >= 0 (0 = full matrix), got {self.low_rank}")
-        if any(h < 1 for h in self.hidden_units):
-            raise ValueError(f"hidden_units must be positive, got {list(self.hidden_units)}")
         if self.structure == "parallel" and not self.hidden_units:
             raise ValueError("hidden_units must not be empty with structure 'parallel' (the DNN is one of "
                              "the two branches); use structure 'stacked' for a cross network alone")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 @register("dcn_v2", DCNv2Config)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from muxrec.errors import ConfigError
+from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.layers.mlp import MLP
@@ -40,12 +41,10 @@ class DINConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
-        if not self.attention_units or any(h < 1 for h in (*self.attention_units, *self.hidden_units)):
-            raise ValueError("attention_units must be non-empty and all widths positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        checks.at_least_one(self, "embedding_dim")
+        checks.widths(self, "attention_units", allow_empty=False)
+        checks.widths(self, "hidden_units")
+        checks.dropout(self, "dropout")
 
 
 class TargetAttention(nn.Module):

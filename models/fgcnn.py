@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.layers.mlp import MLP
@@ -47,21 +48,15 @@ class FGCNNConfig:
     activation: Literal["relu", "gelu", "silu", "tanh", "prelu"] = "relu"
 
     def __post_init__(self) -> None:
-        if self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
+        checks.at_least_one(self, "embedding_dim")
+        checks.widths(self, "channels", "kernel_heights", "pooling_sizes", "recombined_channels", "hidden_units")
+        checks.dropout(self, "dropout")
         layers = {"channels": self.channels, "kernel_heights": self.kernel_heights,
                   "pooling_sizes": self.pooling_sizes, "recombined_channels": self.recombined_channels}
         if len({len(v) for v in layers.values()}) != 1:
             lengths = ", ".join(f"{k}={len(v)}" for k, v in layers.items())
             raise ValueError(f"channels, kernel_heights, pooling_sizes and recombined_channels need one entry per "
                              f"generation layer, got {lengths}")
-        for name, values in layers.items():
-            if any(v < 1 for v in values):
-                raise ValueError(f"{name} must be positive, got {list(values)}")
-        if any(h < 1 for h in self.hidden_units):
-            raise ValueError(f"hidden_units must be positive, got {list(self.hidden_units)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 def pooled_fields(num_fields: int, pooling_sizes: tuple[int, ...]) -> tuple[int, ...]:

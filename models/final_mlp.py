@@ -12,6 +12,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
+from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.layers.interaction import BilinearFusion
@@ -52,16 +53,10 @@ class FinalMLPConfig:
     num_heads: int = 1
 
     def __post_init__(self) -> None:
-        if self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
-        for name in ("stream1_hidden_units", "stream2_hidden_units"):
-            units = getattr(self, name)
-            if not units or any(h < 1 for h in units):
-                raise ValueError(f"{name} must be a non-empty list of positive widths, got {list(units)}")
-        if any(h < 1 for h in self.gate_hidden_units):
-            raise ValueError(f"gate_hidden_units must be positive, got {list(self.gate_hidden_units)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        checks.at_least_one(self, "embedding_dim")
+        checks.widths(self, "stream1_hidden_units", "stream2_hidden_units", allow_empty=False)
+        checks.widths(self, "gate_hidden_units")
+        checks.dropout(self, "dropout")
         last = (self.stream1_hidden_units[-1], self.stream2_hidden_units[-1])
         if self.num_heads < 1 or any(w % self.num_heads for w in last):
             raise ValueError(f"num_heads must be >= 1 and divide the last width of both streams {list(last)}, "

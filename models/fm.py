@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.layers.interaction import FactorizationMachine, FirstOrder
@@ -27,8 +28,7 @@ class FMConfig:
     embedding_dim: int = 16
 
     def __post_init__(self) -> None:
-        if self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
+        checks.at_least_one(self, "embedding_dim")
 
 
 @register("fm", FMConfig)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.attention import HeterogeneousAttentionLayer
 from muxrec.models.layers.embedding import FeatureEmbedding
@@ -48,15 +49,11 @@ class HiformerConfig:
     dropout: float = 0.2
 
     def __post_init__(self) -> None:
-        for name in ("embedding_dim", "num_layers", "num_heads", "head_dim", "ffn_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        checks.at_least_one(self, "embedding_dim", "num_layers", "num_heads", "head_dim", "ffn_dim")
+        checks.widths(self, "hidden_units")
+        checks.dropout(self, "dropout")
         if self.low_rank < 0:
             raise ValueError(f"low_rank must be >= 0 (0 = full composite projection), got {self.low_rank}")
-        if any(h < 1 for h in self.hidden_units):
-            raise ValueError(f"hidden_units must be positive, got {list(self.hidden_units)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 @register("hiformer", HiformerConfig)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.layers.mlp import MLP
@@ -69,12 +70,9 @@ class OptInterConfig:
     alpha_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
-        if any(h < 1 for h in self.hidden_units):
-            raise ValueError(f"hidden_units must be positive, got {list(self.hidden_units)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        checks.at_least_one(self, "embedding_dim")
+        checks.widths(self, "hidden_units")
+        checks.dropout(self, "dropout")
         for i, method in enumerate(self.methods):
             if method not in METHODS:
                 raise ValueError(f"methods[{i}] must be one of {list(METHODS)}, got {method!r}")

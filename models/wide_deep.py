@@ -11,6 +11,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.layers.interaction import FirstOrder
@@ -38,12 +39,9 @@ class WideDeepConfig:
     activation: Literal["relu", "gelu", "silu", "tanh", "prelu"] = "relu"
 
     def __post_init__(self) -> None:
-        if self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
-        if not self.hidden_units or any(h < 1 for h in self.hidden_units):
-            raise ValueError(f"hidden_units must be a non-empty list of positive widths, got {list(self.hidden_units)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        checks.at_least_one(self, "embedding_dim")
+        checks.widths(self, "hidden_units", allow_empty=False)
+        checks.dropout(self, "dropout")
 
 
 @register("wide_deep", WideDeepConfig)

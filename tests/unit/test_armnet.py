@@ -111,7 +111,7 @@ def test_bad_configs_name_the_field():
         make_config("armnet", {"alpha": 1.0})
     with pytest.raises(ConfigError, match="neurons_per_head must be >= 1, got 0"):
         make_config("armnet", {"neurons_per_head": 0})
-    with pytest.raises(ConfigError, match=r"dnn_hidden_units must be positive, got \[8, 0\]"):
+    with pytest.raises(ConfigError, match=r"dnn_hidden_units must be a list of positive integers, got \[8, 0\]"):
         make_config("armnet", {"dnn_hidden_units": [8, 0]})
     with pytest.raises(ConfigError, match="log_eps must be in"):
         make_config("armnet", {"log_eps": 0.0})

@@ -75,7 +75,7 @@ def test_more_layers_widen_nothing_but_the_first_input(tiny):
 def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="num_heads must be >= 1, got 0"):
         make_config("autoint", {"num_heads": 0})
-    with pytest.raises(ConfigError, match="dnn_hidden_units must be positive"):
+    with pytest.raises(ConfigError, match="dnn_hidden_units must be a list of positive integers"):
         make_config("autoint", {"dnn_hidden_units": [8, 0]})
     with pytest.raises(ConfigError, match=r"dnn_dropout must be in \[0, 1\)"):
         make_config("autoint", {"dnn_dropout": 1.0})

@@ -69,7 +69,7 @@ def test_bad_configs_name_the_field():
     with pytest.raises(ConfigError, match="one entry per generation layer, got channels=2, kernel_heights=1"):
         make_config("fgcnn", {"channels": [4, 4], "kernel_heights": [3], "pooling_sizes": [2],
                               "recombined_channels": [2]})
-    with pytest.raises(ConfigError, match=r"pooling_sizes must be positive, got \[2, 0\]"):
+    with pytest.raises(ConfigError, match=r"pooling_sizes must be a list of positive integers, got \[2, 0\]"):
         make_config("fgcnn", {"channels": [4, 4], "kernel_heights": [3, 3], "pooling_sizes": [2, 0],
                               "recombined_channels": [2, 2]})
     with pytest.raises(ConfigError, match="dropout must be in"):
