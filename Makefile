@@ -29,7 +29,7 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 bench: $(STAMP)
-	$(BIN)/muxrec bench ctr --dataset ml-100k --model deepfm --seed 2026 --json
+	$(BIN)/muxrec bench ctr --dataset ml-100k --model all --seeds 2026,2027,2028 --json
 
 lint: $(STAMP)
 	$(BIN)/lint-imports
