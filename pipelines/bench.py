@@ -5,7 +5,7 @@
 For each model (a configs/models/<name>.yaml) and seed: train with Ray Train, keep the checkpoint with
 the best validation AUC, evaluate it on the test split. Per model: mean and std over seeds of test
 AUC / logloss, params, training seconds, and CPU forward latency for batches of 100 and 1000 test
-rows. Hyper-parameters come from the YAML files (chosen on validation AUC); seeds only change the
+rows. Hyper-parameters come from the YAML files (never tuned on the test split); seeds only change the
 initialisation and shuffling. Results are saved under docs/benchmarks/results/ and the dataset's
 report (docs/benchmarks/<dataset>.md and <dataset>.png) is rebuilt from all saved results.
 """
@@ -160,7 +160,7 @@ def write_report(dataset: str, out_dir: Path) -> None:
         f"# CTR benchmark: {dataset}",
         "",
         f"Protocol and features: `configs/{dataset}.yaml`. Per model, hyper-parameters from "
-        "`configs/models/<model>.yaml` (chosen on validation AUC); each seed trains with Ray Train and is "
+        "`configs/models/<model>.yaml` (never tuned on the test split); each seed trains with Ray Train and is "
         "evaluated on the test split at its best validation epoch. Mean ± std over seeds. Latency: median "
         "CPU forward pass, one thread, for 100 / 1000 test rows.",
         "",
