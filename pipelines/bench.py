@@ -202,6 +202,11 @@ def _plot(dataset: str, rows: list[dict[str, Any]], path: Path) -> None:
         ax.scatter(r["latency_ms_b1000"], r["test_auc"], s=size, alpha=0.6)
         ax.annotate(r["model"], (r["latency_ms_b1000"], r["test_auc"]), textcoords="offset points", xytext=(6, 4),
                     fontsize=8)
+    peers = [r for r in rows if "peer_test_auc" in r]
+    if peers:
+        ax.scatter([r["latency_ms_b1000"] for r in peers], [r["peer_test_auc"] for r in peers], marker="x",
+                   color="black", s=30, label="peer library, same protocol (one seed)")
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("CPU forward latency, 1000 rows, 1 thread (ms, log scale)")
     ax.set_ylabel("test AUC (mean over seeds, bar = std)")
