@@ -110,7 +110,7 @@ def cmd_bench_ctr(args: argparse.Namespace) -> int:
 
     seeds = _seeds(args.seeds) if args.seeds else [args.seed]
     for row in bench_ctr(args.dataset, args.model, seeds, CONFIG_DIR, args.runs, ArtifactRegistry(args.registry),
-                         None if args.no_save else args.out):
+                         None if args.no_save else args.out, overrides=args.set):
         if not args.json:
             if "skipped" in row:
                 print(f"{row['model']} on {row['dataset']}: skipped ({row['skipped']})", file=sys.stderr)
@@ -256,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     ctr.add_argument("--model", required=True, help="a configs/models/<model>.yaml name, or `all`")
     ctr.add_argument("--seed", type=int, default=2026, help="one seed (see --seeds)")
     ctr.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 2026,2027,2028 (overrides --seed)")
+    ctr.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                     help="override every model's YAML, e.g. --set train.lr=3e-3 (repeatable; recorded in the results)")
     ctr.add_argument("--json", action="store_true", help="print only the JSON lines (one per model) on stdout")
     ctr.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
     ctr.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")

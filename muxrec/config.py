@@ -166,6 +166,28 @@ def load_model_file(path: str | Path) -> ModelFile:
     return ModelFile(path.stem, architecture, model, from_dict(TrainConfig, data.get("train"), origin=f"{path}: train"))
 
 
+def with_overrides(mf: ModelFile, assignments: typing.Sequence[str]) -> ModelFile:
+    """`mf` with `model.<field>=<value>` / `train.<field>=<value>` assignments applied (values read as YAML).
+
+        >>> with_overrides(mf, ["train.lr=3e-3", "model.hidden_units=[64, 32]"])
+    """
+    model, train = dict(mf.model), to_dict(mf.train)
+    for assignment in assignments:
+        key, eq, raw = assignment.partition("=")
+        section, _, name = key.partition(".")
+        target = {"model": model, "train": train}.get(section)
+        if target is None or not name or not eq:
+            raise ConfigError(f"--set {assignment!r}: use model.<field>=<value> or train.<field>=<value>")
+        value = yaml.safe_load(raw)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string; a number is meant
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        target[name] = value
+    return dataclasses.replace(mf, model=model, train=from_dict(TrainConfig, train, origin=f"{mf.name}: train"))
+
+
 def model_file(config_dir: str | Path, name: str) -> ModelFile:
     """configs/models/<name>.yaml when it exists, else architecture `name` with default settings."""
     path = Path(config_dir) / "models" / f"{name}.yaml"

@@ -20,12 +20,12 @@ import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from muxrec.artifacts import ArtifactRegistry
-from muxrec.config import ModelFile, load_model_file
+from muxrec.config import ModelFile, load_model_file, with_overrides
 from muxrec.errors import ConfigError
 from muxrec.models import EncodedRows, build_model
 from muxrec.models.serialization import load_model
@@ -123,8 +123,12 @@ def bench_model(dataset: str, mf: ModelFile, prepared: PreparedData, seeds: list
 
 
 def bench_ctr(dataset: str, model: str, seeds: list[int], config_dir: Path, runs: Path, registry: ArtifactRegistry,
-              out_dir: Path | None) -> Iterator[dict[str, Any]]:
-    """One result row per model (or a `skipped` row naming why a model cannot run on this dataset)."""
+              out_dir: Path | None, overrides: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+    """One result row per model (or a `skipped` row naming why a model cannot run on this dataset).
+
+    `overrides` (`train.lr=3e-3`, `model.dropout=0.1`) apply to every model's YAML, e.g. a training
+    schedule for a dataset unlike the one the YAMLs were set for; they are recorded in each row.
+    """
     spec_path = config_dir / f"{dataset}.yaml"
     if not spec_path.is_file():
         known = sorted(p.stem for p in config_dir.glob("*.yaml"))
@@ -132,13 +136,15 @@ def bench_ctr(dataset: str, model: str, seeds: list[int], config_dir: Path, runs
     names = model_names(config_dir, model)
     prepared = prepare_cached(load_spec(spec_path), runs / "prepared")
     for name in names:
-        mf = load_model_file(config_dir / "models" / f"{name}.yaml")
+        mf = with_overrides(load_model_file(config_dir / "models" / f"{name}.yaml"), overrides)
         try:
             build_model(mf.architecture, mf.model, prepared.inputs)  # e.g. DIN needs a history feature
         except ConfigError as err:
             yield {"dataset": dataset, "model": name, "skipped": str(err)}
             continue
         row = bench_model(dataset, mf, prepared, seeds, runs, registry)
+        if overrides:
+            row["overrides"] = list(overrides)
         if out_dir is not None:
             save_result(row, out_dir)
         yield row
@@ -165,7 +171,9 @@ def write_report(dataset: str, out_dir: Path) -> None:
         "CPU forward pass, one thread, for 100 / 1000 test rows.",
         "",
         f"Made by `muxrec bench ctr --dataset {dataset} --model all --seeds "
-        f"{','.join(str(s) for s in rows[0]['seeds'])} --json` (each model's row may come from its own run).",
+        f"{','.join(str(s) for s in rows[0]['seeds'])}"
+        + "".join(f" --set {o}" for o in rows[0].get("overrides", [])) + " --json` (each model's row may come from "
+        "its own run).",
         "",
         "| model | test AUC | test logloss | valid AUC | " + ("peer AUC | " if peer else "") +
         "params | train s | ms / 100 | ms / 1000 | seeds | commit |",

@@ -19,29 +19,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 
-from muxrec.config import TrainConfig, from_dict, load_model_file, model_file, to_dict
+from muxrec.config import TrainConfig, from_dict, load_model_file, model_file, to_dict, with_overrides
 from muxrec.models import EncodedRows, build_model, make_config
 from muxrec.pipelines.loop import evaluate_rows, make_optimizer, train_epoch
 from muxrec.pipelines.prepare import PreparedData
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _set(model_cfg: dict, train_cfg: dict, assignment: str) -> None:
-    key, _, raw = assignment.partition("=")
-    section, _, name = key.partition(".")
-    target = {"model": model_cfg, "train": train_cfg}.get(section)
-    if target is None or not name:
-        raise SystemExit(f"--set {assignment!r}: use model.<field>=<value> or train.<field>=<value>")
-    value = yaml.safe_load(raw)
-    if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string; a number is meant
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    target[name] = value
 
 
 def run(prepared: PreparedData, model_name: str, model_cfg: dict, train_cfg: TrainConfig,
@@ -75,9 +59,8 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     mf = load_model_file(args.config) if args.config else model_file(REPO / "configs", args.model)
-    model_cfg, train_dict = dict(mf.model), to_dict(mf.train)
-    for assignment in args.set:
-        _set(model_cfg, train_dict, assignment)
+    mf = with_overrides(mf, args.set)
+    model_cfg, train_dict = mf.model, to_dict(mf.train)
     make_config(mf.architecture, model_cfg)
     prepared = PreparedData.load(args.prepared)
     train_rows = EncodedRows(prepared.read("train"), prepared.inputs)

@@ -27,10 +27,12 @@ def test_bench_two_seeds_and_a_skip(ray_cluster, tmp_path):
     (configs / "models" / "din.yaml").write_text("model: {embedding_dim: 4}\ntrain: {epochs: 1}\n")
     out = tmp_path / "docs"
 
-    rows = list(bench_ctr("tiny", "all", [1, 2], configs, tmp_path / "runs", ArtifactRegistry(tmp_path / "reg"), out))
+    rows = list(bench_ctr("tiny", "all", [1, 2], configs, tmp_path / "runs", ArtifactRegistry(tmp_path / "reg"), out,
+                          overrides=["train.epochs=1"]))
     skipped, (lr,) = [r for r in rows if "skipped" in r], [r for r in rows if "skipped" not in r]
     assert [r["model"] for r in skipped] == ["din"] and "needs the sequence feature" in skipped[0]["skipped"]
     assert lr["model"] == "lr" and lr["seeds"] == [1, 2] and len(lr["per_seed"]) == 2
+    assert lr["overrides"] == ["train.epochs=1"] and all(s["epochs"] == 1 for s in lr["per_seed"])
     aucs = [s["test_auc"] for s in lr["per_seed"]]
     assert lr["test_auc"] == pytest.approx(sum(aucs) / 2, abs=1e-5) and lr["test_auc_std"] >= 0
     assert 0.5 < lr["test_auc"] < 1 and lr["params"] > 0
@@ -39,6 +41,7 @@ def test_bench_two_seeds_and_a_skip(ray_cluster, tmp_path):
     assert saved["test_auc"] == lr["test_auc"]
     report = (out / "tiny.md").read_text()
     assert "| lr |" in report and "![test AUC against latency](tiny.png)" in report
+    assert "--seeds 1,2 --set train.epochs=1 --json" in report
     assert (out / "tiny.png").stat().st_size > 10_000
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from muxrec.config import TrainConfig, from_dict, load_model_file
+from muxrec.config import TrainConfig, from_dict, load_model_file, with_overrides
 from muxrec.errors import ConfigError
 
 from tests.conftest import CONFIGS
@@ -45,3 +45,14 @@ def test_model_file_errors(tmp_path):
         load_model_file(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_model_file(tmp_path / "missing.yaml")
+
+
+def test_overrides_apply_to_model_and_train_sections():
+    mf = load_model_file(CONFIGS / "models" / "deepfm.yaml")
+    changed = with_overrides(mf, ["train.lr=3e-3", "train.patience=4", "model.hidden_units=[64, 32]"])
+    assert changed.train.lr == 3e-3 and changed.train.patience == 4  # "3e-3" is a number, not a string
+    assert changed.model["hidden_units"] == [64, 32] and mf.model["hidden_units"] == [400, 400, 400]
+    with pytest.raises(ConfigError, match=r"--set 'lr=3': use model.<field>=<value> or train.<field>=<value>"):
+        with_overrides(mf, ["lr=3"])
+    with pytest.raises(ConfigError, match="patience"):
+        with_overrides(mf, ["train.patience=soon"])
