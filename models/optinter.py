@@ -55,6 +55,9 @@ class OptInterConfig:
         alpha_scale: the method logits are alpha_scale * alpha. Adam moves every parameter by about
             lr per step, so this is the architecture's learning rate relative to the weights' (the
             trainer has one lr); a larger one lets the search decide within the first epoch.
+        memorize_cost: a search penalty of memorize_cost * (expected share of memorized pairs), added to
+            the loss. Memorizing never raises the training loss, so without a price the search memorizes
+            nearly every pair, and the cross tables then overfit; this is the storage budget, in loss units.
     """
 
     embedding_dim: int = 16
@@ -68,6 +71,7 @@ class OptInterConfig:
     final_temperature: float = 0.1
     anneal_steps: int = 1000
     alpha_scale: float = 1.0
+    memorize_cost: float = 0.0
 
     def __post_init__(self) -> None:
         checks.at_least_one(self, "embedding_dim")
@@ -85,6 +89,8 @@ class OptInterConfig:
             raise ValueError(f"anneal_steps must be >= 1, got {self.anneal_steps}")
         if not self.alpha_scale > 0:
             raise ValueError(f"alpha_scale must be > 0, got {self.alpha_scale}")
+        if self.memorize_cost < 0:
+            raise ValueError(f"memorize_cost must be >= 0, got {self.memorize_cost}")
 
 
 def categorical_pairs(inputs: ModelInputs) -> list[tuple[str, str]]:
@@ -178,6 +184,13 @@ class OptInter(nn.Module):
             if self.fac_left.numel():
                 parts.append(self._factorized(fields))  # (B, P_fac, D)
         return self.mlp(torch.cat(parts, dim=1).flatten(1))  # (B, F + P', D) -> (B, (F + P') * D) -> (B, 1)
+
+    def regularization(self) -> Tensor:
+        """The search's price on memorizing (0 for a fixed model); the trainer adds it to the loss."""
+        if not self.search or self.cfg.memorize_cost == 0:
+            return self.alpha.new_zeros(()) if self.search else torch.zeros(())
+        share = torch.softmax(self.cfg.alpha_scale * self.alpha, dim=-1)[:, 0].mean()  # expected memorized share
+        return self.cfg.memorize_cost * share
 
     def cross_ids(self, batch: Batch) -> Tensor:
         """Rows of the cross-product table, one per memorized pair: (B, P_mem)."""

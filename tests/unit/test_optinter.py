@@ -151,6 +151,22 @@ def test_search_anneals_the_temperature_in_training_only(tiny):
     assert int(model.state_dict()["step"]) == 6  # saved: a checkpoint's eval mix depends on it
 
 
+def test_memorize_cost_prices_the_expected_memorized_share(tiny):
+    inputs, _ = tiny
+    free = build_model("optinter", SMALL, inputs)
+    assert free.regularization().item() == 0
+    model = build_model("optinter", {**SMALL, "memorize_cost": 0.3, "alpha_scale": 2.0}, inputs)
+    assert model.regularization().item() == pytest.approx(0.3 / 3)  # alpha = 0: a third of each pair memorized
+    with torch.no_grad():
+        model.alpha[:, 0] = 5.0  # lean every pair towards memorize
+    share = torch.softmax(2.0 * model.alpha, dim=-1)[:, 0].mean()
+    assert model.regularization().item() == pytest.approx(0.3 * share.item())
+    model.regularization().backward()
+    assert (model.alpha.grad[:, 0] > 0).all()  # the gradient pushes away from memorizing
+    fixed = build_model("optinter", {**SMALL, "memorize_cost": 0.3, "methods": list(model.chosen_methods())}, inputs)
+    assert fixed.regularization().item() == 0  # only the search pays
+
+
 def test_config_errors_are_clear(tiny):
     inputs, _ = tiny
     with pytest.raises(ConfigError, match=r"methods\[1\] must be one of \['memorize', 'factorize', 'naive'\], "
@@ -158,6 +174,8 @@ def test_config_errors_are_clear(tiny):
         make_config("optinter", {"methods": ["naive", "memorise"]})
     with pytest.raises(ConfigError, match="final_temperature"):
         make_config("optinter", {"final_temperature": 2.0})
+    with pytest.raises(ConfigError, match="memorize_cost must be >= 0"):
+        make_config("optinter", {"memorize_cost": -1})
     with pytest.raises(ConfigError, match="cross_buckets must be >= 1"):
         make_config("optinter", {"cross_buckets": 0})
     with pytest.raises(ValueError, match=r"methods has 2 entries but these inputs have 45 categorical field "
