@@ -161,6 +161,8 @@ def write_report(dataset: str, out_dir: Path) -> None:
     """docs/benchmarks/<dataset>.md (table) and <dataset>.png (test AUC vs latency) from saved results."""
     rows = [json.loads(p.read_text()) for p in sorted((out_dir / "results").glob(f"ctr-{dataset}-*.json"))]
     rows.sort(key=lambda r: -r["test_auc"])
+    if not rows:
+        return
     peer = any("peer_test_auc" in r for r in rows)
     lines = [
         f"# CTR benchmark: {dataset}",
@@ -180,12 +182,16 @@ def write_report(dataset: str, out_dir: Path) -> None:
         "|---|---|---|---|" + ("---|" if peer else "") + "---|---|---|---|---|---|",
     ]
     for r in rows:
+        other = r.get("overrides", []) != rows[0].get("overrides", [])  # made with other --set than the line above
         lines.append(
-            f"| {r['model']} | {r['test_auc']:.4f} ± {r['test_auc_std']:.4f} | {r['test_logloss']:.4f} ± "
+            f"| {r['model']}{' *' if other else ''} | {r['test_auc']:.4f} ± {r['test_auc_std']:.4f} | {r['test_logloss']:.4f} ± "
             f"{r['test_logloss_std']:.4f} | {r['valid_auc']:.4f} | "
             + (f"{r['peer_test_auc']:.3f} | " if "peer_test_auc" in r else ("- | " if peer else ""))
             + f"{r['params']:,} | {r['train_seconds']:.0f} | {r['latency_ms_b100']:.2f} | {r['latency_ms_b1000']:.2f} | "
             f"{len(r['seeds'])} | {r['commit'] or '-'} |")
+    for r in rows:
+        if r.get("overrides", []) != rows[0].get("overrides", []):
+            lines += ["", f"\\* {r['model']}: made with `{' '.join('--set ' + o for o in r.get('overrides', [])) or 'no --set'}`."]
     searched = [r for r in rows if any("search" in s for s in r["per_seed"])]
     for r in searched:
         chosen = r["per_seed"][0]["search"]
