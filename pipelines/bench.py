@@ -12,6 +12,7 @@ report (docs/benchmarks/<dataset>.md and <dataset>.png) is rebuilt from all save
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import platform
@@ -159,11 +160,14 @@ def save_result(row: dict[str, Any], out_dir: Path) -> None:
 
 def write_report(dataset: str, out_dir: Path) -> None:
     """docs/benchmarks/<dataset>.md (table) and <dataset>.png (test AUC vs latency) from saved results."""
-    rows = [json.loads(p.read_text()) for p in sorted((out_dir / "results").glob(f"ctr-{dataset}-*.json"))]
+    saved = (json.loads(p.read_text()) for p in sorted((out_dir / "results").glob(f"ctr-{dataset}-*.json")))
+    rows = [r for r in saved if r["dataset"] == dataset]  # the glob for ml-100k also matches ml-100k-history
     rows.sort(key=lambda r: -r["test_auc"])
     if not rows:
         return
     peer = any("peer_test_auc" in r for r in rows)
+    # The --set most rows were made with heads the report; rows made otherwise are marked.
+    usual = list(collections.Counter(tuple(r.get("overrides", [])) for r in rows).most_common(1)[0][0])
     lines = [
         f"# CTR benchmark: {dataset}",
         "",
@@ -174,7 +178,7 @@ def write_report(dataset: str, out_dir: Path) -> None:
         "",
         f"Made by `muxrec bench ctr --dataset {dataset} --model all --seeds "
         f"{','.join(str(s) for s in rows[0]['seeds'])}"
-        + "".join(f" --set {o}" for o in rows[0].get("overrides", [])) + " --json` (each model's row may come from "
+        + "".join(f" --set {o}" for o in usual) + " --json` (each model's row may come from "
         "its own run).",
         "",
         "| model | test AUC | test logloss | valid AUC | " + ("peer AUC | " if peer else "") +
@@ -182,7 +186,7 @@ def write_report(dataset: str, out_dir: Path) -> None:
         "|---|---|---|---|" + ("---|" if peer else "") + "---|---|---|---|---|---|",
     ]
     for r in rows:
-        other = r.get("overrides", []) != rows[0].get("overrides", [])  # made with other --set than the line above
+        other = r.get("overrides", []) != usual  # made with other --set than the line above
         lines.append(
             f"| {r['model']}{' *' if other else ''} | {r['test_auc']:.4f} ± {r['test_auc_std']:.4f} | {r['test_logloss']:.4f} ± "
             f"{r['test_logloss_std']:.4f} | {r['valid_auc']:.4f} | "
@@ -190,7 +194,7 @@ def write_report(dataset: str, out_dir: Path) -> None:
             + f"{r['params']:,} | {r['train_seconds']:.0f} | {r['latency_ms_b100']:.2f} | {r['latency_ms_b1000']:.2f} | "
             f"{len(r['seeds'])} | {r['commit'] or '-'} |")
     for r in rows:
-        if r.get("overrides", []) != rows[0].get("overrides", []):
+        if r.get("overrides", []) != usual:
             lines += ["", f"\\* {r['model']}: made with `{' '.join('--set ' + o for o in r.get('overrides', [])) or 'no --set'}`."]
     searched = [r for r in rows if any("search" in s for s in r["per_seed"])]
     for r in searched:
