@@ -187,8 +187,8 @@ class OptInter(nn.Module):
 
     def regularization(self) -> Tensor:
         """The search's price on memorizing (0 for a fixed model); the trainer adds it to the loss."""
-        if not self.search or self.cfg.memorize_cost == 0:
-            return self.alpha.new_zeros(()) if self.search else torch.zeros(())
+        if not self.search:
+            return torch.zeros(())
         share = torch.softmax(self.cfg.alpha_scale * self.alpha, dim=-1)[:, 0].mean()  # expected memorized share
         return self.cfg.memorize_cost * share
 
