@@ -27,7 +27,7 @@ class Batch:
     sparse:     pooled id features, keys = ModelInputs.pooled (one bag per row and key)
     dense:      (B, N) normalised numeric features, N = len(ModelInputs.numeric)
     sequences:  name -> (B, L) ids padded with 0, and (B,) lengths
-    labels:     (B, T) float 0/1, or None at inference
+    labels:     (B, T + G) float 0/1 (the tasks, then their grade columns), or None at inference
     """
 
     sparse: KeyedJaggedTensor
@@ -79,11 +79,11 @@ class EncodedRows:
         self._dense = torch.from_numpy(np.stack(dense, axis=1) if dense else np.zeros((self.num_rows, 0), np.float32))
         self._labels = None
         if with_labels:
-            absent = [t for t in inputs.tasks if t not in table.column_names]
+            absent = [t for t in inputs.label_columns if t not in table.column_names]
             if absent:
                 raise ValueError(f"encoded rows lack label column(s) {absent}")
-            labels = [table.column(t).to_numpy().astype(np.float32) for t in inputs.tasks]
-            self._labels = torch.from_numpy(np.stack(labels, axis=1))  # (N, T)
+            labels = [table.column(t).to_numpy().astype(np.float32) for t in inputs.label_columns]
+            self._labels = torch.from_numpy(np.stack(labels, axis=1))  # (N, tasks + grade columns)
 
     def __len__(self) -> int:
         return self.num_rows

@@ -119,6 +119,8 @@ def _labels(table: pa.Table, spec: FeatureSpec) -> dict[str, pa.Array]:
         raw = table.column(label.source)
         values = _numeric(raw, f"label {label.name}", None)
         if label.threshold is not None:
+            for grade, column in zip(label.grades, label.grade_columns):
+                out[column] = pc.cast(pc.greater_equal(values, grade), pa.float32())
             values = pc.cast(pc.greater_equal(values, label.threshold), pa.float32())
         else:
             arr = values.to_numpy(zero_copy_only=False)
@@ -359,7 +361,7 @@ def encode(derived: pa.Table, spec: FeatureSpec, vocab: Vocabulary) -> pa.Table:
         else:
             columns[f.name] = pa.array(table.ids(col), pa.int64())
     passthrough = [c for c in derived.column_names
-                   if c in spec.label_names or c == SPLIT_COLUMN or c.startswith("__key_")]
+                   if c in spec.label_columns or c == SPLIT_COLUMN or c.startswith("__key_")]
     for c in passthrough:
         columns[c] = derived.column(c)
     return pa.table(columns)

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -72,11 +73,37 @@ class SourceSpec(_Strict):
 
 
 class LabelSpec(_Strict):
-    """A binary label: `source >= threshold`, or the source column itself when it is already 0/1."""
+    """A binary label: `source >= threshold`, or the source column itself when it is already 0/1.
+
+    `grades` adds more cut points on the same graded source, e.g. `threshold: 4, grades: [2, 3, 5]`
+    for 1-5 star ratings. They are training targets only (the model still predicts `source >=
+    threshold`): one score s per row and P(source >= g) = sigmoid(s + offset_g), a cumulative-link
+    (proportional-odds) model, "Regression Models for Ordinal Data", McCullagh, JRSS-B 1980. A row
+    rated 5 then teaches more than a row rated 4, and a 1 more than a 3, where the binary label
+    cannot tell them apart. Each grade becomes a label column `<name>@<grade>`.
+    """
 
     name: str = Field(pattern=_NAME)
     source: str
     threshold: float | None = None
+    grades: tuple[float, ...] = Field(default=(), max_length=16)
+
+    @model_validator(mode="after")
+    def _grades_are_cut_points(self) -> LabelSpec:
+        if not self.grades:
+            return self
+        if self.threshold is None:
+            raise ValueError(f"label {self.name!r}: `grades` needs a `threshold` (they are more cut points on it)")
+        if not all(math.isfinite(g) for g in self.grades):
+            raise ValueError(f"label {self.name!r}: grades must be finite numbers")
+        if len(set(self.grades)) != len(self.grades) or self.threshold in self.grades:
+            raise ValueError(f"label {self.name!r}: grades {list(self.grades)} must be distinct and differ from "
+                             f"the threshold {self.threshold:g}")
+        return self
+
+    @property
+    def grade_columns(self) -> tuple[str, ...]:
+        return tuple(f"{self.name}@{g:g}" for g in self.grades)
 
 
 class SplitSpec(_Strict):
@@ -272,6 +299,11 @@ class FeatureSpec(_Strict):
     def label_names(self) -> list[str]:
         return [label.name for label in self.labels]
 
+    @property
+    def label_columns(self) -> list[str]:
+        """The label names, then every grade column (`<label>@<grade>`)."""
+        return self.label_names + [c for label in self.labels for c in label.grade_columns]
+
     def tables_list(self) -> list[Table]:
         """Embedding tables in first-use order, each with the features that read it."""
         order: dict[str, list[str]] = {}
@@ -346,6 +378,7 @@ class ModelInputs:
     numeric:    numeric features, the columns of the dense (B, N) tensor
     sequences:  sequence features, (B, L) padded ids looked up position by position
     tasks:      label names; a model predicts the first `num_tasks` of them
+    grades:     a task's extra cut-point label columns (`grades:` in the spec), training targets only
     """
 
     fields: tuple[str, ...]
@@ -356,6 +389,7 @@ class ModelInputs:
     table_of: dict[str, str]
     tables: tuple[TableInput, ...]
     tasks: tuple[str, ...]
+    grades: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_spec(cls, spec: FeatureSpec, num_embeddings: dict[str, int]) -> ModelInputs:
@@ -382,7 +416,13 @@ class ModelInputs:
             table_of={f.name: f.table_name for f in spec.features if f.table_name is not None},
             tables=tuple(tables),
             tasks=tuple(spec.label_names),
+            grades={label.name: label.grade_columns for label in spec.labels if label.grades},
         )
+
+    @property
+    def label_columns(self) -> tuple[str, ...]:
+        """Every label column a training row carries: the tasks, then each task's grade columns."""
+        return self.tasks + tuple(c for t in self.tasks for c in self.grades.get(t, ()))
 
     @property
     def num_fields(self) -> int:

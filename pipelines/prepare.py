@@ -50,6 +50,11 @@ class PreparedData:
             raise DataError(f"unknown split {split!r}; splits: {list(SPLITS)}")
         return self.root / split
 
+    def positive_rates(self, split: str = "train") -> dict[str, float]:
+        """Each label column's positive rate in `split`, as prepare measured it."""
+        rates = self.stats["splits"][split]
+        return {c: rates[f"{c}_rate"] for c in self.spec.label_columns if rates.get(f"{c}_rate") is not None}
+
     def read(self, split: str) -> pa.Table:
         return pads.dataset(self.split_dir(split), format="parquet").to_table()
 
@@ -97,10 +102,10 @@ def prepare(spec: FeatureSpec, out_root: str | Path, raw: pa.Table | None = None
                 part = encoded.map_batches(_rows_of, fn_kwargs={"split": split}, batch_format="pyarrow",
                                            batch_size=None)
                 write_parquet(part, staging / split)
-                table = pads.dataset(staging / split, format="parquet").to_table(columns=spec.label_names)
+                table = pads.dataset(staging / split, format="parquet").to_table(columns=spec.label_columns)
                 summary["splits"][split] = {
                     "rows": table.num_rows,
-                    **{f"{t}_rate": (pc.mean(table[t]).as_py() if table.num_rows else None) for t in spec.label_names},
+                    **{f"{t}_rate": (pc.mean(table[t]).as_py() if table.num_rows else None) for t in spec.label_columns},
                 }
             (staging / SPEC_FILE).write_text(spec.to_yaml())
             vocab.save(staging / VOCAB_FILE)

@@ -38,7 +38,7 @@ from muxrec.errors import ConfigError, MuxrecError, find_muxrec_error
 from muxrec.models import EncodedRows, build_model, make_config
 from muxrec.models.serialization import load_state, model_files, state_bytes
 from muxrec.pipelines.importance import permutation_importance
-from muxrec.pipelines.loop import evaluate_rows, make_optimizer, train_epoch
+from muxrec.pipelines.loop import Objective, evaluate_rows, make_optimizer, train_epoch
 from muxrec.pipelines.prepare import PreparedData
 from muxrec.pipelines.ray_env import ensure_ray
 from muxrec.spec import ModelInputs
@@ -129,6 +129,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(job.model, job.model_config, inputs)
     optimizer = make_optimizer(model, cfg)
+    objective = Objective(inputs, prepared.positive_rates("train"))  # whole-split rates: equal on every rank
     fingerprint = job.fingerprint(prepared.spec.fingerprint())
     state = {"epoch": -1, "best_epoch": -1, "best_valid_auc": -1.0, "bad_epochs": 0, "stopped": False,
              "history": [], "fingerprint": fingerprint, "train_seconds": 0.0, "world_size": ctx.get_world_size(),
@@ -167,7 +168,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         n_batches = _equal_batch_count((len(train_rows) + cfg.batch_size - 1) // cfg.batch_size)
         progress = _progress(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", rank == 0 and job.progress_bars)
         train_loss = train_epoch(net, model, train_rows, cfg, epoch, optimizer, n_batches,
-                                 on_batch=lambda: progress.update(1))
+                                 on_batch=lambda: progress.update(1), objective=objective)
         progress.close()
         valid = evaluate_rows(model, valid_rows, inputs.tasks, cfg.eval_batch_size)
         seconds = time.perf_counter() - t0

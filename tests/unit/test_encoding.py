@@ -137,3 +137,15 @@ def test_hash_split_follows_the_rule():
     with pytest.raises(DataError, match="must be integer"):
         split_of(table.set_column(0, "a", pa.array(["x"] * 4)), spec)
     assert SPLIT_COLUMN not in table.column_names
+
+
+def test_grades_become_label_columns_that_pass_through_encode():
+    spec = tiny_spec(labels=[{"name": "click", "source": "stars", "threshold": 4, "grades": [2, 5]}])
+    stars = np.array([1, 2, 3, 4, 5, 5, 4, 2] * 8)
+    raw = tiny_raw(64).append_column("stars", pa.array(stars, pa.int64()))
+    derived, vocab = _fit(spec, raw)
+    encoded = encode(derived, spec, vocab)
+    for table in (derived, encoded):
+        assert table["click"].to_pylist() == (stars >= 4).astype(np.float32).tolist()
+        assert table["click@2"].to_pylist() == (stars >= 2).astype(np.float32).tolist()
+        assert table["click@5"].to_pylist() == (stars >= 5).astype(np.float32).tolist()

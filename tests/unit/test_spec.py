@@ -12,7 +12,7 @@ from tests.conftest import CONFIGS
 from tests.helpers import fitted, synthetic_raw, synthetic_spec, tiny_spec
 
 
-@pytest.mark.parametrize("name", ["ml-100k", "synthetic"])
+@pytest.mark.parametrize("name", ["ml-100k", "ml-100k-graded", "ml-100k-history", "ml-100k-graded-history", "synthetic"])
 def test_shipped_specs_load_and_round_trip(name):
     spec = load_spec(CONFIGS / f"{name}.yaml")
     again = spec_from_yaml(spec.to_yaml())
@@ -27,6 +27,15 @@ def test_ml100k_spec_is_the_benchmark_protocol():
     assert spec.labels[0].source == "rating" and spec.labels[0].threshold == 4
     assert spec.split.hash == {"user_id": 1000003, "item_id": 1}
     assert (spec.split.buckets, spec.split.test, spec.split.valid) == (10, [0], [1])
+
+
+@pytest.mark.parametrize("graded, plain", [("ml-100k-graded", "ml-100k"),
+                                            ("ml-100k-graded-history", "ml-100k-history")])
+def test_graded_specs_keep_the_protocol_and_add_training_targets_only(graded, plain):
+    g, p = load_spec(CONFIGS / f"{graded}.yaml"), load_spec(CONFIGS / f"{plain}.yaml")
+    assert (g.features, g.split, g.tables, g.label_names) == (p.features, p.split, p.tables, p.label_names)
+    assert (g.labels[0].source, g.labels[0].threshold) == (p.labels[0].source, p.labels[0].threshold)
+    assert g.labels[0].grades == (2, 3, 5) and not p.labels[0].grades
 
 
 def test_malformed_yaml_names_the_line(tmp_path):
@@ -108,3 +117,29 @@ def test_three_views_agree():
     assert set(derived.column_names) >= {f.name for f in spec.features}
     assert request["price"].type == "number" and request["tags"].type == "string_list"
     assert request["title"].type == "string"
+
+
+def _graded(**label):
+    return tiny_spec(labels=[{"name": "click", "source": "stars", **label}])
+
+
+def test_grades_add_label_columns_after_the_tasks():
+    spec = _graded(threshold=4, grades=[2, 3, 5])
+    assert spec.labels[0].grade_columns == ("click@2", "click@3", "click@5")
+    assert spec.label_names == ["click"]
+    assert spec.label_columns == ["click", "click@2", "click@3", "click@5"]
+    inputs = ModelInputs.from_spec(spec, {"color": 5, "tags": 6, "title": 17})
+    assert inputs.tasks == ("click",)  # the model still predicts the label alone
+    assert inputs.label_columns == ("click", "click@2", "click@3", "click@5")
+
+
+@pytest.mark.parametrize("label, message", [
+    ({"grades": [2, 3]}, "`grades` needs a `threshold`"),
+    ({"threshold": 4, "grades": [2, 2]}, "must be distinct"),
+    ({"threshold": 4, "grades": [4, 5]}, "differ from the threshold 4"),
+    ({"threshold": 4, "grades": [float("nan")]}, "finite"),
+    ({"threshold": 4, "grades": list(range(10, 27))}, r"labels\.0\.grades"),
+])
+def test_bad_grades_are_refused_naming_the_label(label, message):
+    with pytest.raises(SpecError, match=message):
+        _graded(**label)
