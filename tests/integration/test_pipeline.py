@@ -143,3 +143,18 @@ def test_ml100k_one_short_epoch(ray_cluster, ml100k_dir, tmp_path):
     assert {f["name"] for f in importance["features"]} == set(spec.feature(f.name).name for f in spec.features)
     assert importance["features"][0]["importance"] >= importance["features"][-1]["importance"]
     assert PreparedData.load(prep.root).spec == spec
+
+
+def test_ml100k_graded_targets_train_through_ray_and_publish_a_click_model(ray_cluster, ml100k_dir, tmp_path):
+    spec = load_spec(CONFIGS / "ml-100k-graded.yaml")
+    prep = prepare(spec, tmp_path / "prepared")
+    rates = prep.positive_rates("train")
+    assert rates["click@2"] > rates["click@3"] > rates["click"] > rates["click@5"] > 0
+    assert pq.read_table(prep.split_dir("test"), columns=["click", "click@5"]).num_rows == 10_020
+    job = TrainJob(str(prep.root), "deepfm", {"embedding_dim": 8, "hidden_units": [64]},
+                   TrainConfig(epochs=1, batch_size=2048, lr=3e-3))
+    result = train(job, ArtifactRegistry(tmp_path / "registry"), "graded", tmp_path / "ray")
+    assert 0.70 < result.metrics["test"]["auc"] < 0.80
+    report = evaluate(result.version, "valid")
+    assert list(report["tasks"]) == ["click"]  # the grades trained the score; the model predicts the label
+    assert report["tasks"]["click"]["auc"] == pytest.approx(result.metrics["valid"]["auc"], abs=1e-6)

@@ -143,3 +143,12 @@ def test_grades_add_label_columns_after_the_tasks():
 def test_bad_grades_are_refused_naming_the_label(label, message):
     with pytest.raises(SpecError, match=message):
         _graded(**label)
+
+
+def test_specs_without_grades_keep_the_fingerprint_they_had_before_grades_existed():
+    # Published models and prepared data record this hash (computed before `grades` was added);
+    # a changed hash would make every one of them refuse to load.
+    assert load_spec(CONFIGS / "ml-100k.yaml").fingerprint() == \
+        "b76f131ae360e266db597673ff9f06637a7ffcf800a1bb4c69a7b585e7f6cd18"
+    graded = load_spec(CONFIGS / "ml-100k-graded.yaml")
+    assert graded.fingerprint() != load_spec(CONFIGS / "ml-100k.yaml").fingerprint()
