@@ -158,13 +158,30 @@ def save_result(row: dict[str, Any], out_dir: Path) -> None:
     write_report(row["dataset"], out_dir)
 
 
-def write_report(dataset: str, out_dir: Path) -> None:
-    """docs/benchmarks/<dataset>.md (table) and <dataset>.png (test AUC vs latency) from saved results."""
+def _saved_rows(dataset: str, out_dir: Path) -> list[dict[str, Any]]:
     saved = (json.loads(p.read_text()) for p in sorted((out_dir / "results").glob(f"ctr-{dataset}-*.json")))
-    rows = [r for r in saved if r["dataset"] == dataset]  # the glob for ml-100k also matches ml-100k-history
-    rows.sort(key=lambda r: -r["test_auc"])
+    return [r for r in saved if r["dataset"] == dataset]  # the glob for ml-100k also matches ml-100k-history
+
+
+def binary_counterpart(dataset: str) -> str | None:
+    """ml-100k-graded -> ml-100k: the same protocol trained on the binary label alone."""
+    return dataset.replace("-graded", "", 1) if "-graded" in dataset else None
+
+
+def write_report(dataset: str, out_dir: Path) -> None:
+    """docs/benchmarks/<dataset>.md (table) and <dataset>.png (test AUC vs latency) from saved results.
+
+    For a graded dataset the same models' results on its binary counterpart stand beside each row.
+    """
+    rows = sorted(_saved_rows(dataset, out_dir), key=lambda r: -r["test_auc"])
     if not rows:
         return
+    base = binary_counterpart(dataset)
+    binary = {r["model"]: r for r in _saved_rows(base, out_dir)} if base else {}
+    for r in rows:
+        if r["model"] in binary:
+            r["binary_test_auc"] = binary[r["model"]]["test_auc"]
+    compared = any("binary_test_auc" in r for r in rows)
     peer = any("peer_test_auc" in r for r in rows)
     # The --set most rows were made with heads the report; rows made otherwise are marked.
     usual = list(collections.Counter(tuple(r.get("overrides", [])) for r in rows).most_common(1)[0][0])
@@ -181,9 +198,11 @@ def write_report(dataset: str, out_dir: Path) -> None:
         + "".join(f" --set {o}" for o in usual) + " --json` (each model's row may come from "
         "its own run).",
         "",
+        *([f"Beside each model: its test AUC on `{base}` (same protocol, binary training targets) and the "
+           "gain.", ""] if compared else []),
         "| model | test AUC | test logloss | valid AUC | " + ("peer AUC | " if peer else "") +
-        "params | train s | ms / 100 | ms / 1000 | seeds | commit |",
-        "|---|---|---|---|" + ("---|" if peer else "") + "---|---|---|---|---|---|",
+        (f"{base} AUC | gain | " if compared else "") + "params | train s | ms / 100 | ms / 1000 | seeds | commit |",
+        "|---|---|---|---|" + ("---|" if peer else "") + ("---|---|" if compared else "") + "---|---|---|---|---|---|",
     ]
     for r in rows:
         other = r.get("overrides", []) != usual  # made with other --set than the line above
@@ -191,6 +210,8 @@ def write_report(dataset: str, out_dir: Path) -> None:
             f"| {r['model']}{' *' if other else ''} | {r['test_auc']:.4f} ± {r['test_auc_std']:.4f} | {r['test_logloss']:.4f} ± "
             f"{r['test_logloss_std']:.4f} | {r['valid_auc']:.4f} | "
             + (f"{r['peer_test_auc']:.3f} | " if "peer_test_auc" in r else ("- | " if peer else ""))
+            + ((f"{r['binary_test_auc']:.4f} | {r['test_auc'] - r['binary_test_auc']:+.4f} | "
+                if "binary_test_auc" in r else "- | - | ") if compared else "")
             + f"{r['params']:,} | {r['train_seconds']:.0f} | {r['latency_ms_b100']:.2f} | {r['latency_ms_b1000']:.2f} | "
             f"{len(r['seeds'])} | {r['commit'] or '-'} |")
     for r in rows:
@@ -224,6 +245,13 @@ def _plot(dataset: str, rows: list[dict[str, Any]], path: Path) -> None:
     if peers:
         ax.scatter([r["latency_ms_b1000"] for r in peers], [r["peer_test_auc"] for r in peers], marker="x",
                    color="black", s=30, label="peer library, same protocol (one seed)")
+    graded = [r for r in rows if "binary_test_auc" in r]
+    for r in graded:
+        ax.plot([r["latency_ms_b1000"]] * 2, [r["binary_test_auc"], r["test_auc"]], color="grey", lw=0.8)
+    if graded:
+        ax.scatter([r["latency_ms_b1000"] for r in graded], [r["binary_test_auc"] for r in graded], marker="o",
+                   facecolors="none", edgecolors="black", s=30, label="same model, binary training targets")
+    if peers or graded:
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("CPU forward latency, 1000 rows, 1 thread (ms, log scale)")
