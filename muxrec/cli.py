@@ -252,8 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     be = sub.add_parser("bench", help="benchmarks (print one JSON object as the last line)")
     be_sub = be.add_subparsers(dest="bench_command", required=True, parser_class=_Parser)
     ctr = be_sub.add_parser("ctr", help="fixed CTR protocol: prepare + train + evaluate")
-    ctr.add_argument("--dataset", required=True, help="a spec under configs/, e.g. ml-100k, ml-100k-history, synthetic")
-    ctr.add_argument("--model", required=True, help="a configs/models/<model>.yaml name, or `all`")
+    ctr.add_argument("--dataset", required=True,
+                     help="a spec under configs/, e.g. ml-100k, ml-100k-graded, ml-100k-history, synthetic")
+    ctr.add_argument("--model", required=True, help="configs/models/<model>.yaml names, comma-separated, or `all`")
     ctr.add_argument("--seed", type=int, default=2026, help="one seed (see --seeds)")
     ctr.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 2026,2027,2028 (overrides --seed)")
     ctr.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",

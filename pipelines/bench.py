@@ -56,13 +56,16 @@ def commit() -> str | None:
 
 
 def model_names(config_dir: Path, model: str) -> list[str]:
-    """`all` -> every configs/models/*.yaml, sorted; otherwise the one name, which must have a file."""
+    """`all` -> every configs/models/*.yaml, sorted; otherwise the comma-separated names, each with a file."""
     available = sorted(p.stem for p in (config_dir / "models").glob("*.yaml"))
     if model == "all":
         return available
-    if model not in available:
-        raise ConfigError(f"no model config configs/models/{model}.yaml; models with configs: {available}")
-    return [model]
+    names = [m.strip() for m in model.split(",") if m.strip()]
+    missing = [m for m in names if m not in available]
+    if missing or not names:
+        raise ConfigError(f"no model config configs/models/{(missing or [model])[0]}.yaml; "
+                          f"models with configs: {available}")
+    return names
 
 
 @torch.inference_mode()

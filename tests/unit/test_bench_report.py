@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
-from muxrec.pipelines.bench import binary_counterpart, write_report
+import pytest
+
+from muxrec.errors import ConfigError
+from muxrec.pipelines.bench import binary_counterpart, model_names, write_report
 
 
 def _row(dataset, model, auc):
@@ -30,3 +33,13 @@ def test_graded_report_shows_the_binary_run_and_the_gain(tmp_path):
     assert (tmp_path / "toy-graded.png").stat().st_size > 10_000
     write_report("toy", tmp_path)
     assert "| gain |" not in (tmp_path / "toy.md").read_text()
+
+
+def test_model_names_all_a_list_or_a_clear_error(tmp_path):
+    (tmp_path / "models").mkdir()
+    for name in ("lr", "fm", "deepfm"):
+        (tmp_path / "models" / f"{name}.yaml").write_text("model: {}\n")
+    assert model_names(tmp_path, "all") == ["deepfm", "fm", "lr"]
+    assert model_names(tmp_path, "lr, deepfm") == ["lr", "deepfm"]
+    with pytest.raises(ConfigError, match=r"no model config configs/models/dnn\.yaml; models with configs"):
+        model_names(tmp_path, "lr,dnn")
