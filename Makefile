@@ -28,12 +28,12 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-GRADED_MODELS = deepfm,final_mlp,dcn_v2,wide_deep,fm,lr,autoint
+GRADED_MODELS = deepfm,final_mlp,dcn_v2,wide_deep,fm,lr
 
 bench: $(STAMP)
 	$(BIN)/muxrec bench ctr --dataset ml-100k --model all --seeds 2026,2027,2028 --json
 	$(BIN)/muxrec bench ctr --dataset ml-100k-graded --model $(GRADED_MODELS) --seeds 2026,2027,2028 --json
-	$(BIN)/muxrec bench ctr --dataset ml-100k-graded-history --model din,deepfm --seeds 2026,2027,2028 --json
+	$(BIN)/muxrec bench ctr --dataset ml-100k-graded-history --model din,final_mlp --seeds 2026,2027,2028 --json
 
 lint: $(STAMP)
 	$(BIN)/lint-imports
