@@ -28,7 +28,7 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-GRADED_MODELS = deepfm,final_mlp,dcn_v2,wide_deep,fm,lr
+GRADED_MODELS = deepfm,final_mlp,dcn_v2,wide_deep,fm,lr,autoint,hiformer
 
 bench: $(STAMP)
 	$(BIN)/muxrec bench ctr --dataset ml-100k --model all --seeds 2026,2027,2028 --json
