@@ -13,6 +13,7 @@ COPY muxrec ./muxrec
 COPY models ./models
 COPY pipelines ./pipelines
 COPY services ./services
+COPY benchmarks ./benchmarks
 COPY configs ./configs
 COPY deploy ./deploy
 

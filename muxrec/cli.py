@@ -106,7 +106,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_bench_ctr(args: argparse.Namespace) -> int:
     from muxrec.artifacts import ArtifactRegistry
-    from muxrec.pipelines.bench import bench_ctr
+    from muxrec.benchmarks.ctr import bench_ctr
 
     seeds = _seeds(args.seeds) if args.seeds else [args.seed]
     for row in bench_ctr(args.dataset, args.model, seeds, CONFIG_DIR, args.runs, ArtifactRegistry(args.registry),
@@ -129,7 +129,7 @@ def cmd_bench_ctr(args: argparse.Namespace) -> int:
 
 def cmd_bench_hiformer(args: argparse.Namespace) -> int:
     from muxrec.artifacts import ArtifactRegistry
-    from muxrec.pipelines.bench_hiformer import bench_hiformer
+    from muxrec.benchmarks.hiformer import bench_hiformer
 
     result = bench_hiformer(args.dataset, ArtifactRegistry(args.registry), args.out)
     if not args.json:
@@ -177,7 +177,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from muxrec.apps.serve_bench import bench_serve
+    from muxrec.benchmarks.serve import bench_serve
 
     result = bench_serve(CONFIG_DIR, REPO_ROOT / "deploy" / "serve.yaml", args.runs, args.registry, args.name,
                          requests=args.requests, out_dir=None if args.no_save else args.out)

@@ -25,7 +25,7 @@ from muxrec.encoding import SPLIT_COLUMN, SPLITS, Vocabulary, count_values, deri
 from muxrec.errors import DataError, MuxrecError, find_muxrec_error
 from muxrec.history import add_histories
 from muxrec.pipelines.io import replacing, write_parquet
-from muxrec.pipelines.ray_env import ensure_ray
+from muxrec.ray_env import ensure_ray
 from muxrec.spec import FeatureSpec, ModelInputs, load_spec
 
 SPEC_FILE = "spec.yaml"

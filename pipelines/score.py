@@ -24,7 +24,7 @@ from muxrec.encoding import derive
 from muxrec.errors import DataError, find_muxrec_error
 from muxrec.models.serialization import load_model
 from muxrec.pipelines.io import replacing, write_parquet
-from muxrec.pipelines.ray_env import ensure_ray
+from muxrec.ray_env import ensure_ray
 
 
 class Scorer:

@@ -40,7 +40,7 @@ from muxrec.models.serialization import load_state, model_files, state_bytes
 from muxrec.pipelines.importance import permutation_importance
 from muxrec.pipelines.loop import Objective, evaluate_rows, make_optimizer, train_epoch
 from muxrec.pipelines.prepare import PreparedData
-from muxrec.pipelines.ray_env import ensure_ray
+from muxrec.ray_env import ensure_ray
 from muxrec.spec import ModelInputs
 
 DONE_MARKER = "muxrec-done.json"

@@ -47,7 +47,7 @@ def ray_cluster():
     """One local Ray instance for the whole session, shared by the integration and e2e tiers."""
     import ray
 
-    from muxrec.pipelines.ray_env import ensure_ray
+    from muxrec.ray_env import ensure_ray
 
     ensure_ray(num_cpus=2)
     yield ray

@@ -1,2 +1,3 @@
 """Composition roots: programs that wire pipelines and services together (the demo, the serving
-benchmark). Like muxrec.cli, they may import every layer; nothing imports them but the CLI."""
+launcher). Like muxrec.cli and muxrec.benchmarks they are the top layer: they may import every layer,
+and nothing below them imports them (tests/unit/test_layering.py)."""

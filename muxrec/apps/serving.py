@@ -42,7 +42,7 @@ def serving(config_path: Path, overrides: dict[str, Any] | None = None, host: st
     """Start Ray (if needed) and the Serve app; yield its URL once /readyz answers; shut Serve down."""
     from ray import serve
 
-    from muxrec.pipelines.ray_env import ensure_ray
+    from muxrec.ray_env import ensure_ray
     from muxrec.services.app import load_serve_config, start
 
     config = load_serve_config(config_path)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from muxrec.artifacts import ArtifactRegistry
-from muxrec.pipelines.bench import bench_ctr
+from muxrec.benchmarks.ctr import bench_ctr
 
 from tests.helpers import synthetic_spec
 
@@ -46,7 +46,7 @@ def test_bench_two_seeds_and_a_skip(ray_cluster, tmp_path):
 
 
 def test_bench_hiformer_times_the_serving_tricks(ray_cluster, tmp_path):
-    from muxrec.pipelines.bench_hiformer import bench_hiformer
+    from muxrec.benchmarks.hiformer import bench_hiformer
 
     configs = tmp_path / "configs"
     (configs / "models").mkdir(parents=True)

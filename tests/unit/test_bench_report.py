@@ -7,7 +7,7 @@ import json
 import pytest
 
 from muxrec.errors import ConfigError
-from muxrec.pipelines.bench import binary_counterpart, model_names, write_report
+from muxrec.benchmarks.ctr import binary_counterpart, model_names, write_report
 
 
 def _row(dataset, model, auc):

@@ -1,13 +1,14 @@
-"""Starting (or joining) Ray once per process, with settings that suit a laptop or CI box."""
+"""Starting (or joining) Ray once per process, with settings that suit a laptop or CI box.
+
+It lives in the core so that pipelines and services (and the serving launcher) share one set of
+start-up settings. Ray is imported inside the functions: the core stays importable without it.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
-
-import ray
-from ray.data import DataContext
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -16,6 +17,9 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     The dashboard stays off (it would listen on a public interface by default), and Ray Data keeps
     row order so that a rerun over the same input writes the same files.
     """
+    import ray
+    from ray.data import DataContext
+
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         if address:

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import platform
 import statistics
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +23,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from muxrec.artifacts import ArtifactRegistry
+from muxrec.benchmarks.environment import commit, machine
 from muxrec.config import ModelFile, load_model_file, with_overrides
 from muxrec.errors import ConfigError
 from muxrec.models import EncodedRows, build_model
@@ -39,20 +37,6 @@ from muxrec.spec import load_spec
 PEER_ML100K = {"lr": 0.769, "fm": 0.772, "wide_deep": 0.781, "deepfm": 0.782, "dcn_v2": 0.781, "autoint": 0.778,
                "final_mlp": 0.783}
 LATENCY_BATCHES = (100, 1000)
-
-
-def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "platform": platform.platform(terse=True), "python": platform.python_version(),
-            "torch": torch.__version__.split("+")[0]}
-
-
-def commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def model_names(config_dir: Path, model: str) -> list[str]:

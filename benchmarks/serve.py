@@ -28,7 +28,7 @@ from muxrec.apps.serving import free_port, serving
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.config import model_file
 from muxrec.data import load_source
-from muxrec.pipelines.bench import commit, machine
+from muxrec.benchmarks.environment import commit, machine
 from muxrec.services.cache import cache_key, version_tag
 
 CANDIDATES = 100

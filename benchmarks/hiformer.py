@@ -30,7 +30,8 @@ from muxrec.artifacts import ArtifactRegistry
 from muxrec.errors import ConfigError
 from muxrec.models import EncodedRows
 from muxrec.models.serialization import load_model
-from muxrec.pipelines.bench import LATENCY_BATCHES, commit, machine
+from muxrec.benchmarks.ctr import LATENCY_BATCHES
+from muxrec.benchmarks.environment import commit, machine
 from muxrec.pipelines.evaluate import split_rows
 
 FULL, FAST = "hiformer", "hiformer-fast"
