@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -196,6 +197,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="muxrec", description="Train and serve CTR / recommendation models.")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also print Ray's own logs and full tracebacks (env MUXREC_LOG_LEVEL=debug)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def paths(sp: argparse.ArgumentParser) -> None:
@@ -309,10 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from muxrec import log
+
     args = build_parser().parse_args(argv)
+    log.set_verbose(args.verbose)
     try:
         return args.func(args)
     except MuxrecError as err:
+        if log.verbose():
+            traceback.print_exc()
         print(f"muxrec: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,27 @@
+"""How much muxrec prints: its own progress lines by default; Ray's internals and tracebacks with
+`--verbose` (or MUXREC_LOG_LEVEL=debug). Errors are never silenced.
+
+The level travels in the environment, so Ray workers started from this process see it too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+ENV = "MUXREC_LOG_LEVEL"
+
+
+def verbose() -> bool:
+    """True when the user asked for everything (--verbose or MUXREC_LOG_LEVEL=debug)."""
+    return os.environ.get(ENV, "").strip().lower() == "debug"
+
+
+def set_verbose(on: bool) -> None:
+    if on:
+        os.environ[ENV] = "debug"
+
+
+def say(message: str) -> None:
+    """One progress line for people, on stderr (stdout is kept for results and JSON)."""
+    print(f"[muxrec] {message}", file=sys.stderr, flush=True)
