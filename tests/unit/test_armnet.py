@@ -103,7 +103,7 @@ def test_plain_armnet_has_no_dnn(tiny):
         before = model(batch)
         model.neurons.norm.bias.add_(1.0)
         after = model(batch)
-    assert before.shape == (64, 1) and not torch.allclose(before, after)
+    assert before.shape == (64, len(inputs.tasks)) and not torch.allclose(before, after)
 
 
 def test_bad_configs_name_the_field():

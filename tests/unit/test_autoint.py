@@ -59,7 +59,7 @@ def test_autoint_plus_adds_a_parallel_dnn_logit(tiny):
     assert plain.dnn is None and plus.dnn is not None
     plain.load_state_dict({k: v for k, v in plus.state_dict().items() if not k.startswith("dnn.")})
     with torch.no_grad():
-        dnn_logit = plus.dnn(plus.embedding(batch).flatten(1))  # (B, 1)
+        dnn_logit = plus.dnn(plus.embedding(batch).flatten(1))  # (B, T)
         assert torch.allclose(plus(batch), plain(batch) + dnn_logit, atol=1e-6)
         assert dnn_logit.abs().sum() > 0
 

@@ -66,11 +66,12 @@ def test_wide_deep_sums_a_wide_and_a_deep_logit(tiny):
     with torch.no_grad():
         wide, deep = model.wide(batch), model.deep(model.embedding(batch).flatten(1))
         assert wide.std() > 0 and deep.std() > 0
+        assert wide.shape == (len(batch), 1) and deep.shape == (len(batch), len(inputs.tasks))  # a head per task
         torch.testing.assert_close(model(batch), wide + deep)
-        # Silencing the deep output layer leaves exactly the wide (linear) model.
+        # Silencing the deep output layer leaves exactly the wide (linear) model, for every task.
         model.deep.net[-1].weight.zero_()
         model.deep.net[-1].bias.zero_()
-        torch.testing.assert_close(model(batch), wide)
+        torch.testing.assert_close(model(batch), wide.expand(-1, len(inputs.tasks)))
 
 
 def test_wide_deep_config_errors_name_the_field():

@@ -57,6 +57,18 @@ def test_forward_shape_and_backward(name, tiny):
     assert isinstance(model.embedding, FeatureEmbedding)
 
 
+# Models whose output is not a tower's head: a first-order sum, an FM term, FinalMLP's bilinear fusion.
+SINGLE_TASK = {"lr", "fm", "final_mlp"}
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_a_tower_head_predicts_every_task(name, tiny):
+    _, _, inputs, rows = tiny
+    assert len(inputs.tasks) == 2  # the synthetic spec: click and conversion
+    logits = _build(name, inputs)(rows.take(torch.arange(8)))
+    assert logits.shape == (8, 1 if name in SINGLE_TASK else len(inputs.tasks))
+
+
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_loss_decreases_on_a_tiny_batch(name, tiny):
     _, _, inputs, rows = tiny

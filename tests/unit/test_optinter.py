@@ -84,7 +84,8 @@ def test_naive_pairs_cost_no_parameters_and_memorized_pairs_only_their_rows(tiny
     naive = _fixed(inputs, ["naive"] * n_pairs)
     d, h = SMALL["embedding_dim"], SMALL["hidden_units"][0]
     embedding = sum(p.numel() for p in naive.embedding.parameters())
-    mlp_no_pairs = inputs.num_fields * d * h + h + h + 1  # (F * D -> h) + (h -> 1)
+    t = len(inputs.tasks)
+    mlp_no_pairs = inputs.num_fields * d * h + h + h * t + t  # (F * D -> h) + (h -> T), one logit per task
     assert naive.cross is None
     assert sum(p.numel() for p in naive.parameters()) == embedding + mlp_no_pairs
 
@@ -107,7 +108,7 @@ def test_naive_pairs_cost_no_parameters_and_memorized_pairs_only_their_rows(tiny
     batch = rows.take(torch.arange(16))
     mixed = _fixed(inputs, [METHODS[i % 3] for i in range(n_pairs)])
     logits = mixed(batch)
-    assert logits.shape == (16, 1)
+    assert logits.shape == (16, len(inputs.tasks))
     logits.sum().backward()
     assert mixed.cross.weight.grad.abs().sum() > 0
 
