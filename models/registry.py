@@ -61,10 +61,11 @@ def make_config(name: str, data: Mapping[str, Any] | None = None) -> Any:
 
 
 def build_model(name: str, cfg: Any, inputs: ModelInputs) -> nn.Module:
-    """Build model `name` for these inputs; cfg is its config object or a mapping."""
+    """Build model `name` for these inputs from its typed config (validated once, by `make_config`)."""
     e = entry(name)
     if not isinstance(cfg, e.config_cls):
-        cfg = make_config(name, cfg)
+        raise TypeError(f"build_model({name!r}) takes a {e.config_cls.__name__}, got {type(cfg).__name__}: "
+                        f"read a mapping with make_config({name!r}, data) at the loading boundary")
     for table in inputs.tables:
         if table.embedding_dim is not None and table.embedding_dim != cfg.embedding_dim:
             raise ConfigError(f"table {table.name!r} declares embedding_dim {table.embedding_dim} but model "

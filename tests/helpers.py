@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 from muxrec.config import model_file
 from muxrec.data.synthetic import SyntheticConfig, generate
 from muxrec.encoding import SPLIT_COLUMN, Vocabulary, count_values, derive, encode, moments
-from muxrec.models import make_config
+from muxrec.models import build_model, make_config
 from muxrec.spec import FeatureSpec, ModelInputs, load_spec, parse_spec
 
 from tests.conftest import CONFIGS
@@ -71,6 +71,11 @@ def tiny_raw(n: int = 64, seed: int = 0) -> pa.Table:
 
 def inputs_for(spec: FeatureSpec, vocab: Vocabulary) -> ModelInputs:
     return ModelInputs.from_spec(spec, vocab.num_embeddings())
+
+
+def build(name: str, data: dict[str, Any], inputs: ModelInputs) -> Any:
+    """Model `name` from a config mapping, as a YAML file gives it: read by make_config, then built."""
+    return build_model(name, make_config(name, data), inputs)
 
 
 def model_config_files() -> list[str]:

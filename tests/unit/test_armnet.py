@@ -7,10 +7,10 @@ import torch
 
 import muxrec.models.armnet  # noqa: F401  (registers "armnet")
 from muxrec.errors import ConfigError
-from muxrec.models import build_model, make_config
+from muxrec.models import make_config
 from muxrec.models.armnet import ExponentialNeurons, entmax
 
-from tests.helpers import tiny_rows
+from tests.helpers import build, tiny_rows
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def _model(inputs, **overrides):
     torch.manual_seed(0)
     cfg = {"embedding_dim": 4, "num_heads": 3, "neurons_per_head": 5, "attention_dim": 4, "hidden_units": [8],
            "dnn_hidden_units": [8], **overrides}
-    return build_model("armnet", cfg, inputs)
+    return build("armnet", cfg, inputs)
 
 
 def test_entmax_matches_hand_computations():

@@ -133,7 +133,7 @@ def test_table_dim_must_match_the_model(tiny):
     _, _, inputs, _ = tiny
     pinned = dataclasses.replace(inputs, tables=tuple(dataclasses.replace(t, embedding_dim=3) for t in inputs.tables))
     with pytest.raises(ConfigError, match="declares embedding_dim 3 but model 'deepfm'"):
-        build_model("deepfm", {"embedding_dim": 4}, pinned)
+        build_model("deepfm", make_config("deepfm", {"embedding_dim": 4}), pinned)
 
 
 def test_shared_table_is_one_weight(tiny):
