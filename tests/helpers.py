@@ -25,6 +25,16 @@ def synthetic_spec(rows: int = 4000, seed: int = 7) -> FeatureSpec:
     return parse_spec(data)
 
 
+def mixed_dim_spec(rows: int = 4000, seed: int = 7) -> FeatureSpec:
+    """synthetic_spec with three tables at their own embedding_dim: user_id 2 (a feature's own table),
+    the item table 6 (shared by item_id and the history) and title 3."""
+    data = synthetic_spec(rows, seed).model_dump(mode="json", exclude_defaults=True)
+    data["tables"]["item"]["embedding_dim"] = 6
+    dims = {"user_id": 2, "title": 3}
+    data["features"] = [{**f, "embedding_dim": dims[f["name"]]} if f["name"] in dims else f for f in data["features"]]
+    return parse_spec(data)
+
+
 def synthetic_raw(spec: FeatureSpec) -> pa.Table:
     return generate(SyntheticConfig(**spec.source.options))[0]
 
