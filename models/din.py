@@ -106,4 +106,4 @@ class DIN(nn.Module):
         fields = self.embedding(batch)  # (B, F, D)
         keys, mask = self.embedding.sequence(batch, self.cfg.sequence)  # (B, L, D), (B, L)
         interest, _ = self.attention(fields[:, self.target_index], keys, mask)  # (B, D)
-        return self.dnn(torch.cat([fields.flatten(1), interest], dim=1))  # (B, (F + 1) * D) -> (B, T)
+        return self.dnn(torch.cat([fields.flatten(1), interest], dim=1))  # (B, (F+1)*D) -> (B, T)

@@ -66,7 +66,8 @@ class TrainJob:
     def __post_init__(self) -> None:
         expected = entry(self.model).config_cls
         if not isinstance(self.model_config, expected):
-            raise TypeError(f"TrainJob.model_config must be a {expected.__name__}, got {type(self.model_config).__name__}")
+            raise TypeError(f"TrainJob.model_config must be a {expected.__name__}, "
+                            f"got {type(self.model_config).__name__}")
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON (the published train.json)."""

@@ -23,7 +23,7 @@ from muxrec.pipelines.train import TrainJob, fit, train
 from muxrec.spec import load_spec
 
 from tests.conftest import CONFIGS
-from tests.helpers import synthetic_raw, synthetic_spec
+from tests.helpers import mixed_dim_spec, synthetic_raw, synthetic_spec
 
 pytestmark = pytest.mark.integration
 
@@ -126,6 +126,21 @@ def test_resume_refuses_a_changed_config(prepared, tmp_path):
     changed = replace(job, model_config=replace(DEEPFM, hidden_units=(8,)), train=replace(job.train, epochs=2))
     with pytest.raises(ConfigError, match="started with another spec / model / training config"):
         fit(changed, tmp_path / "ray", "changing")
+
+
+def test_a_spec_with_its_own_table_dims_trains_and_publishes(ray_cluster, tmp_path):
+    """user_id at dim 2, the item table (item_id and the history) at 6, title at 3; the model at 8."""
+    from muxrec.models.serialization import load_model
+
+    prep = prepare(mixed_dim_spec(rows=16000, seed=3), tmp_path / "prepared")
+    cfg = make_config("din", {"embedding_dim": 8, "attention_units": [16], "hidden_units": [32, 16]})
+    result = train(TrainJob(str(prep.root), "din", cfg, SMALL), ArtifactRegistry(tmp_path / "registry"), "mixed",
+                   tmp_path / "ray")
+    assert result.metrics["valid"]["auc"] > 0.62  # the planted signal is learned (chance: 0.5)
+    loaded = load_model(result.version)
+    weights = loaded.model.embedding.table_weights()
+    assert (weights["user_id"].shape[1], weights["item"].shape[1], weights["title"].shape[1]) == (2, 6, 3)
+    assert sorted(loaded.model.embedding.projections) == ["item", "title", "user_id"]
 
 
 def test_ml100k_one_short_epoch(ray_cluster, ml100k_dir, tmp_path):

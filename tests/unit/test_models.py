@@ -21,12 +21,16 @@ from tests.helpers import fitted, inputs_for, mixed_dim_spec, synthetic_raw, syn
 ALL_MODELS = known_models()
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    spec = synthetic_spec(rows=800)
+def _data(spec):
+    """(spec, vocabulary, model inputs, encoded train rows) of the spec's synthetic rows."""
     vocab, encoded = fitted(spec, synthetic_raw(spec))
     inputs = inputs_for(spec, vocab)
     return spec, vocab, inputs, EncodedRows(encoded["train"], inputs)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _data(synthetic_spec(rows=800))
 
 
 def _tiny_config(name):
@@ -132,10 +136,7 @@ def test_bad_configs_name_the_field():
 @pytest.fixture(scope="module")
 def mixed():
     """The tiny data under a spec whose user_id, item and title tables have their own dims (2, 6, 3)."""
-    spec = mixed_dim_spec(rows=800)
-    vocab, encoded = fitted(spec, synthetic_raw(spec))
-    inputs = inputs_for(spec, vocab)
-    return spec, vocab, inputs, EncodedRows(encoded["train"], inputs)
+    return _data(mixed_dim_spec(rows=800))
 
 
 def test_a_table_with_its_own_dim_is_projected_to_the_model_width(mixed):
