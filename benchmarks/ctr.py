@@ -26,7 +26,7 @@ from muxrec.artifacts import ArtifactRegistry
 from muxrec.benchmarks.environment import commit, machine
 from muxrec.config import ModelFile, load_model_file, with_overrides
 from muxrec.errors import ConfigError
-from muxrec.models import EncodedRows, build_model
+from muxrec.models import EncodedRows, build_model, make_config
 from muxrec.models.serialization import load_model
 from muxrec.pipelines.prepare import PreparedData, prepare_cached
 from muxrec.pipelines.train import TrainJob, train
@@ -79,12 +79,12 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def bench_model(dataset: str, mf: ModelFile, prepared: PreparedData, seeds: list[int], runs: Path,
+def bench_model(dataset: str, mf: ModelFile, model_cfg: Any, prepared: PreparedData, seeds: list[int], runs: Path,
                 registry: ArtifactRegistry) -> dict[str, Any]:
-    """Train `mf` once per seed under the protocol; the aggregate row for the report."""
+    """Train `mf` (its model section read into `model_cfg`) once per seed under the protocol; the aggregate row."""
     per_seed, last = [], None
     for seed in seeds:
-        job = TrainJob(str(prepared.root), mf.architecture, mf.model, replace(mf.train, seed=seed))
+        job = TrainJob(str(prepared.root), mf.architecture, model_cfg, replace(mf.train, seed=seed))
         name = f"bench-{dataset}-{mf.name}"
         last = train(job, registry, name, runs / "ray", run_name=f"{name}-seed{seed}", fresh=True)
         m = last.metrics
@@ -126,11 +126,12 @@ def bench_ctr(dataset: str, model: str, seeds: list[int], config_dir: Path, runs
     for name in names:
         mf = with_overrides(load_model_file(config_dir / "models" / f"{name}.yaml"), overrides)
         try:
-            build_model(mf.architecture, mf.model, prepared.inputs)  # e.g. DIN needs a history feature
+            model_cfg = make_config(mf.architecture, mf.model)
+            build_model(mf.architecture, model_cfg, prepared.inputs)  # e.g. DIN needs a history feature
         except ConfigError as err:
             yield {"dataset": dataset, "model": name, "skipped": str(err)}
             continue
-        row = bench_model(dataset, mf, prepared, seeds, runs, registry)
+        row = bench_model(dataset, mf, model_cfg, prepared, seeds, runs, registry)
         if overrides:
             row["overrides"] = list(overrides)
         if out_dir is not None:

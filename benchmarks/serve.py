@@ -43,6 +43,7 @@ def _percentiles(samples_s: list[float]) -> dict[str, float]:
 def _ensure_model(config_dir: Path, runs: Path, registry: ArtifactRegistry, name: str) -> None:
     if registry.versions(name):
         return
+    from muxrec.models import make_config
     from muxrec.pipelines.prepare import prepare_cached
     from muxrec.pipelines.train import TrainJob, train
     from muxrec.spec import load_spec
@@ -50,8 +51,9 @@ def _ensure_model(config_dir: Path, runs: Path, registry: ArtifactRegistry, name
     print(f"[bench] no model {name!r} in {registry.root}: training DeepFM on ML-100K first (2 epochs)", flush=True)
     prepared = prepare_cached(load_spec(config_dir / "ml-100k.yaml"), runs / "prepared")
     mf = model_file(config_dir, "deepfm")
-    train(TrainJob(str(prepared.root), mf.architecture, mf.model, replace(mf.train, epochs=2)), registry, name,
-          runs / "ray", fresh=True)
+    job = TrainJob(str(prepared.root), mf.architecture, make_config(mf.architecture, mf.model),
+                   replace(mf.train, epochs=2))
+    train(job, registry, name, runs / "ray", fresh=True)
 
 
 async def _load(url: str, body: dict, total: int, concurrency: int) -> tuple[list[float], float, int]:

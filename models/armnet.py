@@ -10,7 +10,6 @@ Martins, ACL 2019 (α = 2 is sparsemax: "From Softmax to Sparsemax", Martins & A
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.embedding import FeatureEmbedding
-from muxrec.models.layers.mlp import MLP
+from muxrec.models.layers.tower import Activation, Tower, TowerConfig
 from muxrec.models.registry import register
 from muxrec.spec import ModelInputs
 
@@ -55,7 +54,7 @@ class ARMNetConfig:
     dnn_hidden_units: tuple[int, ...] = (400, 400, 400)
     dropout: float = 0.2
     batch_norm: bool = False
-    activation: Literal["relu", "gelu", "silu", "tanh", "prelu"] = "relu"
+    activation: Activation = "relu"
     log_eps: float = 1e-6
     max_exponent: float = 20.0
 
@@ -199,19 +198,18 @@ class ARMNet(nn.Module):
         self.attention = SparseGatedAttention(inputs.num_fields, cfg.embedding_dim, cfg.num_heads,
                                               cfg.neurons_per_head, cfg.attention_dim, cfg.alpha)
         self.neurons = ExponentialNeurons(num_neurons, cfg.log_eps, cfg.max_exponent)
-        self.mlp = MLP(num_neurons * cfg.embedding_dim, cfg.hidden_units, out_dim=1, dropout=cfg.dropout,
-                       batch_norm=cfg.batch_norm, activation=cfg.activation)
+        self.mlp = Tower(num_neurons * cfg.embedding_dim, TowerConfig.of(cfg), len(inputs.tasks))
         self.dnn = None
         if cfg.dnn_hidden_units:
-            self.dnn = MLP(inputs.num_fields * cfg.embedding_dim, cfg.dnn_hidden_units, out_dim=1,
-                           dropout=cfg.dropout, batch_norm=cfg.batch_norm, activation=cfg.activation)
+            self.dnn = Tower(inputs.num_fields * cfg.embedding_dim, TowerConfig.of(cfg, "dnn_hidden_units"),
+                             len(inputs.tasks))
 
     def forward(self, batch: Batch) -> Tensor:
         fields = self.embedding(batch)  # (B, F, D)
         crosses = self.neurons(fields, self.attention(fields))  # (B, H * K, D)
-        logits = self.mlp(crosses.flatten(1))  # (B, 1)
+        logits = self.mlp(crosses.flatten(1))  # (B, T)
         if self.dnn is not None:
-            logits = logits + self.dnn(fields.flatten(1))  # (B, 1)
+            logits = logits + self.dnn(fields.flatten(1))  # (B, T)
         return logits
 
     def attention_gates(self, batch: Batch) -> Tensor:

@@ -14,7 +14,7 @@ from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.attention import InteractingLayer
 from muxrec.models.layers.embedding import FeatureEmbedding
-from muxrec.models.layers.mlp import MLP
+from muxrec.models.layers.tower import Tower, TowerConfig
 from muxrec.models.registry import register
 from muxrec.spec import ModelInputs
 
@@ -69,13 +69,13 @@ class AutoInt(nn.Module):
             InteractingLayer(cfg.embedding_dim if i == 0 else width, cfg.attention_dim, cfg.num_heads, cfg.scale)
             for i in range(cfg.attention_layers)
         ])
-        self.output = nn.Linear(inputs.num_fields * width, 1)
-        self.dnn = (MLP(inputs.num_fields * cfg.embedding_dim, cfg.dnn_hidden_units, out_dim=1,
-                        dropout=cfg.dnn_dropout) if cfg.dnn_hidden_units else None)
+        self.output = nn.Linear(inputs.num_fields * width, len(inputs.tasks))
+        self.dnn = (Tower(inputs.num_fields * cfg.embedding_dim, TowerConfig.of(cfg, "dnn_hidden_units", "dnn_dropout"),
+                          len(inputs.tasks)) if cfg.dnn_hidden_units else None)
 
     def forward(self, batch: Batch) -> Tensor:
         fields = self.embedding(batch)  # (B, F, D)
-        logits = self.output(self.interacting(fields).flatten(1))  # (B, F, H * d') -> (B, 1)
+        logits = self.output(self.interacting(fields).flatten(1))  # (B, F, H * d') -> (B, T)
         if self.dnn is not None:
-            logits = logits + self.dnn(fields.flatten(1))  # (B, 1)
+            logits = logits + self.dnn(fields.flatten(1))  # (B, T)
         return logits

@@ -16,7 +16,7 @@ from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.layers.interaction import CrossNetwork
-from muxrec.models.layers.mlp import MLP
+from muxrec.models.layers.tower import Activation, Tower, TowerConfig
 from muxrec.models.registry import register
 from muxrec.spec import ModelInputs
 
@@ -48,7 +48,7 @@ class DCNv2Config:
     hidden_units: tuple[int, ...] = (400, 400, 400)
     dropout: float = 0.2
     batch_norm: bool = False
-    activation: Literal["relu", "gelu", "silu", "tanh", "prelu"] = "relu"
+    activation: Activation = "relu"
 
     def __post_init__(self) -> None:
         checks.at_least_one(self, "embedding_dim", "num_cross_layers")
@@ -67,7 +67,7 @@ class DCNv2Config:
 class DCNv2(nn.Module):
     """Cross network x_{l+1} = x0 * (W_l x_l + b_l) + x_l over the flattened fields, combined with a DNN.
 
-    parallel: logit = w^T [cross(x0); dnn(x0)] + b.    stacked: logit = dnn_with_output(cross(x0)).
+    parallel: logits = W [cross(x0); dnn(x0)] + b.    stacked: logits = tower(cross(x0)). One logit per task.
 
     Args:
         cfg: hyper-parameters.
@@ -81,13 +81,13 @@ class DCNv2(nn.Module):
         self.parallel = cfg.structure == "parallel"
         width = inputs.num_fields * cfg.embedding_dim
         self.cross = CrossNetwork(width, cfg.num_cross_layers, cfg.low_rank)
-        self.dnn = MLP(width, cfg.hidden_units, out_dim=None if self.parallel else 1,
-                       dropout=cfg.dropout, batch_norm=cfg.batch_norm, activation=cfg.activation)
-        self.head = nn.Linear(width + self.dnn.out_dim, 1) if self.parallel else nn.Identity()
+        num_tasks = len(inputs.tasks)
+        self.dnn = Tower(width, TowerConfig.of(cfg), None if self.parallel else num_tasks)
+        self.head = nn.Linear(width + self.dnn.out_dim, num_tasks) if self.parallel else nn.Identity()
 
     def forward(self, batch: Batch) -> Tensor:
         x0 = self.embedding(batch).flatten(1)  # (B, F*D)
         if self.parallel:
             both = torch.cat([self.cross(x0), self.dnn(x0)], dim=1)  # (B, F*D + hidden[-1])
-            return self.head(both)  # (B, 1)
-        return self.dnn(self.cross(x0))  # (B, F*D) -> (B, 1)
+            return self.head(both)  # (B, T)
+        return self.dnn(self.cross(x0))  # (B, F*D) -> (B, T)

@@ -17,6 +17,7 @@ from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.layers.mlp import MLP
+from muxrec.models.layers.tower import Tower, TowerConfig
 from muxrec.models.registry import register
 from muxrec.spec import ModelInputs
 
@@ -93,7 +94,7 @@ class DIN(nn.Module):
         self.target_index = inputs.fields.index(cfg.target)
         self.attention = TargetAttention(cfg.embedding_dim, cfg.attention_units, cfg.attention_activation)
         width = (inputs.num_fields + 1) * cfg.embedding_dim
-        self.dnn = MLP(width, cfg.hidden_units, out_dim=1, dropout=cfg.dropout, activation=cfg.activation)
+        self.dnn = Tower(width, TowerConfig.of(cfg), len(inputs.tasks))
 
     def attention_weights(self, batch: Batch) -> Tensor:
         """Per-position attention weights (B, L) of the history, 0 on padding: what the model looked at."""
@@ -105,4 +106,4 @@ class DIN(nn.Module):
         fields = self.embedding(batch)  # (B, F, D)
         keys, mask = self.embedding.sequence(batch, self.cfg.sequence)  # (B, L, D), (B, L)
         interest, _ = self.attention(fields[:, self.target_index], keys, mask)  # (B, D)
-        return self.dnn(torch.cat([fields.flatten(1), interest], dim=1))  # (B, 1)
+        return self.dnn(torch.cat([fields.flatten(1), interest], dim=1))  # (B, (F+1)*D) -> (B, T)

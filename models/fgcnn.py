@@ -7,7 +7,6 @@ Yu, Guo, Zhang, WWW 2019. https://arxiv.org/abs/1904.04447
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +14,7 @@ from torch import Tensor, nn
 from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.embedding import FeatureEmbedding
-from muxrec.models.layers.mlp import MLP
+from muxrec.models.layers.tower import Activation, Tower, TowerConfig
 from muxrec.models.registry import register
 from muxrec.spec import ModelInputs
 
@@ -45,7 +44,7 @@ class FGCNNConfig:
     hidden_units: tuple[int, ...] = (400, 400, 400)
     dropout: float = 0.2
     batch_norm: bool = False
-    activation: Literal["relu", "gelu", "silu", "tanh", "prelu"] = "relu"
+    activation: Activation = "relu"
 
     def __post_init__(self) -> None:
         checks.at_least_one(self, "embedding_dim")
@@ -161,11 +160,11 @@ class FGCNN(nn.Module):
                                             cfg.pooling_sizes, cfg.recombined_channels)
         num_all = inputs.num_fields + self.generation.num_new
         self.products = InnerProducts(num_all)
-        self.dnn = MLP(self.products.num_pairs + num_all * cfg.embedding_dim, cfg.hidden_units, out_dim=1,
-                       dropout=cfg.dropout, batch_norm=cfg.batch_norm, activation=cfg.activation)
+        self.dnn = Tower(self.products.num_pairs + num_all * cfg.embedding_dim, TowerConfig.of(cfg),
+                         len(inputs.tasks))
 
     def forward(self, batch: Batch) -> Tensor:
         raw = self.embedding(batch)  # (B, F, D)
         fields = torch.cat([raw, self.generation(raw)], dim=1)  # (B, F + F_new, D)
         features = torch.cat([self.products(fields), fields.flatten(1)], dim=1)  # (B, P + (F + F_new) * D)
-        return self.dnn(features)  # (B, 1)
+        return self.dnn(features)  # (B, T)

@@ -7,7 +7,7 @@ https://arxiv.org/abs/2304.00902
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,7 @@ from muxrec.models.batch import Batch
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.layers.interaction import BilinearFusion
 from muxrec.models.layers.mlp import MLP
+from muxrec.models.layers.tower import Activation, Tower, TowerConfig
 from muxrec.models.registry import register
 from muxrec.spec import ModelInputs
 
@@ -45,7 +46,7 @@ class FinalMLPConfig:
     stream2_hidden_units: tuple[int, ...] = (400,)
     dropout: float = 0.2
     batch_norm: bool = False
-    activation: Literal["relu", "gelu", "silu", "tanh", "prelu"] = "relu"
+    activation: Activation = "relu"
     feature_gating: bool = True
     gate_hidden_units: tuple[int, ...] = (400,)
     stream1_context: tuple[str, ...] = ()
@@ -120,8 +121,8 @@ class FinalMLP(nn.Module):
                 for context in (cfg.stream1_context, cfg.stream2_context)
             ])
         self.streams = nn.ModuleList([
-            MLP(num_fields * dim, units, dropout=cfg.dropout, batch_norm=cfg.batch_norm, activation=cfg.activation)
-            for units in (cfg.stream1_hidden_units, cfg.stream2_hidden_units)
+            Tower(num_fields * dim, TowerConfig.of(cfg, units), num_tasks=None)  # no head: the fusion reads both
+            for units in ("stream1_hidden_units", "stream2_hidden_units")
         ])
         self.fusion = BilinearFusion(self.streams[0].out_dim, self.streams[1].out_dim, cfg.num_heads)
 

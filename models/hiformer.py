@@ -15,7 +15,7 @@ from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.attention import HeterogeneousAttentionLayer
 from muxrec.models.layers.embedding import FeatureEmbedding
-from muxrec.models.layers.mlp import MLP
+from muxrec.models.layers.tower import Tower, TowerConfig
 from muxrec.models.registry import register
 from muxrec.spec import ModelInputs
 
@@ -85,11 +85,11 @@ class Hiformer(nn.Module):
                                         cfg.low_rank)
             for _ in range(cfg.num_layers)
         ])
-        self.mlp = MLP(cfg.embedding_dim, cfg.hidden_units, out_dim=1, dropout=cfg.dropout)
+        self.mlp = Tower(cfg.embedding_dim, TowerConfig.of(cfg), len(inputs.tasks))
 
     def forward(self, batch: Batch) -> Tensor:
         fields = self.embedding(batch)  # (B, F, D)
         x = torch.cat([fields, self.task_token.expand(fields.shape[0], -1, -1)], dim=1)  # (B, F + 1, D)
         for i, layer in enumerate(self.layers):
             x = layer(x, last_only=self.prune_last_layer and i == len(self.layers) - 1)  # (B, F + 1 or 1, D)
-        return self.mlp(x[:, -1])  # (B, D) -> (B, 1)
+        return self.mlp(x[:, -1])  # (B, D) -> (B, T)

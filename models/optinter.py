@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from itertools import accumulate, combinations
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.embedding import FeatureEmbedding
-from muxrec.models.layers.mlp import MLP
+from muxrec.models.layers.tower import Activation, Tower, TowerConfig
 from muxrec.models.registry import register
 from muxrec.spec import ModelInputs
 
@@ -64,7 +64,7 @@ class OptInterConfig:
     hidden_units: tuple[int, ...] = (400, 400, 400)
     dropout: float = 0.2
     batch_norm: bool = False
-    activation: Literal["relu", "gelu", "silu", "tanh", "prelu"] = "relu"
+    activation: Activation = "relu"
     methods: tuple[str, ...] = ()
     cross_buckets: int = 100_000
     temperature: float = 1.0
@@ -168,8 +168,7 @@ class OptInter(nn.Module):
             width = len(self.pairs)
         else:
             width = len(memorized) + len(factorized)
-        self.mlp = MLP((inputs.num_fields + width) * dim, cfg.hidden_units, out_dim=1,
-                       dropout=cfg.dropout, batch_norm=cfg.batch_norm, activation=cfg.activation)
+        self.mlp = Tower((inputs.num_fields + width) * dim, TowerConfig.of(cfg), len(inputs.tasks))
 
     def forward(self, batch: Batch) -> Tensor:
         fields = self.embedding(batch)  # (B, F, D)
@@ -183,7 +182,7 @@ class OptInter(nn.Module):
                 parts.append(self._memorized(batch))  # (B, P_mem, D)
             if self.fac_left.numel():
                 parts.append(self._factorized(fields))  # (B, P_fac, D)
-        return self.mlp(torch.cat(parts, dim=1).flatten(1))  # (B, F + P', D) -> (B, (F + P') * D) -> (B, 1)
+        return self.mlp(torch.cat(parts, dim=1).flatten(1))  # (B, F + P', D) -> (B, (F + P') * D) -> (B, T)
 
     def regularization(self) -> Tensor:
         """The search's price on memorizing (0 for a fixed model); the trainer adds it to the loss."""

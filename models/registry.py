@@ -31,7 +31,8 @@ def register(name: str, config_cls: type) -> Callable[[type[nn.Module]], type[nn
     """Class decorator: make `model_cls` buildable by `name` with a `config_cls` config.
 
     Every config class has an `embedding_dim`: the registry builds the shared FeatureEmbedding with
-    it and hands it to the model, so ranking and embedding services read the same tables.
+    it (tables with their own dim in the spec are projected to it) and hands it to the model, so
+    ranking and embedding services read the same tables.
     """
 
     def decorate(model_cls: type[nn.Module]) -> type[nn.Module]:
@@ -61,13 +62,10 @@ def make_config(name: str, data: Mapping[str, Any] | None = None) -> Any:
 
 
 def build_model(name: str, cfg: Any, inputs: ModelInputs) -> nn.Module:
-    """Build model `name` for these inputs; cfg is its config object or a mapping."""
+    """Build model `name` for these inputs from its typed config (validated once, by `make_config`)."""
     e = entry(name)
     if not isinstance(cfg, e.config_cls):
-        cfg = make_config(name, cfg)
-    for table in inputs.tables:
-        if table.embedding_dim is not None and table.embedding_dim != cfg.embedding_dim:
-            raise ConfigError(f"table {table.name!r} declares embedding_dim {table.embedding_dim} but model "
-                              f"{name!r} embeds every field with embedding_dim {cfg.embedding_dim}")
+        raise TypeError(f"build_model({name!r}) takes a {e.config_cls.__name__}, got {type(cfg).__name__}: "
+                        f"read a mapping with make_config({name!r}, data) at the loading boundary")
     embedding = FeatureEmbedding(inputs, cfg.embedding_dim)
     return e.model_cls(cfg, inputs, embedding)

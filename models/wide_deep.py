@@ -7,15 +7,13 @@ https://arxiv.org/abs/1606.07792
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
 from torch import Tensor, nn
 
 from muxrec.models import checks
 from muxrec.models.batch import Batch
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.layers.interaction import FirstOrder
-from muxrec.models.layers.mlp import MLP
+from muxrec.models.layers.tower import Activation, Tower, TowerConfig
 from muxrec.models.registry import register
 from muxrec.spec import ModelInputs
 
@@ -36,7 +34,7 @@ class WideDeepConfig:
     hidden_units: tuple[int, ...] = (400, 400, 400)
     dropout: float = 0.2
     batch_norm: bool = False
-    activation: Literal["relu", "gelu", "silu", "tanh", "prelu"] = "relu"
+    activation: Activation = "relu"
 
     def __post_init__(self) -> None:
         checks.at_least_one(self, "embedding_dim")
@@ -61,9 +59,8 @@ class WideDeep(nn.Module):
         super().__init__()
         self.embedding = embedding
         self.wide = FirstOrder(inputs)
-        self.deep = MLP(inputs.num_fields * cfg.embedding_dim, cfg.hidden_units, out_dim=1,
-                        dropout=cfg.dropout, batch_norm=cfg.batch_norm, activation=cfg.activation)
+        self.deep = Tower(inputs.num_fields * cfg.embedding_dim, TowerConfig.of(cfg), len(inputs.tasks))
 
     def forward(self, batch: Batch) -> Tensor:
         fields = self.embedding(batch)  # (B, F, D)
-        return self.wide(batch) + self.deep(fields.flatten(1))  # (B, F*D) -> (B, 1)
+        return self.wide(batch) + self.deep(fields.flatten(1))  # (B, 1) + (B, F*D -> T)

@@ -59,11 +59,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Validate everything the user typed before any work starts.
     spec = load_spec(args.spec)
     mf = load_model_file(args.config) if args.config else model_file(CONFIG_DIR, args.model)
-    make_config(mf.architecture, mf.model)
+    model_cfg = make_config(mf.architecture, mf.model)
     train_cfg = with_overrides(mf.train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                seed=args.seed, num_workers=args.num_workers, patience=args.patience)
     prepared = prepare_cached(spec, args.runs / "prepared")
-    job = TrainJob(str(prepared.root), mf.architecture, mf.model, train_cfg)
+    job = TrainJob(str(prepared.root), mf.architecture, model_cfg, train_cfg)
     name = args.name or f"{spec.name}-{args.model}"
     result = train(job, ArtifactRegistry(args.registry), name, args.runs / "ray", fresh=args.fresh)
     summary = {k: v for k, v in result.metrics.items() if k != "history"}

@@ -1,92 +1,96 @@
 """Typed configs. Dicts (from YAML, CLI flags or JSON) stop at `from_dict`; past it, frozen dataclasses.
 
-`from_dict` is strict: unknown keys and wrong types raise ConfigError naming the field, and every
-config validates its own ranges in __post_init__ (ValueError, turned into ConfigError here).
+`from_dict` validates with pydantic, strictly: unknown keys are refused, "3" is not an integer, true
+is not a number, and every config validates its own ranges in __post_init__ (ValueError). Each
+failure becomes one ConfigError line naming the field, e.g. `deepfm config.hidden_units[1]: expected
+an integer, got 'x'`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
+import functools
+import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypeVar
+from typing import Any, Mapping, TypeVar
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 
 from muxrec.errors import ConfigError
 
 T = TypeVar("T")
 
+# Validation runs in pydantic's JSON mode: strict types (no "3" -> 3, no true -> 1) while a YAML list
+# still fills a tuple field and an integer a float one; NaN and infinity are refused.
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0])
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where)
-    return value
+_EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+             "string_type": "a string", "tuple_type": "a list", "list_type": "a list",
+             "dataclass_type": "a mapping", "finite_number": "a finite number"}
+
+
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter:
+    if "__pydantic_config__" not in vars(cls):
+        with_config(_STRICT)(cls)  # stdlib dataclasses carry their pydantic config as a class attribute
+    return TypeAdapter(cls)
+
+
+def _where(origin: str, loc: tuple[str | int, ...]) -> str:
+    return origin + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+
+
+def _choices(cls: type, loc: tuple[str | int, ...]) -> list[Any] | None:
+    """The allowed values of the Literal field at `loc` (a field, or an item of a tuple field)."""
+    hint = typing.get_type_hints(cls).get(str(loc[0])) if loc else None
+    for part in loc[1:]:
+        args = typing.get_args(hint)
+        hint = args[0] if isinstance(part, int) and args else None
+    return list(typing.get_args(hint)) if typing.get_origin(hint) is typing.Literal else None
+
+
+def _message(cls: type, err: ValidationError, origin: str) -> str:
+    """pydantic's errors as one line: `<origin>.<field>[i]: <problem>`, unknown keys grouped."""
+    unknown = sorted(str(e["loc"][-1]) for e in err.errors() if e["type"] == "unexpected_keyword_argument")
+    parts = []
+    if unknown:
+        known = sorted(f.name for f in dataclasses.fields(cls) if f.init)
+        parts.append(f"{origin}: unknown key(s) {unknown}; known: {known}")
+    for e in err.errors():
+        kind, where = e["type"], _where(origin, e["loc"])
+        if kind == "unexpected_keyword_argument":
+            continue
+        if kind in _EXPECTED:
+            problem = f"expected {_EXPECTED[kind]}, got {e['input']!r}"
+        elif kind == "literal_error":
+            problem = f"must be one of {_choices(cls, e['loc']) or e['ctx']['expected']}, got {e['input']!r}"
+        else:  # a ValueError from __post_init__ names its own field
+            problem = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {problem}")
+    return "; ".join(parts)
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, origin: str | None = None) -> T:
     """Build dataclass `cls` from a mapping, rejecting unknown keys and mistyped values."""
     origin = origin or cls.__name__
-    data = dict(data or {})
-    if not isinstance(data, dict):
+    if data is not None and not isinstance(data, Mapping):
         raise ConfigError(f"{origin}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{origin}: unknown key(s) {unknown}; known: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(v, hints[k], f"{origin}.{k}") for k, v in data.items()}
     try:
-        return cls(**kwargs)
-    except ValueError as err:
+        text = json.dumps(dict(data or {}), default=str)  # YAML dates and the like arrive as strings
+    except ValueError as err:  # a circular structure: nothing a user can write in YAML
         raise ConfigError(f"{origin}: {err}") from None
+    try:
+        return _adapter(cls).validate_json(text)
+    except ValidationError as err:
+        raise ConfigError(_message(cls, err, origin)) from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A dataclass as plain JSON-able values (tuples become lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    """A config as plain JSON-able values (tuples become lists): what `from_dict` reads back."""
+    return _adapter(type(cfg)).dump_python(cfg, mode="json")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,10 @@ from ray.data import DataContext
 from ray.train.torch import TorchTrainer
 
 from muxrec.artifacts import ArtifactRegistry, ModelVersion
-from muxrec.config import TrainConfig, from_dict, to_dict
+from muxrec.config import TrainConfig, to_dict
 from muxrec.errors import ConfigError, MuxrecError, find_muxrec_error
-from muxrec.models import EncodedRows, build_model, make_config
+from muxrec.models import EncodedRows, build_model
+from muxrec.models.registry import entry
 from muxrec.models.serialization import load_state, model_files, state_bytes
 from muxrec.pipelines.importance import permutation_importance
 from muxrec.pipelines.loop import Objective, evaluate_rows, make_optimizer, train_epoch
@@ -52,30 +53,31 @@ _OPTIMIZER = "optimizer.pt"
 
 @dataclass(frozen=True)
 class TrainJob:
-    """Everything one training run needs; crosses into Ray workers as a plain dict."""
+    """Everything one training run needs, typed; Ray pickles it into the workers as it is."""
 
     prepared: str  # folder written by `prepare`
     model: str  # registry name, e.g. "deepfm"
-    model_config: dict[str, Any] = field(default_factory=dict)
+    model_config: Any  # its typed config (DeepFMConfig, ...): `make_config` reads one from a mapping
     train: TrainConfig = TrainConfig()
     # How to run, not what to learn: never part of the fingerprint.
     threads: int = 1  # torch threads per worker
     progress_bars: bool = False  # draw per-batch bars (the driver has a terminal)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"prepared": self.prepared, "model": self.model, "model_config": self.model_config,
-                "train": to_dict(self.train), "threads": self.threads, "progress_bars": self.progress_bars}
+    def __post_init__(self) -> None:
+        expected = entry(self.model).config_cls
+        if not isinstance(self.model_config, expected):
+            raise TypeError(f"TrainJob.model_config must be a {expected.__name__}, "
+                            f"got {type(self.model_config).__name__}")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainJob:
-        return cls(data["prepared"], data["model"], dict(data["model_config"]),
-                   from_dict(TrainConfig, data["train"], "train"), int(data["threads"]), bool(data["progress_bars"]))
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON (the published train.json)."""
+        return {"prepared": self.prepared, "model": self.model, "model_config": to_dict(self.model_config),
+                "train": to_dict(self.train), "threads": self.threads, "progress_bars": self.progress_bars}
 
     def fingerprint(self, spec_fingerprint: str) -> str:
         """What must not change between a run and its resumption (epochs and workers may)."""
         train = {k: v for k, v in to_dict(self.train).items() if k not in ("epochs", "num_workers", "patience")}
-        canon = json.dumps([spec_fingerprint, self.model, to_dict(make_config(self.model, self.model_config)), train],
-                           sort_keys=True)
+        canon = json.dumps([spec_fingerprint, self.model, to_dict(self.model_config), train], sort_keys=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
@@ -118,7 +120,7 @@ def _worker_log() -> logging.Logger:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    job = TrainJob.from_dict(config)
+    job: TrainJob = config["job"]
     log = _worker_log()
     cfg = job.train
     prepared = PreparedData.load(job.prepared)
@@ -238,7 +240,6 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
         shutil.rmtree(folder)
     ensure_ray()
     prepared = PreparedData.load(job.prepared)
-    make_config(job.model, job.model_config)  # fail fast, before Ray starts workers
     cpus = int(ray.cluster_resources().get("CPU", 1))
     job = replace(job, threads=max(1, cpus // job.train.num_workers), progress_bars=sys.stderr.isatty())
     # Workers must leave a CPU free: Ray Data streams their shards in with tasks of its own, and a
@@ -247,7 +248,7 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
     datasets = {split: ray.data.read_parquet(str(prepared.split_dir(split))) for split in ("train", "valid")}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=job.to_dict(),
+        train_loop_config={"job": job},
         scaling_config=ScalingConfig(num_workers=job.train.num_workers, use_gpu=False,
                                      resources_per_worker={"CPU": worker_cpus}),
         run_config=RunConfig(name=name, storage_path=str(Path(storage).resolve()),
@@ -286,7 +287,7 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
     run_name = run_name or f"{model_name}-seed{job.train.seed}"
     runs = [run_name]
     state, best_weights, wall = fit(job, storage, run_name, fresh=fresh)
-    cfg = make_config(job.model, job.model_config)
+    cfg = job.model_config
     model = build_model(job.model, cfg, prepared.inputs)
     load_state(model, best_weights)
 
@@ -296,7 +297,7 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
         search = {"config": to_dict(cfg), "valid_auc": state["best_valid_auc"], "epochs": state["epoch"] + 1,
                   "train_seconds": round(state["train_seconds"], 2), "chosen": to_dict(chosen)}
         search.update(getattr(model, "search_report", dict)())
-        job, cfg = replace(job, model_config=to_dict(chosen)), chosen
+        job, cfg = replace(job, model_config=chosen), chosen
         runs.append(f"{run_name}-retrain")
         state, best_weights, retrain_wall = fit(job, storage, runs[-1], fresh=fresh)
         wall += retrain_wall

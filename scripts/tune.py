@@ -17,10 +17,11 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from muxrec.config import TrainConfig, from_dict, load_model_file, model_file, to_dict, with_overrides
+from muxrec.config import TrainConfig, load_model_file, model_file, with_overrides
 from muxrec.models import EncodedRows, build_model, make_config
 from muxrec.pipelines.loop import evaluate_rows, make_optimizer, train_epoch
 from muxrec.pipelines.prepare import PreparedData
@@ -28,7 +29,7 @@ from muxrec.pipelines.prepare import PreparedData
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run(prepared: PreparedData, model_name: str, model_cfg: dict, train_cfg: TrainConfig,
+def run(prepared: PreparedData, model_name: str, model_cfg: Any, train_cfg: TrainConfig,
         train_rows: EncodedRows, valid_rows: EncodedRows) -> dict:
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_name, model_cfg, prepared.inputs)
@@ -60,13 +61,12 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     mf = load_model_file(args.config) if args.config else model_file(REPO / "configs", args.model)
     mf = with_overrides(mf, args.set)
-    model_cfg, train_dict = mf.model, to_dict(mf.train)
-    make_config(mf.architecture, model_cfg)
+    model_cfg = make_config(mf.architecture, mf.model)
     prepared = PreparedData.load(args.prepared)
     train_rows = EncodedRows(prepared.read("train"), prepared.inputs)
     valid_rows = EncodedRows(prepared.read("valid"), prepared.inputs)
     for seed in (int(s) for s in args.seeds.split(",")):
-        cfg = replace(from_dict(TrainConfig, train_dict), seed=seed)
+        cfg = replace(mf.train, seed=seed)
         result = run(prepared, mf.architecture, model_cfg, cfg, train_rows, valid_rows)
         print(json.dumps({"model": args.model, "seed": seed, "set": args.set, **result}), flush=True)
     return 0

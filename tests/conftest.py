@@ -82,6 +82,7 @@ def small_models(ray_cluster, tmp_path_factory):
 
     from muxrec.artifacts import ArtifactRegistry
     from muxrec.config import TrainConfig
+    from muxrec.models.deepfm import DeepFMConfig
     from muxrec.models.serialization import load_model, model_files
     from muxrec.pipelines.prepare import prepare
     from muxrec.pipelines.train import TrainJob, train
@@ -92,7 +93,7 @@ def small_models(ray_cluster, tmp_path_factory):
     spec = synthetic_spec(rows=6000, seed=21)
     prepared = prepare(spec, root / "prepared")
     registry = ArtifactRegistry(root / "registry")
-    job = TrainJob(str(prepared.root), "deepfm", {"embedding_dim": 8, "hidden_units": [32, 16]},
+    job = TrainJob(str(prepared.root), "deepfm", DeepFMConfig(embedding_dim=8, hidden_units=(32, 16)),
                    TrainConfig(epochs=2, batch_size=256, lr=3e-3))
     v1 = train(job, registry, MODEL, root / "ray").version
     loaded = load_model(v1)

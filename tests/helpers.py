@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 from muxrec.config import model_file
 from muxrec.data.synthetic import SyntheticConfig, generate
 from muxrec.encoding import SPLIT_COLUMN, Vocabulary, count_values, derive, encode, moments
-from muxrec.models import make_config
+from muxrec.models import build_model, make_config
 from muxrec.spec import FeatureSpec, ModelInputs, load_spec, parse_spec
 
 from tests.conftest import CONFIGS
@@ -22,6 +22,16 @@ def synthetic_spec(rows: int = 4000, seed: int = 7) -> FeatureSpec:
     """configs/synthetic.yaml with a smaller row count."""
     data = load_spec(CONFIGS / "synthetic.yaml").model_dump(mode="json")
     data["source"]["options"] = {"rows": rows, "seed": seed}
+    return parse_spec(data)
+
+
+def mixed_dim_spec(rows: int = 4000, seed: int = 7) -> FeatureSpec:
+    """synthetic_spec with three tables at their own embedding_dim: user_id 2 (a feature's own table),
+    the item table 6 (shared by item_id and the history) and title 3."""
+    data = synthetic_spec(rows, seed).model_dump(mode="json", exclude_defaults=True)
+    data["tables"]["item"]["embedding_dim"] = 6
+    dims = {"user_id": 2, "title": 3}
+    data["features"] = [{**f, "embedding_dim": dims[f["name"]]} if f["name"] in dims else f for f in data["features"]]
     return parse_spec(data)
 
 
@@ -71,6 +81,11 @@ def tiny_raw(n: int = 64, seed: int = 0) -> pa.Table:
 
 def inputs_for(spec: FeatureSpec, vocab: Vocabulary) -> ModelInputs:
     return ModelInputs.from_spec(spec, vocab.num_embeddings())
+
+
+def build(name: str, data: dict[str, Any], inputs: ModelInputs) -> Any:
+    """Model `name` from a config mapping, as a YAML file gives it: read by make_config, then built."""
+    return build_model(name, make_config(name, data), inputs)
 
 
 def model_config_files() -> list[str]:

@@ -23,10 +23,15 @@ class FeatureEmbedding(nn.Module):
     `sequence()` gives the positions themselves for target attention (DIN). It reads its table row by
     row, sharing the weights with the pooled features of that table (item_id and the history).
 
+    A table whose spec sets its own `embedding_dim` d (e.g. a small d for a large vocabulary) is stored
+    d wide, and a learned linear map (d -> D, one per such table) brings its features to the model's
+    width, so every field is still D wide for the layers above.
+
     Args:
         inputs: the model-input view of the feature spec.
-        dim: D, the embedding size of every table.
+        dim: D, the model's embedding size: of every field, and of every table without its own dim.
         init_std: std of the normal initialisation (small: interactions start near zero).
+        table_dims: honour the tables' own dims; False makes every table D wide (first-order weights).
 
     Example::
 
@@ -35,14 +40,16 @@ class FeatureEmbedding(nn.Module):
         torch.Size([256, 8, 16])
     """
 
-    def __init__(self, inputs: ModelInputs, dim: int, init_std: float = 1e-4):
+    def __init__(self, inputs: ModelInputs, dim: int, init_std: float = 1e-4, table_dims: bool = True):
         super().__init__()
         self.inputs = inputs
         self.dim = dim
+        own = {t.name: t.embedding_dim for t in inputs.tables
+               if table_dims and t.embedding_dim is not None and t.embedding_dim != dim}
         pooled_tables = [t for t in inputs.tables if t.feature_names]
         self.bags = EmbeddingBagCollection(
             tables=[
-                EmbeddingBagConfig(name=t.name, embedding_dim=dim, num_embeddings=t.num_embeddings,
+                EmbeddingBagConfig(name=t.name, embedding_dim=own.get(t.name, dim), num_embeddings=t.num_embeddings,
                                    feature_names=list(t.feature_names), pooling=_POOLING[t.pooling])
                 for t in pooled_tables
             ],
@@ -50,8 +57,9 @@ class FeatureEmbedding(nn.Module):
         )
         # Tables read only by sequence features have no bag to live in.
         self.sequence_only = nn.ModuleDict({
-            t.name: nn.Embedding(t.num_embeddings, dim) for t in inputs.tables if not t.feature_names
+            t.name: nn.Embedding(t.num_embeddings, own.get(t.name, dim)) for t in inputs.tables if not t.feature_names
         })
+        self.projections = nn.ModuleDict({name: nn.Linear(d, dim, bias=False) for name, d in own.items()})
         self.numeric = nn.Parameter(torch.empty(len(inputs.numeric), dim))  # (N, D)
         self._field_index = {name: i for i, name in enumerate(inputs.fields)}
         for weight in self.table_weights().values():
@@ -63,7 +71,7 @@ class FeatureEmbedding(nn.Module):
         return self.inputs.num_fields
 
     def table_weights(self) -> dict[str, nn.Parameter]:
-        """Table name -> its (rows, D) weight: what the Embedder service serves."""
+        """Table name -> its (rows, d) weight, d its own dim (else D): what the Embedder service serves."""
         weights = {name: bag.weight for name, bag in self.bags.embedding_bags.items()}
         weights.update({name: emb.weight for name, emb in self.sequence_only.items()})
         return weights
@@ -71,7 +79,8 @@ class FeatureEmbedding(nn.Module):
     def forward(self, batch: Batch) -> Tensor:
         columns: dict[str, Tensor] = {}
         if self.inputs.pooled:
-            columns.update(self.bags(batch.sparse).to_dict())  # name -> (B, D)
+            pooled = self.bags(batch.sparse).to_dict()  # name -> (B, d), d its table's width
+            columns.update({name: self._to_width(name, v) for name, v in pooled.items()})  # name -> (B, D)
         if self.inputs.numeric:
             scaled = batch.dense[:, :, None] * self.numeric[None]  # (B, N, D)
             columns.update({name: scaled[:, i] for i, name in enumerate(self.inputs.numeric)})
@@ -86,4 +95,9 @@ class FeatureEmbedding(nn.Module):
         ids, lengths = batch.sequences[name]  # (B, L), (B,)
         weight = self.table_weights()[self.inputs.table_of[name]]
         mask = torch.arange(ids.shape[1], device=ids.device) < lengths[:, None]  # (B, L)
-        return nn.functional.embedding(ids, weight), mask  # (B, L, D), (B, L)
+        return self._to_width(name, nn.functional.embedding(ids, weight)), mask  # (B, L, d) -> (B, L, D), (B, L)
+
+    def _to_width(self, name: str, vectors: Tensor) -> Tensor:
+        """Feature `name`'s vectors (..., d) from its table, at the model's width (..., D)."""
+        table = self.inputs.table_of[name]
+        return self.projections[table](vectors) if table in self.projections else vectors  # (..., D)

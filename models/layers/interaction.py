@@ -19,7 +19,7 @@ class FirstOrder(nn.Module):
 
     def __init__(self, inputs: ModelInputs):
         super().__init__()
-        self.weights = FeatureEmbedding(inputs, dim=1, init_std=0.0)
+        self.weights = FeatureEmbedding(inputs, dim=1, init_std=0.0, table_dims=False)  # a scalar per value
         self.bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, batch: Batch) -> Tensor:

@@ -19,6 +19,7 @@ from muxrec.artifacts import ArtifactRegistry
 from muxrec.config import model_file
 from muxrec.data import download, find_dataset, load_source
 from muxrec.errors import DataError, DataNotFoundError
+from muxrec.models import make_config
 from muxrec.pipelines.evaluate import evaluate
 from muxrec.pipelines.prepare import prepare_cached
 from muxrec.pipelines.train import TrainJob, train
@@ -70,8 +71,8 @@ def run_demo(config_dir: Path, serve_config: Path, runs: Path, registry_root: Pa
         f"{s} {v['rows']:,} rows" for s, v in prepared.stats["splits"].items()))
     mf = model_file(config_dir, MODEL)
     name = f"demo-{spec.name}-{MODEL}"
-    result = train(TrainJob(str(prepared.root), mf.architecture, mf.model, mf.train), ArtifactRegistry(registry_root),
-                   name, runs / "ray", fresh=True)
+    job = TrainJob(str(prepared.root), mf.architecture, make_config(mf.architecture, mf.model), mf.train)
+    result = train(job, ArtifactRegistry(registry_root), name, runs / "ray", fresh=True)
     report = evaluate(result.version, "test")
     click = report["tasks"][spec.label_names[0]]
     print(f"[demo] {result.version.ref}: test AUC {click['auc']:.4f}, logloss {click['logloss']:.4f}, "

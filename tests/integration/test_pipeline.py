@@ -15,18 +15,20 @@ import pytest
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.config import TrainConfig
 from muxrec.encoding import SPLIT_COLUMN, derive
+from muxrec.models import make_config
+from muxrec.models.deepfm import DeepFMConfig
 from muxrec.pipelines.evaluate import evaluate
 from muxrec.pipelines.prepare import PreparedData, prepare
 from muxrec.pipelines.train import TrainJob, fit, train
 from muxrec.spec import load_spec
 
 from tests.conftest import CONFIGS
-from tests.helpers import synthetic_raw, synthetic_spec
+from tests.helpers import mixed_dim_spec, synthetic_raw, synthetic_spec
 
 pytestmark = pytest.mark.integration
 
 SMALL = TrainConfig(epochs=3, batch_size=256, lr=3e-3, patience=5, seed=11)
-DEEPFM = {"embedding_dim": 8, "hidden_units": [32, 16], "dropout": 0.0}
+DEEPFM = DeepFMConfig(embedding_dim=8, hidden_units=(32, 16), dropout=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +103,7 @@ def test_search_then_retrain_publishes_the_chosen_architecture(prepared, tmp_pat
     from muxrec.models.optinter import METHODS, categorical_pairs
     from muxrec.models.serialization import load_model
 
-    cfg = {"embedding_dim": 4, "hidden_units": [16], "anneal_steps": 50, "cross_buckets": 5000}
+    cfg = make_config("optinter", {"embedding_dim": 4, "hidden_units": [16], "anneal_steps": 50, "cross_buckets": 5000})
     job = TrainJob(str(prepared.root), "optinter", cfg, replace(SMALL, epochs=2))
     result = train(job, ArtifactRegistry(tmp_path / "registry"), "synthetic-optinter", tmp_path / "ray")
     search = result.metrics["search"]
@@ -121,16 +123,31 @@ def test_resume_refuses_a_changed_config(prepared, tmp_path):
 
     job = TrainJob(str(prepared.root), "deepfm", DEEPFM, replace(SMALL, epochs=1))
     fit(job, tmp_path / "ray", "changing")
-    changed = replace(job, model_config={**DEEPFM, "hidden_units": [8]}, train=replace(job.train, epochs=2))
+    changed = replace(job, model_config=replace(DEEPFM, hidden_units=(8,)), train=replace(job.train, epochs=2))
     with pytest.raises(ConfigError, match="started with another spec / model / training config"):
         fit(changed, tmp_path / "ray", "changing")
+
+
+def test_a_spec_with_its_own_table_dims_trains_and_publishes(ray_cluster, tmp_path):
+    """user_id at dim 2, the item table (item_id and the history) at 6, title at 3; the model at 8."""
+    from muxrec.models.serialization import load_model
+
+    prep = prepare(mixed_dim_spec(rows=16000, seed=3), tmp_path / "prepared")
+    cfg = make_config("din", {"embedding_dim": 8, "attention_units": [16], "hidden_units": [32, 16]})
+    result = train(TrainJob(str(prep.root), "din", cfg, SMALL), ArtifactRegistry(tmp_path / "registry"), "mixed",
+                   tmp_path / "ray")
+    assert result.metrics["valid"]["auc"] > 0.62  # the planted signal is learned (chance: 0.5)
+    loaded = load_model(result.version)
+    weights = loaded.model.embedding.table_weights()
+    assert (weights["user_id"].shape[1], weights["item"].shape[1], weights["title"].shape[1]) == (2, 6, 3)
+    assert sorted(loaded.model.embedding.projections) == ["item", "title", "user_id"]
 
 
 def test_ml100k_one_short_epoch(ray_cluster, ml100k_dir, tmp_path):
     spec = load_spec(CONFIGS / "ml-100k.yaml")
     prep = prepare(spec, tmp_path / "prepared")
     assert {s: v["rows"] for s, v in prep.stats["splits"].items()} == {"train": 80_004, "valid": 9_976, "test": 10_020}
-    job = TrainJob(str(prep.root), "deepfm", {"embedding_dim": 8, "hidden_units": [64]},
+    job = TrainJob(str(prep.root), "deepfm", DeepFMConfig(embedding_dim=8, hidden_units=(64,)),
                    TrainConfig(epochs=1, batch_size=2048, lr=3e-3))
     result = train(job, ArtifactRegistry(tmp_path / "registry"), "ml-100k-deepfm", tmp_path / "ray")
     assert result.metrics["epochs"] == 1
@@ -151,7 +168,7 @@ def test_ml100k_graded_targets_train_through_ray_and_publish_a_click_model(ray_c
     rates = prep.positive_rates("train")
     assert rates["click@2"] > rates["click@3"] > rates["click"] > rates["click@5"] > 0
     assert pq.read_table(prep.split_dir("test"), columns=["click", "click@5"]).num_rows == 10_020
-    job = TrainJob(str(prep.root), "deepfm", {"embedding_dim": 8, "hidden_units": [64]},
+    job = TrainJob(str(prep.root), "deepfm", DeepFMConfig(embedding_dim=8, hidden_units=(64,)),
                    TrainConfig(epochs=1, batch_size=2048, lr=3e-3))
     result = train(job, ArtifactRegistry(tmp_path / "registry"), "graded", tmp_path / "ray")
     assert 0.70 < result.metrics["test"]["auc"] < 0.80

@@ -7,10 +7,10 @@ import torch
 
 import muxrec.models.armnet  # noqa: F401  (registers "armnet")
 from muxrec.errors import ConfigError
-from muxrec.models import build_model, make_config
+from muxrec.models import make_config
 from muxrec.models.armnet import ExponentialNeurons, entmax
 
-from tests.helpers import tiny_rows
+from tests.helpers import build, tiny_rows
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def _model(inputs, **overrides):
     torch.manual_seed(0)
     cfg = {"embedding_dim": 4, "num_heads": 3, "neurons_per_head": 5, "attention_dim": 4, "hidden_units": [8],
            "dnn_hidden_units": [8], **overrides}
-    return build_model("armnet", cfg, inputs)
+    return build("armnet", cfg, inputs)
 
 
 def test_entmax_matches_hand_computations():
@@ -103,7 +103,7 @@ def test_plain_armnet_has_no_dnn(tiny):
         before = model(batch)
         model.neurons.norm.bias.add_(1.0)
         after = model(batch)
-    assert before.shape == (64, 1) and not torch.allclose(before, after)
+    assert before.shape == (64, len(inputs.tasks)) and not torch.allclose(before, after)
 
 
 def test_bad_configs_name_the_field():

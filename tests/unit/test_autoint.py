@@ -10,11 +10,11 @@ import torch
 import muxrec.models.autoint  # noqa: F401  (registers "autoint")
 from muxrec.config import model_file
 from muxrec.errors import ConfigError
-from muxrec.models import build_model, make_config
+from muxrec.models import make_config
 from muxrec.models.layers.attention import InteractingLayer
 
 from tests.conftest import CONFIGS
-from tests.helpers import tiny_rows
+from tests.helpers import build, tiny_rows
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +54,19 @@ def test_autoint_plus_adds_a_parallel_dnn_logit(tiny):
     inputs, rows = tiny
     batch = rows.take(torch.arange(16))
     torch.manual_seed(0)
-    plus = build_model("autoint", {"embedding_dim": 4, "dnn_hidden_units": [8]}, inputs).eval()
-    plain = build_model("autoint", {"embedding_dim": 4}, inputs).eval()
+    plus = build("autoint", {"embedding_dim": 4, "dnn_hidden_units": [8]}, inputs).eval()
+    plain = build("autoint", {"embedding_dim": 4}, inputs).eval()
     assert plain.dnn is None and plus.dnn is not None
     plain.load_state_dict({k: v for k, v in plus.state_dict().items() if not k.startswith("dnn.")})
     with torch.no_grad():
-        dnn_logit = plus.dnn(plus.embedding(batch).flatten(1))  # (B, 1)
+        dnn_logit = plus.dnn(plus.embedding(batch).flatten(1))  # (B, T)
         assert torch.allclose(plus(batch), plain(batch) + dnn_logit, atol=1e-6)
         assert dnn_logit.abs().sum() > 0
 
 
 def test_more_layers_widen_nothing_but_the_first_input(tiny):
     inputs, _ = tiny
-    model = build_model("autoint", {"embedding_dim": 4, "attention_layers": 3, "num_heads": 2,
+    model = build("autoint", {"embedding_dim": 4, "attention_layers": 3, "num_heads": 2,
                                     "attention_dim": 5}, inputs)
     assert [layer.qkv.in_features for layer in model.interacting] == [4, 10, 10]
     assert model.output.in_features == inputs.num_fields * 10

@@ -1,10 +1,12 @@
-"""Typed configs: strict dict -> dataclass conversion with field-naming errors."""
+"""Typed configs: strict dict -> dataclass validation (pydantic) with one-line, field-naming errors."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from muxrec.config import TrainConfig, from_dict, load_model_file, with_overrides
+from muxrec.config import TrainConfig, from_dict, load_model_file, to_dict, with_overrides
 from muxrec.errors import ConfigError
 
 from tests.conftest import CONFIGS
@@ -19,8 +21,49 @@ def test_train_config_defaults_and_validation():
         from_dict(TrainConfig, {"epochs": 0})
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['learning_rate'\]"):
         from_dict(TrainConfig, {"learning_rate": 0.1})
-    with pytest.raises(ConfigError, match="expected true or false|expected an integer"):
+    with pytest.raises(ConfigError, match=r"TrainConfig.epochs: expected an integer, got True"):
         from_dict(TrainConfig, {"epochs": True})
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"epochs": "3"}, r"TrainConfig.epochs: expected an integer, got '3'"),  # no string -> number coercion
+    ({"epochs": 3.0}, r"TrainConfig.epochs: expected an integer, got 3.0"),
+    ({"lr": True}, r"TrainConfig.lr: expected a number, got True"),
+    ({"lr": float("nan")}, r"TrainConfig.lr: expected a finite number, got nan"),
+    ({"lr": None}, r"TrainConfig.lr: expected a number, got None"),
+    ({"learning_rate": 1, "epoch": 2}, r"unknown key\(s\) \['epoch', 'learning_rate'\]; known: \['batch_size'"),
+])
+def test_types_are_strict_and_errors_are_one_line(data, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        from_dict(TrainConfig, data)
+    assert "\n" not in str(err.value)
+
+
+def test_model_config_errors_name_the_nested_field():
+    from muxrec.models import make_config
+
+    with pytest.raises(ConfigError, match=r"^deepfm config.hidden_units\[1\]: expected an integer, got '8'$"):
+        make_config("deepfm", {"hidden_units": [4, "8"]})
+    with pytest.raises(ConfigError, match=r"^deepfm config.activation: must be one of \['relu', .*\], got 'swish'$"):
+        make_config("deepfm", {"activation": "swish"})
+    with pytest.raises(ConfigError, match=r"^deepfm config.hidden_units: expected a list, got 8$"):
+        make_config("deepfm", {"hidden_units": 8})
+    with pytest.raises(ConfigError, match=r"^deepfm config: expected a mapping, got list$"):
+        make_config("deepfm", [1])
+    # Several problems: all of them, on one line.
+    with pytest.raises(ConfigError, match=r"dropout: expected a number, got 'x'; deepfm config.batch_norm: expected "
+                                          r"true or false, got 1"):
+        make_config("deepfm", {"dropout": "x", "batch_norm": 1})
+
+
+@pytest.mark.parametrize("name", ["deepfm", "dcn_v2", "optinter", "final_mlp"])
+def test_to_dict_round_trips(name):
+    from muxrec.models import make_config
+
+    cfg = make_config(name, {})
+    data = to_dict(cfg)
+    assert json.loads(json.dumps(data)) == data and all(not isinstance(v, tuple) for v in data.values())
+    assert make_config(name, data) == cfg
 
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "models").glob("*.yaml")), ids=lambda p: p.stem)

@@ -7,11 +7,11 @@ import torch
 
 import muxrec.models.dcn_v2  # noqa: F401  (registers "dcn_v2")
 from muxrec.errors import ConfigError
-from muxrec.models import build_model, make_config
+from muxrec.models import make_config
 from muxrec.models.dcn_v2 import DCNv2Config
 from muxrec.models.layers.interaction import CrossNetwork
 
-from tests.helpers import tiny_rows
+from tests.helpers import build, tiny_rows
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +57,10 @@ def test_cross_network_rejects_bad_sizes():
 def test_stacked_feeds_the_cross_output_to_the_dnn(tiny):
     inputs, batch = tiny
     torch.manual_seed(0)
-    model = build_model("dcn_v2", {"embedding_dim": 4, "structure": "stacked", "hidden_units": (8,),
+    model = build("dcn_v2", {"embedding_dim": 4, "structure": "stacked", "hidden_units": (8,),
                                    "dropout": 0.0, "low_rank": 3}, inputs).eval()
     width = inputs.num_fields * 4
-    assert model.dnn.net[0].in_features == width and model.dnn.out_dim == 1
+    assert model.dnn.net[0].in_features == width and model.dnn.out_dim == len(inputs.tasks)  # one logit per task
     with torch.no_grad():
         x0 = model.embedding(batch).flatten(1)  # (B, F*D)
         torch.testing.assert_close(model(batch), model.dnn(model.cross(x0)))
@@ -69,21 +69,21 @@ def test_stacked_feeds_the_cross_output_to_the_dnn(tiny):
 def test_parallel_concatenates_cross_and_dnn(tiny):
     inputs, batch = tiny
     torch.manual_seed(0)
-    model = build_model("dcn_v2", {"embedding_dim": 4, "hidden_units": (8, 6), "dropout": 0.0}, inputs).eval()
+    model = build("dcn_v2", {"embedding_dim": 4, "hidden_units": (8, 6), "dropout": 0.0}, inputs).eval()
     width = inputs.num_fields * 4
-    assert model.head.in_features == width + 6
+    assert (model.head.in_features, model.head.out_features) == (width + 6, len(inputs.tasks))
     with torch.no_grad():
         x0 = model.embedding(batch).flatten(1)  # (B, F*D)
-        w = model.head.weight[0]
-        expected = model.cross(x0) @ w[:width] + model.dnn(x0) @ w[width:] + model.head.bias
-        torch.testing.assert_close(model(batch), expected[:, None])
+        w = model.head.weight  # (T, F*D + 6)
+        expected = model.cross(x0) @ w[:, :width].T + model.dnn(x0) @ w[:, width:].T + model.head.bias  # (B, T)
+        torch.testing.assert_close(model(batch), expected)
 
 
 def test_stacked_cross_network_alone_is_allowed(tiny):
     inputs, batch = tiny
-    model = build_model("dcn_v2", {"embedding_dim": 4, "structure": "stacked", "hidden_units": []}, inputs)
+    model = build("dcn_v2", {"embedding_dim": 4, "structure": "stacked", "hidden_units": []}, inputs)
     logits = model(batch)
-    assert logits.shape == (32, 1)
+    assert logits.shape == (32, len(inputs.tasks))
     logits.sum().backward()
     assert model.cross.layers[0].weight.grad.abs().sum() > 0
 

@@ -6,12 +6,11 @@ import dataclasses
 
 import pytest
 import torch
-from muxrec.models import build_model
 from muxrec.models.batch import Batch
 from muxrec.models.layers.mlp import Dice
 
 from muxrec.errors import ConfigError
-from tests.helpers import tiny_rows
+from tests.helpers import build, tiny_rows
 
 CFG = {"embedding_dim": 4, "attention_units": (8,), "hidden_units": (8,)}
 
@@ -24,7 +23,7 @@ def tiny():
 def test_padding_positions_get_no_weight_and_change_nothing(tiny):
     inputs, rows = tiny
     torch.manual_seed(0)
-    model = build_model("din", CFG, inputs).eval()
+    model = build("din", CFG, inputs).eval()
     batch = rows.take(torch.arange(16))
     ids, lengths = batch.sequences["history"]
     assert (lengths < ids.shape[1]).any()  # some rows are padded
@@ -48,11 +47,11 @@ def test_din_needs_a_history_sharing_the_target_table(tiny):
     inputs, _ = tiny
     no_history = dataclasses.replace(inputs, sequences=(), fields=tuple(f for f in inputs.fields if f != "history"))
     with pytest.raises(ConfigError, match="needs the sequence feature 'history'"):
-        build_model("din", CFG, no_history)
+        build("din", CFG, no_history)
     with pytest.raises(ConfigError, match="must share an embedding table"):
-        build_model("din", {**CFG, "target": "site"}, inputs)
+        build("din", {**CFG, "target": "site"}, inputs)
     with pytest.raises(ConfigError, match="'nope' is not a categorical feature"):
-        build_model("din", {**CFG, "target": "nope"}, inputs)
+        build("din", {**CFG, "target": "nope"}, inputs)
 
 
 def test_dice_matches_its_formula():

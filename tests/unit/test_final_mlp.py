@@ -7,11 +7,11 @@ import torch
 
 import muxrec.models.final_mlp  # noqa: F401  (registers "final_mlp")
 from muxrec.errors import ConfigError
-from muxrec.models import build_model, make_config
+from muxrec.models import make_config
 from muxrec.models.final_mlp import FeatureGate
 from muxrec.models.layers.interaction import BilinearFusion
 
-from tests.helpers import tiny_rows
+from tests.helpers import build, tiny_rows
 
 SMALL = {"embedding_dim": 4, "stream1_hidden_units": (8, 8), "stream2_hidden_units": (6,),
          "gate_hidden_units": (8,), "dropout": 0.0}
@@ -75,7 +75,7 @@ def test_conditioned_gate_reads_only_its_context_fields():
 def test_streams_read_their_own_gated_input(tiny):
     inputs, batch = tiny
     torch.manual_seed(0)
-    model = build_model("final_mlp", {**SMALL, "stream1_context": ["user_id"], "num_heads": 2}, inputs).eval()
+    model = build("final_mlp", {**SMALL, "stream1_context": ["user_id"], "num_heads": 2}, inputs).eval()
     with torch.no_grad():
         fields = model.embedding(batch)  # (B, F, D)
         o1 = model.streams[0](model.gates[0](fields))
@@ -87,7 +87,7 @@ def test_streams_read_their_own_gated_input(tiny):
 def test_without_gating_both_streams_read_the_flat_fields(tiny):
     inputs, batch = tiny
     torch.manual_seed(0)
-    model = build_model("final_mlp", {**SMALL, "feature_gating": False}, inputs).eval()
+    model = build("final_mlp", {**SMALL, "feature_gating": False}, inputs).eval()
     assert model.gates is None
     with torch.no_grad():
         x = model.embedding(batch).flatten(1)  # (B, F*D)
@@ -101,4 +101,4 @@ def test_config_errors_name_the_field(tiny):
     with pytest.raises(ConfigError, match="stream2_hidden_units must be a non-empty list"):
         make_config("final_mlp", {"stream2_hidden_units": []})
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['user'\]"):
-        build_model("final_mlp", {**SMALL, "stream2_context": ["user"]}, inputs)
+        build("final_mlp", {**SMALL, "stream2_context": ["user"]}, inputs)

@@ -8,9 +8,9 @@ import torch
 import muxrec.models.fm  # noqa: F401  (registers "fm")
 import muxrec.models.wide_deep  # noqa: F401  (registers "wide_deep")
 from muxrec.errors import ConfigError
-from muxrec.models import build_model, make_config
+from muxrec.models import make_config
 
-from tests.helpers import tiny_rows
+from tests.helpers import build, tiny_rows
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def _jiggle(model: torch.nn.Module) -> None:
 def test_fm_is_first_order_plus_every_field_pair(tiny):
     inputs, batch = tiny
     torch.manual_seed(0)
-    model = build_model("fm", {"embedding_dim": 3}, inputs)
+    model = build("fm", {"embedding_dim": 3}, inputs)
     _jiggle(model)
     with torch.no_grad():
         fields = model.embedding(batch)  # (B, F, D)
@@ -43,7 +43,7 @@ def test_fm_is_first_order_plus_every_field_pair(tiny):
 
 def test_fm_without_factors_is_logistic_regression(tiny):
     inputs, batch = tiny
-    model = build_model("fm", {"embedding_dim": 2}, inputs)
+    model = build("fm", {"embedding_dim": 2}, inputs)
     _jiggle(model)
     with torch.no_grad():
         for weight in model.embedding.table_weights().values():
@@ -60,17 +60,18 @@ def test_fm_config_names_the_field():
 def test_wide_deep_sums_a_wide_and_a_deep_logit(tiny):
     inputs, batch = tiny
     torch.manual_seed(0)
-    model = build_model("wide_deep", {"embedding_dim": 4, "hidden_units": (8,), "dropout": 0.0}, inputs).eval()
+    model = build("wide_deep", {"embedding_dim": 4, "hidden_units": (8,), "dropout": 0.0}, inputs).eval()
     _jiggle(model)
     assert model.deep.net[0].in_features == inputs.num_fields * 4  # the deep part reads every field, flattened
     with torch.no_grad():
         wide, deep = model.wide(batch), model.deep(model.embedding(batch).flatten(1))
         assert wide.std() > 0 and deep.std() > 0
+        assert wide.shape == (len(batch), 1) and deep.shape == (len(batch), len(inputs.tasks))  # a head per task
         torch.testing.assert_close(model(batch), wide + deep)
-        # Silencing the deep output layer leaves exactly the wide (linear) model.
+        # Silencing the deep output layer leaves exactly the wide (linear) model, for every task.
         model.deep.net[-1].weight.zero_()
         model.deep.net[-1].bias.zero_()
-        torch.testing.assert_close(model(batch), wide)
+        torch.testing.assert_close(model(batch), wide.expand(-1, len(inputs.tasks)))
 
 
 def test_wide_deep_config_errors_name_the_field():

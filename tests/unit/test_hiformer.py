@@ -10,11 +10,11 @@ import torch
 import muxrec.models.hiformer  # noqa: F401  (registers "hiformer")
 from muxrec.config import model_file
 from muxrec.errors import ConfigError
-from muxrec.models import build_model, make_config
+from muxrec.models import make_config
 from muxrec.models.layers.attention import CompositeProjection, HeterogeneousAttentionLayer, TokenLinear
 
 from tests.conftest import CONFIGS
-from tests.helpers import tiny_rows
+from tests.helpers import build, tiny_rows
 
 SMALL = {"embedding_dim": 4, "num_layers": 2, "num_heads": 2, "head_dim": 3, "ffn_dim": 6, "hidden_units": [8]}
 
@@ -96,8 +96,8 @@ def test_pruning_the_last_layer_is_exact(tiny):
     inputs, rows = tiny
     batch = rows.take(torch.arange(32))
     torch.manual_seed(0)
-    full = build_model("hiformer", SMALL, inputs).eval()
-    pruned = build_model("hiformer", {**SMALL, "prune_last_layer": True}, inputs).eval()
+    full = build("hiformer", SMALL, inputs).eval()
+    pruned = build("hiformer", {**SMALL, "prune_last_layer": True}, inputs).eval()
     pruned.load_state_dict(full.state_dict())  # same parameters: the fast config serves the same weights
     with torch.no_grad():
         assert torch.allclose(full(batch), pruned(batch), atol=1e-5)
@@ -105,8 +105,8 @@ def test_pruning_the_last_layer_is_exact(tiny):
 
 def test_low_rank_changes_only_the_composite_projections(tiny):
     inputs, _ = tiny
-    full = build_model("hiformer", SMALL, inputs)
-    low = build_model("hiformer", {**SMALL, "low_rank": 8}, inputs)
+    full = build("hiformer", SMALL, inputs)
+    low = build("hiformer", {**SMALL, "low_rank": 8}, inputs)
     differ = set(full.state_dict()) ^ set(low.state_dict())
     assert differ and all(".key.proj." in k or ".value.proj." in k for k in differ)
     assert sum(p.numel() for p in low.parameters()) < sum(p.numel() for p in full.parameters())
@@ -120,7 +120,7 @@ def test_config_errors_name_the_field(tiny):
         make_config("hiformer", {"num_heads": 0})
     width = (inputs.num_fields + 1) * 4
     with pytest.raises(ValueError, match=f"low_rank {width} is not below the composite input width {width}"):
-        build_model("hiformer", {**SMALL, "low_rank": width}, inputs)
+        build("hiformer", {**SMALL, "low_rank": width}, inputs)
 
 
 def test_shipped_configs_are_full_and_fast():

@@ -16,17 +16,21 @@ from muxrec.models import EncodedRows, build_model, known_models, make_config
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.serialization import load_model, model_files
 
-from tests.helpers import fitted, inputs_for, synthetic_raw, synthetic_spec
+from tests.helpers import fitted, inputs_for, mixed_dim_spec, synthetic_raw, synthetic_spec
 
 ALL_MODELS = known_models()
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    spec = synthetic_spec(rows=800)
+def _data(spec):
+    """(spec, vocabulary, model inputs, encoded train rows) of the spec's synthetic rows."""
     vocab, encoded = fitted(spec, synthetic_raw(spec))
     inputs = inputs_for(spec, vocab)
     return spec, vocab, inputs, EncodedRows(encoded["train"], inputs)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _data(synthetic_spec(rows=800))
 
 
 def _tiny_config(name):
@@ -55,6 +59,18 @@ def test_forward_shape_and_backward(name, tiny):
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
     assert isinstance(model.embedding, FeatureEmbedding)
+
+
+# Models whose output is not a tower's head: a first-order sum, an FM term, FinalMLP's bilinear fusion.
+SINGLE_TASK = {"lr", "fm", "final_mlp"}
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_a_tower_head_predicts_every_task(name, tiny):
+    _, _, inputs, rows = tiny
+    assert len(inputs.tasks) == 2  # the synthetic spec: click and conversion
+    logits = _build(name, inputs)(rows.take(torch.arange(8)))
+    assert logits.shape == (8, 1 if name in SINGLE_TASK else len(inputs.tasks))
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -117,11 +133,52 @@ def test_bad_configs_name_the_field():
         make_config("lr", {"embedding_dim": 8})
 
 
-def test_table_dim_must_match_the_model(tiny):
-    _, _, inputs, _ = tiny
-    pinned = dataclasses.replace(inputs, tables=tuple(dataclasses.replace(t, embedding_dim=3) for t in inputs.tables))
-    with pytest.raises(ConfigError, match="declares embedding_dim 3 but model 'deepfm'"):
-        build_model("deepfm", {"embedding_dim": 4}, pinned)
+@pytest.fixture(scope="module")
+def mixed():
+    """The tiny data under a spec whose user_id, item and title tables have their own dims (2, 6, 3)."""
+    return _data(mixed_dim_spec(rows=800))
+
+
+def test_a_table_with_its_own_dim_is_projected_to_the_model_width(mixed):
+    _, _, inputs, rows = mixed
+    torch.manual_seed(0)
+    emb = FeatureEmbedding(inputs, dim=4)
+    weights = emb.table_weights()
+    assert {name: w.shape[1] for name, w in weights.items() if name in ("user_id", "item", "title", "site")} == \
+        {"user_id": 2, "item": 6, "title": 3, "site": 4}
+    assert sorted(emb.projections) == ["item", "title", "user_id"]  # one learned map per such table
+    batch = rows.take(torch.arange(8))
+    fields = emb(batch)
+    assert fields.shape == (8, inputs.num_fields, 4)
+    user = batch.sparse["user_id"].values()  # one id per row
+    projected = weights["user_id"][user] @ emb.projections["user_id"].weight.T  # (B, 2) -> (B, 4)
+    torch.testing.assert_close(fields[:, inputs.fields.index("user_id")], projected)
+    # The history reads the item table row by row and goes through the item table's map, as item_id does.
+    vectors, mask = emb.sequence(batch, "history")  # (B, L, 4), (B, L)
+    ids, _ = batch.sequences["history"]
+    torch.testing.assert_close(vectors[mask], weights["item"][ids[mask]] @ emb.projections["item"].weight.T)
+    # First-order weights stay one scalar per value whatever the spec says.
+    assert all(w.shape[1] == 1 for w in FeatureEmbedding(inputs, 1, table_dims=False).table_weights().values())
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_every_model_trains_and_round_trips_with_mixed_table_dims(name, mixed, tmp_path):
+    spec, vocab, inputs, rows = mixed
+    model = _build(name, inputs)
+    batch = rows.take(torch.arange(32))
+    logits = model(batch)
+    assert logits.shape[0] == 32 and torch.isfinite(logits).all()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels[:, :logits.shape[1]])
+    loss.backward()
+    emb = model.embedding
+    assert emb.table_weights()["user_id"].shape[1] == 2
+    assert emb.projections["user_id"].weight.grad.abs().sum() > 0  # the map learns
+    model.eval()
+    version = ArtifactRegistry(tmp_path).publish(name, model_files(model, name, _tiny_config(name), spec, vocab))
+    loaded = load_model(version)  # rebuilt from the published spec: same tables, same maps
+    with torch.no_grad():
+        assert torch.equal(model(batch), loaded.model(batch))
+    assert loaded.inputs == inputs
 
 
 def test_shared_table_is_one_weight(tiny):

@@ -18,7 +18,7 @@ from muxrec.errors import ConfigError
 from muxrec.models import Batch, build_model, make_config
 from muxrec.models.optinter import METHODS, OptInterConfig, categorical_pairs
 
-from tests.helpers import tiny_rows
+from tests.helpers import build, tiny_rows
 
 SMALL = {"embedding_dim": 4, "hidden_units": (8,), "dropout": 0.0}
 
@@ -57,7 +57,7 @@ def test_pairs_are_single_valued_categoricals_in_field_order(tiny):
 
 def test_retrain_config_is_the_argmax_per_pair(tiny):
     inputs, _ = tiny
-    search = build_model("optinter", dict(SMALL), inputs)
+    search = build("optinter", dict(SMALL), inputs)
     winners = [i % 3 for i in range(len(search.pairs))]
     with torch.no_grad():
         search.alpha.normal_()
@@ -71,7 +71,7 @@ def test_retrain_config_is_the_argmax_per_pair(tiny):
     assert report["methods"]["user_id x ad_type"] == "naive"
     assert report["weights"]["user_id x item_id"]["memorize"] > 0.9
 
-    fixed = build_model("optinter", make_config("optinter", to_dict(chosen)), inputs)  # as the pipeline does
+    fixed = build_model("optinter", make_config("optinter", to_dict(chosen)), inputs)  # as model.json is read back
     assert fixed.cfg == chosen
     assert fixed.retrain_config() is None
     assert fixed.search_report() == {"methods": report["methods"]}
@@ -84,7 +84,8 @@ def test_naive_pairs_cost_no_parameters_and_memorized_pairs_only_their_rows(tiny
     naive = _fixed(inputs, ["naive"] * n_pairs)
     d, h = SMALL["embedding_dim"], SMALL["hidden_units"][0]
     embedding = sum(p.numel() for p in naive.embedding.parameters())
-    mlp_no_pairs = inputs.num_fields * d * h + h + h + 1  # (F * D -> h) + (h -> 1)
+    t = len(inputs.tasks)
+    mlp_no_pairs = inputs.num_fields * d * h + h + h * t + t  # (F * D -> h) + (h -> T), one logit per task
     assert naive.cross is None
     assert sum(p.numel() for p in naive.parameters()) == embedding + mlp_no_pairs
 
@@ -107,7 +108,7 @@ def test_naive_pairs_cost_no_parameters_and_memorized_pairs_only_their_rows(tiny
     batch = rows.take(torch.arange(16))
     mixed = _fixed(inputs, [METHODS[i % 3] for i in range(n_pairs)])
     logits = mixed(batch)
-    assert logits.shape == (16, 1)
+    assert logits.shape == (16, len(inputs.tasks))
     logits.sum().backward()
     assert mixed.cross.weight.grad.abs().sum() > 0
 
@@ -138,7 +139,7 @@ def test_memorize_gives_distinct_ids_to_distinct_pairs(tiny):
 
 def test_search_anneals_the_temperature_in_training_only(tiny):
     inputs, rows = tiny
-    model = build_model("optinter", {**SMALL, "anneal_steps": 4, "final_temperature": 0.25}, inputs)
+    model = build("optinter", {**SMALL, "anneal_steps": 4, "final_temperature": 0.25}, inputs)
     batch = rows.take(torch.arange(8))
     assert model.temperature() == 1.0
     model.eval()
@@ -153,9 +154,9 @@ def test_search_anneals_the_temperature_in_training_only(tiny):
 
 def test_memorize_cost_prices_the_expected_memorized_share(tiny):
     inputs, _ = tiny
-    free = build_model("optinter", SMALL, inputs)
+    free = build("optinter", SMALL, inputs)
     assert free.regularization().item() == 0
-    model = build_model("optinter", {**SMALL, "memorize_cost": 0.3, "alpha_scale": 2.0}, inputs)
+    model = build("optinter", {**SMALL, "memorize_cost": 0.3, "alpha_scale": 2.0}, inputs)
     assert model.regularization().item() == pytest.approx(0.3 / 3)  # alpha = 0: a third of each pair memorized
     with torch.no_grad():
         model.alpha[:, 0] = 5.0  # lean every pair towards memorize
@@ -163,7 +164,7 @@ def test_memorize_cost_prices_the_expected_memorized_share(tiny):
     assert model.regularization().item() == pytest.approx(0.3 * share.item())
     model.regularization().backward()
     assert (model.alpha.grad[:, 0] > 0).all()  # the gradient pushes away from memorizing
-    fixed = build_model("optinter", {**SMALL, "memorize_cost": 0.3, "methods": list(model.chosen_methods())}, inputs)
+    fixed = build("optinter", {**SMALL, "memorize_cost": 0.3, "methods": list(model.chosen_methods())}, inputs)
     assert fixed.regularization().item() == 0  # only the search pays
 
 
@@ -180,4 +181,4 @@ def test_config_errors_are_clear(tiny):
         make_config("optinter", {"cross_buckets": 0})
     with pytest.raises(ValueError, match=r"methods has 2 entries but these inputs have 45 categorical field "
                                          r"pairs, one method each, in this order: user_id x item_id, user_id x site"):
-        build_model("optinter", {**SMALL, "methods": ["naive", "naive"]}, inputs)
+        build("optinter", {**SMALL, "methods": ["naive", "naive"]}, inputs)
