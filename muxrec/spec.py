@@ -2,7 +2,7 @@
 
 The same `FeatureSpec` object drives
   * preprocessing (`muxrec.encoding`): which source column feeds which feature, vocabularies,
-    hashing, normalisation, labels and the train / valid / test split;
+    hashing, bucketing, normalisation, labels and the train / valid / test split;
   * model inputs (`FeatureSpec.tables` -> TorchRec `EmbeddingBagConfig`s, `KeyedJaggedTensor` keys);
   * request validation in the serving gateway (`FeatureSpec.request_columns`).
 
@@ -17,6 +17,26 @@ A new dataset needs a new YAML file, no code. Example (configs/ml-100k.yaml is t
       - {name: user_id, kind: categorical}
       - {name: release_year, kind: categorical, source: release_date, slice: [-4, null], fill: unknown}
       - {name: genres, kind: multi_categorical, max_len: 6, pooling: mean}
+
+A table with a string label, no id column, numbers to bucketize and column names with spaces:
+
+    name: adult
+    source: {loader: csv, path: data/adult.csv}
+    labels:
+      - {name: rich, source: income, positive: ['>50K', '>50K.']}   # values that count as 1
+      # or: {name: long_hours, source: hours-per-week, when: "> 40"}  (== != < <= > >= a literal)
+    split: {row_number: true, seed: 7, buckets: 10, test: [0], valid: [1]}   # no id: the row's position
+      # or: {hash: [workclass, "native country"], buckets: 10, ...}        # any columns, strings too
+    features:
+      - {name: age_band, kind: categorical, source: age, bucketize: {quantiles: 10}}  # fitted on train
+      - {name: hours, kind: categorical, source: hours-per-week, bucketize: {boundaries: [20, 40, 60]}}
+      - {name: title, kind: text, source: product title, max_len: 8, hash_buckets: 4096}
+      - {name: country, kind: categorical, source: native country, required: true}
+
+Missing values: a null (or empty) categorical, text, list or bucketized value reads as the missing id
+0 / an empty list, in the source data and in requests alike, so such request fields are optional. A
+numeric feature without `fill`, and any feature with `required: true`, refuses missing values in
+both places (prepare names the column and row; the gateway answers 422 naming the field).
 """
 
 from __future__ import annotations
