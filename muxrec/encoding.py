@@ -189,8 +189,8 @@ _COMPARE = {"==": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equa
             ">=": pc.greater_equal}
 
 
-def _label(table: pa.Table, label: LabelSpec) -> pa.Array:
-    """The label's rule as a boolean per row (nulls refused)."""
+def label_mask(table: pa.Table, label: LabelSpec) -> pa.Array:
+    """The label's rule (threshold / positive / when / 0-1) as a boolean per row; nulls refused."""
     raw = table.column(label.source)
     where = _where(table, f"label {label.name!r}", label.source)
     if label.positive is not None or (label.when is not None and isinstance(label.comparison[1], str)):
@@ -217,7 +217,7 @@ def _label(table: pa.Table, label: LabelSpec) -> pa.Array:
 def _labels(table: pa.Table, spec: FeatureSpec) -> dict[str, pa.Array]:
     out = {}
     for label in spec.labels:
-        out[label.name] = pc.cast(_label(table, label), pa.float32())
+        out[label.name] = pc.cast(label_mask(table, label), pa.float32())
         if label.grades:
             values = _numeric(table.column(label.source), _where(table, f"label {label.name!r}", label.source), None)
             for grade, column in zip(label.grades, label.grade_columns):
