@@ -68,19 +68,26 @@ def _row_numbers(table: pa.Table) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Where:
-    """What a data error names: the feature (or label), its source column, the rows' source positions."""
+    """What a data error names: the feature (or label), its source column, and the bad row."""
 
     what: str  # "feature 'price'" / "label 'click'" / "split"
     column: str
-    rows: np.ndarray
+    table: pa.Table  # its rows' source positions are looked up on error only
+    parents: pa.Array | None = None  # for the flattened values of a list column: value -> row
+
+    def of_values(self, lists: pa.Array) -> _Where:
+        return _Where(self.what, self.column, self.table, pc.list_parent_indices(lists))
 
     def error(self, problem: str, index: int | None = None, value: object = None, hint: str = "") -> DataError:
-        at = "" if index is None else f", first at row {int(self.rows[index])} ({value!r})"
+        at = ""
+        if index is not None:
+            row = index if self.parents is None else self.parents[index].as_py()
+            at = f", first at row {int(_row_numbers(self.table)[row])} ({value!r})"
         return DataError(f"{self.what} (column {self.column!r}): {problem}{at}{'; ' + hint if hint else ''}")
 
 
 def _where(table: pa.Table, what: str, column: str) -> _Where:
-    return _Where(what, column, _row_numbers(table))
+    return _Where(what, column, table)
 
 
 def _flat(arr: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -133,7 +140,7 @@ def _list_of_strings(arr: pa.ChunkedArray | pa.Array, where: _Where, separator: 
     if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
         raise where.error(f"expected a list column, got {arr.type}")
     lengths = pc.fill_null(pc.list_value_length(arr), 0)
-    values = _as_string(pc.list_flatten(arr), where)
+    values = _as_string(pc.list_flatten(arr), where.of_values(arr))
     offsets = np.concatenate([[0], np.cumsum(lengths.to_numpy(zero_copy_only=False))]).astype(np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets), values)
 

@@ -295,3 +295,11 @@ def test_missing_categorical_and_text_values_read_as_missing_unless_required():
     with pytest.raises(DataError, match=r"feature 'color' \(column 'color'\): 2 missing value\(s\), first at row 1 "
                                         r"\(None\); the feature is required"):
         derive(raw, required)
+
+
+def test_a_bad_value_inside_a_list_names_its_row():
+    spec = tiny_spec(features=[{"name": "tags", "kind": "multi_categorical", "max_len": 4}])
+    raw = tiny_raw(3).set_column(2, "tags", pa.array([[1.0, 2.0], [3.0], [4.0, float("nan")]]))
+    with pytest.raises(DataError, match=r"feature 'tags' \(column 'tags'\): NaN/inf is not a category value, "
+                                        r"first at row 2 \(nan\)"):
+        derive(raw, spec)
