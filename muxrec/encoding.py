@@ -3,12 +3,22 @@
 Three steps, each a pure function over Arrow tables so that Ray Data can run them per block:
 
   derive(raw, spec)          raw source columns -> one typed column per feature, labels, split
-  count_values / moments     per-block statistics; Vocabulary.fit merges them (train rows only)
+  count_values / moments /   per-block statistics (partials); Vocabulary.fit merges them (train
+  quantile_sketch            rows only; merge_sketches folds sketches pairwise, for aggregations)
   encode(derived, spec, v)   typed values -> int64 ids / list<int64> ids / float32
 
 Id 0 of every table is the out-of-vocabulary (and missing) bucket, so unknown categories at serving
 time are never an error. The serving gateway runs derive + encode on request rows: the encoding a
 model sees online is the one it was trained on.
+
+Missing values (null, or an empty string in a categorical column) read the same in source data and
+in requests: the missing id 0 for categorical and bucketized features, an empty list for text and
+list features, the `fill` value where the spec declares one; a `required` feature (a numeric one
+without `fill`, or any with `required: true`) rejects them in both places.
+
+A data error names the feature, its source column and the first bad row (its position in the
+source: the ROW_NUMBER_COLUMN a pipeline attaches before cutting the rows into blocks, else the
+position in the table) with its value, in one line.
 """
 
 from __future__ import annotations
@@ -25,9 +35,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from muxrec.errors import DataError
-from muxrec.spec import FeatureKind, FeatureSpec, LIST_KINDS
+from muxrec.spec import Feature, FeatureKind, FeatureSpec, LabelSpec, LIST_KINDS
 
 SPLIT_COLUMN = "__split"
+ROW_NUMBER_COLUMN = "__row"  # a row's position in the source, attached before blocks are cut
 SPLITS = ("train", "valid", "test")
 OOV_ID = 0
 _TOKEN_PATTERN = r"[^a-z0-9]+"
@@ -42,12 +53,58 @@ def _require_columns(table: pa.Table, columns: Iterable[str], what: str) -> None
         raise DataError(f"{what}: missing column(s) {missing}; the input has {table.column_names}")
 
 
-def _as_string(arr: pa.ChunkedArray | pa.Array, feature: str) -> pa.Array:
-    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+def with_row_numbers(table: pa.Table) -> pa.Table:
+    """`table` with its rows' positions in ROW_NUMBER_COLUMN, for split rules and error messages."""
+    if ROW_NUMBER_COLUMN in table.column_names:
+        return table
+    return table.append_column(ROW_NUMBER_COLUMN, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+
+
+def _row_numbers(table: pa.Table) -> np.ndarray:
+    if ROW_NUMBER_COLUMN in table.column_names:
+        return table.column(ROW_NUMBER_COLUMN).to_numpy().astype(np.int64)
+    return np.arange(table.num_rows, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class _Where:
+    """What a data error names: the feature (or label), its source column, and the bad row."""
+
+    what: str  # "feature 'price'" / "label 'click'" / "split"
+    column: str
+    table: pa.Table  # its rows' source positions are looked up on error only
+    parents: pa.Array | None = None  # for the flattened values of a list column: value -> row
+
+    def of_values(self, lists: pa.Array) -> _Where:
+        return _Where(self.what, self.column, self.table, pc.list_parent_indices(lists))
+
+    def error(self, problem: str, index: int | None = None, value: object = None, hint: str = "") -> DataError:
+        at = ""
+        if index is not None:
+            row = index if self.parents is None else self.parents[index].as_py()
+            at = f", first at row {int(_row_numbers(self.table)[row])} ({value!r})"
+        return DataError(f"{self.what} (column {self.column!r}): {problem}{at}{'; ' + hint if hint else ''}")
+
+
+def _where(table: pa.Table, what: str, column: str) -> _Where:
+    return _Where(what, column, table)
+
+
+def _flat(arr: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.argmax(mask))
+
+
+def _as_string(arr: pa.ChunkedArray | pa.Array, where: _Where) -> pa.Array:
+    arr = _flat(arr)
     if pa.types.is_floating(arr.type):
-        present = arr.drop_null().to_numpy(zero_copy_only=False)
-        if not np.isfinite(present).all():
-            raise DataError(f"feature {feature!r}: NaN/inf is not a category value")
+        present = arr.fill_null(0.0).to_numpy(zero_copy_only=False)
+        bad = ~np.isfinite(present)
+        if bad.any():
+            raise where.error("NaN/inf is not a category value", _first(bad), float(present[_first(bad)]))
         # 3.0 -> "3": categories some writers store as floats must match their integer form.
         if (present == np.round(present)).all():
             arr = pc.cast(arr, pa.int64())
@@ -56,29 +113,34 @@ def _as_string(arr: pa.ChunkedArray | pa.Array, feature: str) -> pa.Array:
     if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         try:
             arr = pc.cast(arr, pa.string())
-        except pa.ArrowInvalid as err:
-            raise DataError(f"feature {feature!r}: cannot read {arr.type} values as categories ({err})") from None
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise where.error(f"cannot read {arr.type} values as categories") from None
     return pc.cast(arr, pa.string())
 
 
-def _fill_empty(arr: pa.Array, fill: str | float | None) -> pa.Array:
-    if fill is None:
-        return arr
-    fill = str(fill)
-    arr = pc.if_else(pc.equal(arr, ""), pa.scalar(fill), arr)
-    return pc.fill_null(arr, fill)
+def _missing_as_null(arr: pa.Array, fill: str | float | None) -> pa.Array:
+    """Empty strings are missing too; missing values become `fill` when the spec gives one."""
+    arr = pc.if_else(pc.equal(arr, ""), pa.scalar(None, arr.type), arr)
+    return arr if fill is None else pc.fill_null(arr, str(fill))
 
 
-def _list_of_strings(arr: pa.ChunkedArray | pa.Array, feature: str, separator: str | None) -> pa.Array:
-    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+def _reject_missing(arr: pa.Array, where: _Where) -> None:
+    if arr.null_count:
+        missing = pc.is_null(arr).to_numpy(zero_copy_only=False)
+        raise where.error(f"{arr.null_count} missing value(s)", _first(missing), None,
+                          "the feature is required (declare `fill` to impute them, or drop `required`)")
+
+
+def _list_of_strings(arr: pa.ChunkedArray | pa.Array, where: _Where, separator: str | None) -> pa.Array:
+    arr = _flat(arr)
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         if separator is None:
-            raise DataError(f"feature {feature!r}: got a string column, expected a list (or set `separator`)")
+            raise where.error("got a string column, expected a list (or set `separator`)")
         arr = pc.split_pattern(arr, separator)
     if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
-        raise DataError(f"feature {feature!r}: expected a list column, got {arr.type}")
+        raise where.error(f"expected a list column, got {arr.type}")
     lengths = pc.fill_null(pc.list_value_length(arr), 0)
-    values = _as_string(pc.list_flatten(arr), feature)
+    values = _as_string(pc.list_flatten(arr), where.of_values(arr))
     offsets = np.concatenate([[0], np.cumsum(lengths.to_numpy(zero_copy_only=False))]).astype(np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets), values)
 
@@ -92,95 +154,196 @@ def _drop_empty_strings(arr: pa.ListArray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), values.filter(pa.array(keep)))
 
 
-def _numeric(arr: pa.ChunkedArray | pa.Array, feature: str, fill: float | None) -> pa.Array:
-    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+def _first_unparsable(arr: pa.Array) -> int | None:
+    """Index of the first value that is not text of a number (the slow path, on error only)."""
+    for i, value in enumerate(arr.to_pylist()):
+        if value is None:
+            continue
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            return i
+    return None
+
+
+def _numeric(arr: pa.ChunkedArray | pa.Array, where: _Where, fill: float | None, *, nullable: bool = False) -> pa.Array:
+    """float64 values; nulls filled, kept (nullable) or refused; NaN / inf refused."""
+    arr = _flat(arr)
     try:
         values = pc.cast(arr, pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise DataError(f"feature {feature!r}: expected numbers, got {arr.type}") from None
+        text = pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
+        bad = _first_unparsable(arr) if text else None
+        if bad is None:
+            raise where.error(f"expected numbers, got {arr.type}") from None
+        raise where.error("expected numbers, got text", bad, arr[bad].as_py()) from None
     if values.null_count:
-        if fill is None:
-            row = pc.index(pc.is_null(values), True).as_py()
-            raise DataError(f"feature {feature!r}: {values.null_count} missing value(s), first at row {row}; "
-                            "declare `fill` in the spec to impute them")
-        values = pc.fill_null(values, float(fill))
-    np_values = values.to_numpy(zero_copy_only=False)
+        if fill is not None:
+            values = pc.fill_null(values, float(fill))
+        elif not nullable:
+            missing = pc.is_null(values).to_numpy(zero_copy_only=False)
+            raise where.error(f"{values.null_count} missing value(s)", _first(missing), None,
+                              "declare `fill` in the spec to impute them")
+    np_values = values.fill_null(0.0).to_numpy(zero_copy_only=False)
     bad = ~np.isfinite(np_values)
     if bad.any():
-        row = int(np.argmax(bad))
-        raise DataError(f"feature {feature!r}: {int(bad.sum())} NaN/inf value(s), first at row {row} "
-                        f"({np_values[row]}); numeric inputs must be finite")
+        raise where.error(f"{int(bad.sum())} NaN/inf value(s)", _first(bad), float(np_values[_first(bad)]),
+                          "numeric inputs must be finite")
     return values
+
+
+_COMPARE = {"==": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal, ">": pc.greater,
+            ">=": pc.greater_equal}
+
+
+def label_mask(table: pa.Table, label: LabelSpec) -> pa.Array:
+    """The label's rule (threshold / positive / when / 0-1) as a boolean per row; nulls refused."""
+    raw = table.column(label.source)
+    where = _where(table, f"label {label.name!r}", label.source)
+    if label.positive is not None or (label.when is not None and isinstance(label.comparison[1], str)):
+        text = _as_string(raw, where)
+        _reject_missing(text, where)
+        if label.positive is not None:
+            return pc.is_in(text, value_set=pa.array(label.positive_texts, pa.string()))
+        op, value = label.comparison
+        return _COMPARE[op](text, pa.scalar(value))
+    values = _numeric(raw, where, None)
+    if label.threshold is not None:
+        return pc.greater_equal(values, label.threshold)
+    if label.when is not None:
+        op, value = label.comparison
+        return _COMPARE[op](values, value)
+    arr = values.to_numpy(zero_copy_only=False)
+    bad = ~np.isin(arr, (0.0, 1.0))
+    if bad.any():
+        raise where.error("values other than 0/1", _first(bad), float(arr[_first(bad)]),
+                          "declare `threshold`, `positive` or `when`")
+    return pc.equal(values, 1.0)
 
 
 def _labels(table: pa.Table, spec: FeatureSpec) -> dict[str, pa.Array]:
     out = {}
     for label in spec.labels:
-        raw = table.column(label.source)
-        values = _numeric(raw, f"label {label.name}", None)
-        if label.threshold is not None:
+        out[label.name] = pc.cast(label_mask(table, label), pa.float32())
+        if label.grades:
+            values = _numeric(table.column(label.source), _where(table, f"label {label.name!r}", label.source), None)
             for grade, column in zip(label.grades, label.grade_columns):
                 out[column] = pc.cast(pc.greater_equal(values, grade), pa.float32())
-            values = pc.cast(pc.greater_equal(values, label.threshold), pa.float32())
-        else:
-            arr = values.to_numpy(zero_copy_only=False)
-            if not np.isin(arr, (0.0, 1.0)).all():
-                raise DataError(f"label {label.name!r}: source {label.source!r} must hold 0/1 "
-                                "(or declare a `threshold`)")
-            values = pc.cast(values, pa.float32())
-        out[label.name] = values
     return out
 
 
+# ---- stable hashing ----------------------------------------------------------------------------
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function (Steele, Lea, Flood: "Fast splittable pseudorandom number
+    generators", OOPSLA 2014) over uint64, vectorised: a fixed bijective mix of 64 bits."""
+    with np.errstate(over="ignore"):
+        z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _blake64(text: str, salt: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8, salt=salt).digest(), "little")
+
+
+def value_hashes(values: pa.Array, seed: int = 0) -> np.ndarray:
+    """uint64 per value: blake2b-64 of its UTF-8 bytes, salted with the seed's 8 little-endian bytes
+    (seed 0: unsalted), read little-endian; null -> 0. The same in every process (unlike hash())."""
+    salt = seed.to_bytes(8, "little") if seed else b""
+    uniques = pc.unique(values)
+    codes = np.array([0 if v is None else _blake64(v, salt) for v in uniques.to_pylist()], dtype=np.uint64)
+    if not len(codes):
+        return np.zeros(len(values), np.uint64)
+    return codes[pc.index_in(values, value_set=uniques).to_numpy(zero_copy_only=False)]
+
+
+def _stable_hash(values: pa.Array, buckets: int) -> np.ndarray:
+    """1 + blake2b(value) % buckets (value_hashes, unsalted); null -> OOV_ID."""
+    codes = value_hashes(values)
+    ids = (codes % np.uint64(buckets)).astype(np.int64) + 1
+    return np.where(pc.is_null(values).to_numpy(zero_copy_only=False), OOV_ID, ids) if values.null_count else ids
+
+
+def _split_hash(table: pa.Table, spec: FeatureSpec) -> np.ndarray:
+    """h per row by the spec's rule (SplitSpec documents the three)."""
+    split = spec.split
+    if split.row_number:
+        return _splitmix64(_row_numbers(table).astype(np.uint64) ^ np.uint64(split.seed))
+    _require_columns(table, split.columns, "split")
+    if isinstance(split.hash, dict):
+        h = np.zeros(table.num_rows, dtype=np.int64)
+        for column, multiplier in split.hash.items():
+            col = table.column(column)
+            if not pa.types.is_integer(col.type):
+                raise DataError(f"split column {column!r} must be integer for `hash: {{column: multiplier}}`, got "
+                                f"{col.type}; hash any column with `hash: [{column}]`")
+            h += col.to_numpy().astype(np.int64) * multiplier
+        return h
+    h = np.zeros(table.num_rows, dtype=np.uint64)
+    for column in split.columns:
+        text = _as_string(table.column(column), _where(table, "split", column))
+        h = _splitmix64(h ^ value_hashes(text, split.seed))
+    return h
+
+
 def split_of(table: pa.Table, spec: FeatureSpec) -> pa.Array:
-    """train / valid / test per row, by the spec's deterministic hash rule."""
-    _require_columns(table, spec.split.hash, "split")
-    h = np.zeros(table.num_rows, dtype=np.int64)
-    for column, multiplier in spec.split.hash.items():
-        col = table.column(column)
-        if not pa.types.is_integer(col.type):
-            raise DataError(f"split column {column!r} must be integer, got {col.type}")
-        h += col.to_numpy().astype(np.int64) * multiplier
-    bucket = h % spec.split.buckets
+    """train / valid / test per row, by the spec's deterministic rule."""
+    bucket = _split_hash(table, spec) % spec.split.buckets
     names = np.full(table.num_rows, "train", dtype=object)
     names[np.isin(bucket, spec.split.valid)] = "valid"
     names[np.isin(bucket, spec.split.test)] = "test"
     return pa.array(names, pa.string())
 
 
+def _derive_feature(table: pa.Table, f: Feature) -> pa.Array:
+    column = f.name if f.history else f.column
+    raw = table.column(column)
+    where = _where(table, f"feature {f.name!r}", column)
+    if f.bucketize is not None:
+        values = _numeric(raw, where, f.fill, nullable=True)
+    elif f.kind == FeatureKind.CATEGORICAL:
+        values = _as_string(raw, where)
+        if f.slice is not None:
+            start, stop = f.slice
+            values = pc.utf8_slice_codeunits(values, start if start is not None else 0,
+                                             stop if stop is not None else 2**31 - 1)
+        values = _missing_as_null(values, f.fill)
+    elif f.kind == FeatureKind.TEXT:
+        text = _missing_as_null(_as_string(raw, where), f.fill)
+        if f.is_required:
+            _reject_missing(text, where)
+        tokens = pc.split_pattern_regex(pc.utf8_lower(pc.fill_null(text, "")), _TOKEN_PATTERN)
+        return pc.list_slice(_drop_empty_strings(tokens), 0, f.max_len)
+    elif f.kind in LIST_KINDS:
+        if f.is_required:
+            _reject_missing(_flat(raw), where)
+        return pc.list_slice(_list_of_strings(raw, where, f.separator), 0, f.max_len)
+    else:
+        return _numeric(raw, where, f.fill)
+    if f.is_required:
+        _reject_missing(values, where)
+    return values
+
+
 def derive(table: pa.Table, spec: FeatureSpec, *, labels: bool = True, split: bool = True) -> pa.Table:
     """Raw source columns -> one typed column per feature (+ labels, + split).
 
-    Categorical values become strings, list kinds list<string> (truncated to max_len), numeric
-    float64 (NaN / inf rejected). Key columns (spec.keys) are carried along as strings.
+    Categorical values become strings (missing: null), list kinds list<string> (truncated to
+    max_len), numeric and bucketized features float64 (NaN / inf rejected). Key columns
+    (spec.keys) are carried along as strings.
     """
     sources = [f.column for f in spec.features if not (f.kind == FeatureKind.SEQUENCE and f.history)]
     sources += [f.name for f in spec.features if f.kind == FeatureKind.SEQUENCE and f.history]
     _require_columns(table, sources, f"spec {spec.name!r}")
     if labels:
         _require_columns(table, [lab.source for lab in spec.labels], "labels")
-    columns: dict[str, pa.Array] = {}
-    for f in spec.features:
-        raw = table.column(f.name if f.history else f.column)
-        if f.kind == FeatureKind.CATEGORICAL:
-            values = _as_string(raw, f.name)
-            if f.slice is not None:
-                start, stop = f.slice
-                values = pc.utf8_slice_codeunits(values, start if start is not None else 0,
-                                                 stop if stop is not None else 2**31 - 1)
-            columns[f.name] = _fill_empty(values, f.fill)
-        elif f.kind == FeatureKind.TEXT:
-            text = pc.fill_null(_as_string(raw, f.name), "" if f.fill is None else str(f.fill))
-            tokens = pc.split_pattern_regex(pc.utf8_lower(text), _TOKEN_PATTERN)
-            columns[f.name] = pc.list_slice(_drop_empty_strings(tokens), 0, f.max_len)
-        elif f.kind in LIST_KINDS:
-            values = _list_of_strings(raw, f.name, f.separator)
-            columns[f.name] = pc.list_slice(values, 0, f.max_len)
-        else:
-            columns[f.name] = _numeric(raw, f.name, f.fill)
+    columns: dict[str, pa.Array] = {f.name: _derive_feature(table, f) for f in spec.features}
     for role, column in spec.keys.items():
         if column in table.column_names:
-            columns[f"__key_{role}"] = _as_string(table.column(column), column)
+            columns[f"__key_{role}"] = _as_string(table.column(column), _where(table, f"key {role!r}", column))
     if labels:
         columns.update(_labels(table, spec))
     if split:
@@ -191,33 +354,29 @@ def derive(table: pa.Table, spec: FeatureSpec, *, labels: bool = True, split: bo
 # ---- vocabulary --------------------------------------------------------------------------------
 
 
-def _stable_hash(values: pa.Array, buckets: int) -> np.ndarray:
-    """1 + blake2b(value) % buckets, identical in every process (unlike Python's hash())."""
-    uniques = pc.unique(values)
-    codes = np.array(
-        [OOV_ID if v is None else 1 + int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little") % buckets
-         for v in uniques.to_pylist()],
-        dtype=np.int64,
-    )
-    position = pc.index_in(values, value_set=uniques).to_numpy(zero_copy_only=False)
-    return codes[position] if len(codes) else np.zeros(len(values), np.int64)
-
-
 @dataclass
 class TableVocab:
-    """Ids of one embedding table: a fitted vocabulary (id = rank + 1) or hashing into buckets."""
+    """Ids of one embedding table: a fitted vocabulary (id = rank + 1), hashing into buckets, or
+    the bucket boundaries of a bucketized numeric feature (id = 1 + bucket; missing -> 0)."""
 
     name: str
     values: list[str] | None = None
     hash_buckets: int | None = None
+    boundaries: list[float] | None = None
     _lookup: pa.Array | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_embeddings(self) -> int:
+        if self.boundaries is not None:
+            return len(self.boundaries) + 2
         return 1 + (self.hash_buckets if self.hash_buckets is not None else len(self.values or ()))
 
     def ids(self, values: pa.Array) -> np.ndarray:
-        """String values -> int64 ids; unknown and missing values -> OOV_ID."""
+        """Values -> int64 ids; unknown and missing values -> OOV_ID."""
+        if self.boundaries is not None:
+            x = values.fill_null(np.nan).to_numpy(zero_copy_only=False)
+            ids = 1 + np.searchsorted(np.asarray(self.boundaries), x, side="right")
+            return np.where(np.isnan(x), OOV_ID, ids).astype(np.int64)
         if self.hash_buckets is not None:
             return _stable_hash(values, self.hash_buckets)
         if self._lookup is None:
@@ -247,7 +406,7 @@ def count_values(derived: pa.Table, spec: FeatureSpec) -> pa.Table:
     """Per-block value counts for every vocabulary table (hashed tables need none)."""
     tables, values, counts = [], [], []
     for table in spec.tables_list():
-        if table.hash_buckets is not None:
+        if table.hash_buckets is not None or table.bucketize is not None:
             continue
         parts = []
         for name in table.features:
@@ -276,6 +435,68 @@ def moments(derived: pa.Table, spec: FeatureSpec) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+SKETCH_POINTS = 1024  # points a quantile sketch keeps per feature: rank error <= 1/1024 per merge level
+_SKETCH_SCHEMA = pa.schema([("feature", pa.string()), ("value", pa.float64()), ("weight", pa.float64())])
+
+
+def _compress(values: np.ndarray, weights: np.ndarray, points: int = SKETCH_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted weighted values -> at most `points` values at evenly spaced ranks, equal weights."""
+    if len(values) <= points:
+        return values, weights
+    total = weights.sum()
+    targets = (np.arange(points) + 0.5) * (total / points)
+    picked = values[np.minimum(np.searchsorted(np.cumsum(weights), targets), len(values) - 1)]
+    return picked, np.full(points, total / points)
+
+
+def _sketch_rows(feature: str, values: np.ndarray, weights: np.ndarray) -> dict[str, list]:
+    order = np.argsort(values, kind="stable")
+    v, w = _compress(values[order], weights[order])
+    return {"feature": [feature] * len(v), "value": v.tolist(), "weight": w.tolist()}
+
+
+def _sketch_table(parts: list[dict[str, list]]) -> pa.Table:
+    cols = {k: [x for p in parts for x in p[k]] for k in ("feature", "value", "weight")}
+    return pa.table(cols, schema=_SKETCH_SCHEMA)
+
+
+def quantile_sketch(derived: pa.Table, spec: FeatureSpec) -> pa.Table:
+    """Per-block quantile sketch of every `bucketize: {quantiles: n}` feature (missing values skipped).
+
+    An equal-depth summary: the block's values at SKETCH_POINTS evenly spaced ranks, each carrying
+    its share of the rows (exact for a block of fewer rows). Sketches merge by concatenation
+    (merge_sketches); each compression moves a rank by at most total / SKETCH_POINTS.
+    """
+    parts = []
+    for f in spec.features:
+        if f.bucketize is not None and f.bucketize.quantiles is not None:
+            x = _flat(derived.column(f.name)).drop_null().to_numpy(zero_copy_only=False).astype(np.float64)
+            parts.append(_sketch_rows(f.name, x, np.ones(len(x))))
+    return _sketch_table(parts)
+
+
+def merge_sketches(*sketches: pa.Table) -> pa.Table:
+    """Fold quantile sketches (from quantile_sketch or earlier merges) into one of bounded size."""
+    merged = pa.concat_tables([s.cast(_SKETCH_SCHEMA) for s in sketches]) if sketches else _SKETCH_SCHEMA.empty_table()
+    parts = []
+    for feature in sorted(set(merged["feature"].to_pylist())):
+        mine = merged.filter(pc.equal(merged["feature"], feature))
+        parts.append(_sketch_rows(feature, mine["value"].to_numpy(), mine["weight"].to_numpy()))
+    return _sketch_table(parts)
+
+
+def _quantile_boundaries(sketch: pa.Table, feature: str, quantiles: int) -> list[float]:
+    mine = sketch.filter(pc.equal(sketch["feature"], feature))
+    if mine.num_rows == 0:
+        raise DataError(f"feature {feature!r}: no training values to fit quantile buckets on")
+    values, weights = mine["value"].to_numpy(), mine["weight"].to_numpy()
+    order = np.argsort(values, kind="stable")
+    values, cum = values[order], np.cumsum(weights[order])
+    targets = np.arange(1, quantiles) * (cum[-1] / quantiles)
+    cuts = values[np.minimum(np.searchsorted(cum, targets), len(values) - 1)]
+    return sorted(set(cuts.tolist()))  # repeated values merge buckets
+
+
 @dataclass
 class Vocabulary:
     """Everything fitted on the train split: table vocabularies and numeric statistics."""
@@ -285,11 +506,18 @@ class Vocabulary:
     numeric: dict[str, NumericStats]
 
     @classmethod
-    def fit(cls, spec: FeatureSpec, counts: pa.Table, stats: pa.Table) -> Vocabulary:
-        """Merge per-block statistics (from count_values / moments over train rows)."""
+    def fit(cls, spec: FeatureSpec, counts: pa.Table, stats: pa.Table, sketches: pa.Table | None = None) -> Vocabulary:
+        """Merge per-block statistics (count_values / moments / quantile_sketch over train rows)."""
         counts = counts.group_by(["table", "value"]).aggregate([("count", "sum")])
+        sketches = merge_sketches(*([] if sketches is None else [sketches]))
         tables = {}
         for table in spec.tables_list():
+            if table.bucketize is not None:
+                b = table.bucketize
+                boundaries = list(b.boundaries) if b.boundaries is not None else \
+                    _quantile_boundaries(sketches, table.features[0], b.quantiles)
+                tables[table.name] = TableVocab(table.name, boundaries=boundaries)
+                continue
             if table.hash_buckets is not None:
                 tables[table.name] = TableVocab(table.name, hash_buckets=table.hash_buckets)
                 continue
@@ -315,14 +543,16 @@ class Vocabulary:
     def to_json(self) -> str:
         return json.dumps({
             "spec_fingerprint": self.spec_fingerprint,
-            "tables": {n: {"values": t.values, "hash_buckets": t.hash_buckets} for n, t in self.tables.items()},
+            "tables": {n: {"values": t.values, "hash_buckets": t.hash_buckets,
+                           **({"boundaries": t.boundaries} if t.boundaries is not None else {})}
+                       for n, t in self.tables.items()},
             "numeric": {n: vars(s) for n, s in self.numeric.items()},
         }, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Vocabulary:
         data = json.loads(text)
-        tables = {n: TableVocab(n, values=t["values"], hash_buckets=t["hash_buckets"])
+        tables = {n: TableVocab(n, values=t["values"], hash_buckets=t["hash_buckets"], boundaries=t.get("boundaries"))
                   for n, t in data["tables"].items()}
         numeric = {n: NumericStats(**s) for n, s in data["numeric"].items()}
         return cls(data["spec_fingerprint"], tables, numeric)

@@ -2,7 +2,19 @@
 
 
 class MuxrecError(Exception):
-    """Base class: the message names what is wrong and, where it helps, how to fix it."""
+    """Base class: the message names what is wrong and, where it helps, how to fix it.
+
+    The message is kept apart from `args`: Ray Data appends its retry advice to the `args` of an
+    exception raised in a task, and the user should see our one line, not three.
+    """
+
+    def __init__(self, message: str = ""):
+        super().__init__(message)
+        self.message = message  # travels with the instance's __dict__ when Ray pickles it
+
+    def __str__(self) -> str:
+        message = getattr(self, "message", None)  # wrappers built without our __init__ have none
+        return message if message is not None else super().__str__()
 
 
 class SpecError(MuxrecError):

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from muxrec.encoding import split_of
+from muxrec.encoding import label_mask, split_of
 from muxrec.errors import DataError
 from muxrec.spec import Feature, FeatureSpec
 
@@ -32,9 +32,7 @@ def _positive(table: pa.Table, spec: FeatureSpec, label: str | None) -> np.ndarr
     matches = [lab for lab in spec.labels if lab.name == label]
     if not matches:
         raise DataError(f"history label {label!r} is not a label of spec {spec.name!r} ({spec.label_names})")
-    lab = matches[0]
-    values = table.column(lab.source).to_numpy(zero_copy_only=False).astype(np.float64)
-    return values >= lab.threshold if lab.threshold is not None else values == 1.0
+    return label_mask(table, matches[0]).to_numpy(zero_copy_only=False)
 
 
 def history_column(table: pa.Table, spec: FeatureSpec, feature: Feature) -> pa.Array:

@@ -2,7 +2,7 @@
 
 The same `FeatureSpec` object drives
   * preprocessing (`muxrec.encoding`): which source column feeds which feature, vocabularies,
-    hashing, normalisation, labels and the train / valid / test split;
+    hashing, bucketing, normalisation, labels and the train / valid / test split;
   * model inputs (`FeatureSpec.tables` -> TorchRec `EmbeddingBagConfig`s, `KeyedJaggedTensor` keys);
   * request validation in the serving gateway (`FeatureSpec.request_columns`).
 
@@ -17,13 +17,35 @@ A new dataset needs a new YAML file, no code. Example (configs/ml-100k.yaml is t
       - {name: user_id, kind: categorical}
       - {name: release_year, kind: categorical, source: release_date, slice: [-4, null], fill: unknown}
       - {name: genres, kind: multi_categorical, max_len: 6, pooling: mean}
+
+A table with a string label, no id column, numbers to bucketize and column names with spaces:
+
+    name: adult
+    source: {loader: csv, path: data/adult.csv}
+    labels:
+      - {name: rich, source: income, positive: ['>50K', '>50K.']}   # values that count as 1
+      # or: {name: long_hours, source: hours-per-week, when: "> 40"}  (== != < <= > >= a literal)
+    split: {row_number: true, seed: 7, buckets: 10, test: [0], valid: [1]}   # no id: the row's position
+      # or: {hash: [workclass, "native country"], buckets: 10, ...}        # any columns, strings too
+    features:
+      - {name: age_band, kind: categorical, source: age, bucketize: {quantiles: 10}}  # fitted on train
+      - {name: hours, kind: categorical, source: hours-per-week, bucketize: {boundaries: [20, 40, 60]}}
+      - {name: title, kind: text, source: product title, max_len: 8, hash_buckets: 4096}
+      - {name: country, kind: categorical, source: native country, required: true}
+
+Missing values: a null (or empty) categorical, text, list or bucketized value reads as the missing id
+0 / an empty list, in the source data and in requests alike, so such request fields are optional. A
+numeric feature without `fill`, and any feature with `required: true`, refuses missing values in
+both places (prepare names the column and row; the gateway answers 422 naming the field).
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -31,7 +53,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError,
+                      field_validator, model_validator)
 
 from muxrec.errors import SpecError
 
@@ -72,8 +95,23 @@ class SourceSpec(_Strict):
         return self
 
 
+_COMPARISON = re.compile(r"^\s*(==|!=|<=|>=|<|>)\s*(\S.*?)\s*$")
+
+
+def category_text(value: str | int | float) -> str:
+    """A category value as derive() writes it: integral floats as integers (3.0 -> "3")."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 class LabelSpec(_Strict):
-    """A binary label: `source >= threshold`, or the source column itself when it is already 0/1.
+    """A binary label from one source column, by at most one rule (none: the source holds 0/1).
+
+        threshold: 4              1 where source >= 4 (a number column)
+        positive: ['>50K']        1 where the source, read as text, is one of these values
+        when: "< 30"              1 where `source <op> literal`, op one of == != < <= > >= (a quoted
+                                  string literal compares as text, a number as a number)
 
     `grades` adds more cut points on the same graded source, e.g. `threshold: 4, grades: [2, 3, 5]`
     for 1-5 star ratings. They are training targets only (the model still predicts `source >=
@@ -86,7 +124,44 @@ class LabelSpec(_Strict):
     name: str = Field(pattern=_NAME)
     source: str
     threshold: float | None = None
+    positive: tuple[StrictStr | StrictInt | StrictFloat, ...] | None = Field(default=None, min_length=1,
+                                                                              max_length=1000)
+    when: str | None = Field(default=None, max_length=200)
     grades: tuple[float, ...] = Field(default=(), max_length=16)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> LabelSpec:
+        rules = [r for r in ("threshold", "positive", "when") if getattr(self, r) is not None]
+        if len(rules) > 1:
+            raise ValueError(f"label {self.name!r}: give one rule, not {rules} (`threshold`, `positive` or `when`)")
+        if self.when is not None:
+            self.comparison  # noqa: B018 - parse now, so a bad expression fails when the spec loads
+        return self
+
+    @property
+    def comparison(self) -> tuple[str, str | float]:
+        """`when` parsed into (operator, literal)."""
+        match = _COMPARISON.match(self.when or "")
+        if match is None:
+            raise ValueError(f"label {self.name!r}: `when` must read `<op> <value>` with op one of == != < <= > >=, "
+                             f"e.g. \"> 50000\" or \"== 'yes'\"; got {self.when!r}")
+        op, text = match.groups()
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"label {self.name!r}: `when` value {text!r} is neither a number nor a quoted string") \
+                from None
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"label {self.name!r}: `when` value {text!r} is neither a number nor a quoted string")
+        if isinstance(value, str) and op not in ("==", "!="):
+            raise ValueError(f"label {self.name!r}: `{op}` compares numbers; got the string {value!r}")
+        if not isinstance(value, str) and not math.isfinite(value):
+            raise ValueError(f"label {self.name!r}: `when` value must be finite")
+        return op, value if isinstance(value, str) else float(value)
+
+    @property
+    def positive_texts(self) -> tuple[str, ...]:
+        return tuple(category_text(v) for v in self.positive or ())
 
     @model_validator(mode="after")
     def _grades_are_cut_points(self) -> LabelSpec:
@@ -107,9 +182,25 @@ class LabelSpec(_Strict):
 
 
 class SplitSpec(_Strict):
-    """Deterministic hash split: h = (sum of column * multiplier) % buckets."""
+    """Deterministic split: each row gets a bucket h % buckets, then `test` / `valid` buckets, else train.
 
-    hash: dict[str, int]
+    Three rules for h, exactly one per spec:
+
+        hash: {user_id: 1000003, item_id: 1}   integer columns: h = sum of column * multiplier
+                                               (the ML-100K protocol; unchanged)
+        hash: [workclass, "native country"]    any columns, strings too: each value's text (3 and
+                                               3.0 both read "3"; null hashes to 0) through
+                                               blake2b-64 salted with `seed`, the per-column
+                                               hashes folded with SplitMix64 (muxrec.encoding)
+        row_number: true                       no id at all: SplitMix64 of (seed, the row's
+                                               position in the source), so row order decides
+
+    Both hashes are fixed functions of the bytes: the same in every process and on every machine.
+    """
+
+    hash: dict[str, int] | list[str] | None = None
+    row_number: bool = False
+    seed: int = Field(default=0, ge=0, lt=2**63)
     buckets: int = Field(gt=1)
     test: list[int]
     valid: list[int]
@@ -122,9 +213,18 @@ class SplitSpec(_Strict):
                 raise ValueError(f"{part} buckets {bad} are outside 0..{self.buckets - 1}")
         if set(self.test) & set(self.valid):
             raise ValueError("a bucket cannot be in both test and valid")
-        if not self.hash:
+        if (self.hash is None) == (not self.row_number):
+            raise ValueError("give one split rule: `hash` (columns) or `row_number: true`")
+        if self.hash is not None and not self.hash:
             raise ValueError("hash needs at least one column")
+        if isinstance(self.hash, dict) and self.seed:
+            raise ValueError("`seed` applies to `hash: [columns]` and `row_number`, not to integer multipliers")
         return self
+
+    @property
+    def columns(self) -> list[str]:
+        """The source columns the rule reads."""
+        return list(self.hash or ())
 
 
 class TableSpec(_Strict):
@@ -133,6 +233,27 @@ class TableSpec(_Strict):
     min_count: int = Field(default=1, ge=1)
     hash_buckets: int | None = Field(default=None, gt=0)
     embedding_dim: int | None = Field(default=None, gt=0)
+
+
+class BucketSpec(_Strict):
+    """A numeric source cut into buckets, each one id of a categorical feature (id 0: missing).
+
+        quantiles: 10              boundaries at the train rows' deciles (equal counts; repeated
+                                   values merge buckets), from a mergeable sketch (muxrec.encoding)
+        boundaries: [18, 30, 50]   fixed cut points: (-inf, 18) [18, 30) [30, 50) [50, inf)
+    """
+
+    quantiles: int | None = Field(default=None, ge=2, le=1000)
+    boundaries: tuple[float, ...] | None = Field(default=None, min_length=1, max_length=1000)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> BucketSpec:
+        if (self.quantiles is None) == (self.boundaries is None):
+            raise ValueError("bucketize needs one of `quantiles` or `boundaries`")
+        b = self.boundaries or ()
+        if not all(math.isfinite(x) for x in b) or any(x >= y for x, y in zip(b, b[1:])):
+            raise ValueError(f"boundaries {list(b)} must be finite and strictly increasing")
+        return self
 
 
 class HistorySpec(_Strict):
@@ -163,8 +284,13 @@ class Feature(_Strict):
     pooling: Literal["sum", "mean"] | None = None
     separator: str | None = None  # split a delimited string source into a list
     history: HistorySpec | None = None  # sequence kind: derive the list from past interactions
+    bucketize: BucketSpec | None = None  # categorical kind: a numeric source cut into buckets
     # numeric
     normalize: Literal["standard", "minmax", "none"] = "standard"
+    # None: by kind. A numeric feature without `fill` is required; the other kinds are not: a
+    # missing (null or empty) value reads as the missing id / an empty list, in prepared data and
+    # in requests alike. `required: true` rejects missing values in both places.
+    required: bool | None = None
 
     @property
     def column(self) -> str:
@@ -185,6 +311,18 @@ class Feature(_Strict):
                 raise ValueError("`normalize` applies to numeric features only")
         if kind in LIST_KINDS and self.max_len is None:
             raise ValueError(f"a {kind.value} feature needs `max_len`")
+        if self.bucketize is not None:
+            if kind != FeatureKind.CATEGORICAL:
+                raise ValueError("`bucketize` applies to categorical features (it makes a numeric source an id)")
+            for attr in ("table", "min_count", "hash_buckets", "slice"):
+                if getattr(self, attr) is not None:
+                    raise ValueError(f"`{attr}` does not apply to a bucketized feature")
+            if self.fill is not None and not isinstance(self.fill, (int, float)):
+                raise ValueError("fill of a bucketized feature must be a number")
+        if self.required and self.fill is not None:
+            raise ValueError("`fill` makes a missing value valid; drop `required` or `fill`")
+        if self.required is False and kind == FeatureKind.NUMERIC and self.fill is None:
+            raise ValueError("a numeric feature without `fill` is required; declare `fill` to make it optional")
         if kind not in LIST_KINDS and self.max_len is not None:
             raise ValueError(f"`max_len` does not apply to a {kind.value} feature")
         if kind == FeatureKind.SEQUENCE and self.pooling is not None:
@@ -200,6 +338,17 @@ class Feature(_Strict):
             if inline:
                 raise ValueError(f"feature uses shared table {self.table!r}: set {inline} on the table, not the feature")
         return self
+
+    @property
+    def is_required(self) -> bool:
+        """Whether a missing value is an error (in source data and in requests alike)."""
+        if self.required is not None:
+            return self.required
+        return self.kind == FeatureKind.NUMERIC and self.fill is None
+
+    @property
+    def reads_numbers(self) -> bool:
+        return self.kind == FeatureKind.NUMERIC or self.bucketize is not None
 
     @property
     def table_name(self) -> str | None:
@@ -225,6 +374,7 @@ class Table:
     min_count: int
     hash_buckets: int | None
     embedding_dim: int | None  # None: the model's default dim
+    bucketize: BucketSpec | None = None  # a bucketized numeric feature's own table
 
 
 @dataclass(frozen=True)
@@ -233,7 +383,7 @@ class RequestColumn:
 
     name: str
     type: Literal["string", "number", "string_list", "integer"]
-    required: bool  # False where the spec declares a fill value
+    required: bool  # Feature.is_required of the features reading it
 
 
 class FeatureSpec(_Strict):
@@ -317,7 +467,7 @@ class FeatureSpec(_Strict):
                 tables.append(Table(name, tuple(feats), shared.min_count, shared.hash_buckets, shared.embedding_dim))
             else:
                 f = self.feature(feats[0])
-                tables.append(Table(name, (f.name,), f.min_count or 1, f.hash_buckets, f.embedding_dim))
+                tables.append(Table(name, (f.name,), f.min_count or 1, f.hash_buckets, f.embedding_dim, f.bucketize))
         return tables
 
     def table(self, name: str) -> Table:
@@ -334,13 +484,15 @@ class FeatureSpec(_Strict):
                 # A derived history arrives as a list of item ids under the feature's own name.
                 cols[f.name] = RequestColumn(f.name, "string_list", required=False)
                 continue
-            if f.kind == FeatureKind.NUMERIC:
+            if f.reads_numbers:
                 typ = "number"
             elif f.kind in (FeatureKind.MULTI_CATEGORICAL, FeatureKind.SEQUENCE) and f.separator is None:
                 typ = "string_list"
             else:
                 typ = "string"
-            cols.setdefault(f.column, RequestColumn(f.column, typ, required=f.fill is None))
+            known = cols.get(f.column)
+            cols[f.column] = RequestColumn(f.column, known.type if known else typ,
+                                           required=f.is_required or (known is not None and known.required))
         return list(cols.values())
 
     def fingerprint(self) -> str:
@@ -350,14 +502,25 @@ class FeatureSpec(_Strict):
     @cached_property
     def _fingerprint(self) -> str:  # the spec is frozen: hash it once (encode() checks it per call)
         data = self.model_dump(mode="json")
-        for label in data["labels"]:  # added later: left out when unused, so older specs keep their hash
-            if not label["grades"]:
-                del label["grades"]
+        # Fields added later are left out while unused, so older specs keep their hash.
+        for part, defaults in _ADDED_LATER.items():
+            for item in data[part] if isinstance(data[part], list) else [data[part]]:
+                for key, default in defaults.items():
+                    if item[key] == default:
+                        del item[key]
         canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
+# Spec fields added after published models recorded their spec's fingerprint, with their defaults.
+_ADDED_LATER: dict[str, dict[str, Any]] = {
+    "labels": {"grades": [], "positive": None, "when": None},
+    "split": {"row_number": False, "seed": 0},
+    "features": {"bucketize": None, "required": None},
+}
 
 
 @dataclass(frozen=True)

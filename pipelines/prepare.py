@@ -21,7 +21,8 @@ import pyarrow.dataset as pads
 import ray
 
 from muxrec.data import load_source
-from muxrec.encoding import SPLIT_COLUMN, SPLITS, Vocabulary, count_values, derive, encode, moments
+from muxrec.encoding import (SPLIT_COLUMN, SPLITS, Vocabulary, count_values, derive, encode, moments, quantile_sketch,
+                             with_row_numbers)
 from muxrec.errors import DataError, MuxrecError, find_muxrec_error
 from muxrec.history import add_histories
 from muxrec.pipelines.io import replacing, write_parquet
@@ -82,6 +83,7 @@ def prepare(spec: FeatureSpec, out_root: str | Path, raw: pa.Table | None = None
     """Run preprocessing for `spec` into out_root/<spec.name>/ and return the result."""
     out_root = Path(out_root)
     raw = add_histories(load_source(spec.source) if raw is None else raw, spec)  # needs every row at once
+    raw = with_row_numbers(raw)  # before the blocks are cut: split rules and error messages read them
     derive(raw.slice(0, 0), spec)  # schema errors (missing columns, wrong types) before any Ray work
     ensure_ray()
     try:
@@ -92,7 +94,9 @@ def prepare(spec: FeatureSpec, out_root: str | Path, raw: pa.Table | None = None
             count_values, fn_kwargs={"spec": spec}, batch_format="pyarrow", batch_size=None).to_arrow_refs()))
         stats = pa.concat_tables(ray.get(train.map_batches(
             moments, fn_kwargs={"spec": spec}, batch_format="pyarrow", batch_size=None).to_arrow_refs()))
-        vocab = Vocabulary.fit(spec, counts, stats)
+        sketches = pa.concat_tables(ray.get(train.map_batches(
+            quantile_sketch, fn_kwargs={"spec": spec}, batch_format="pyarrow", batch_size=None).to_arrow_refs()))
+        vocab = Vocabulary.fit(spec, counts, stats, sketches)
         encoded = derived.map_batches(encode, fn_kwargs={"spec": spec, "vocab": vocab},
                                       batch_format="pyarrow", batch_size=None).materialize()
 

@@ -75,7 +75,10 @@ class RequestSchema:
         self.spec = spec
         self.columns = spec.request_columns()
         self.item_key = spec.keys.get("item")
-        fields = {c.name: (_annotation(c, settings) | None, None) for c in self.columns}
+        # Source column names may hold spaces or shadow BaseModel attributes ("copy", "schema"):
+        # each is the alias of a plain field name, and requests are read and dumped by alias.
+        fields = {f"column_{i}": (_annotation(c, settings) | None, Field(None, alias=c.name))
+                  for i, c in enumerate(self.columns)}
         self.Row = create_model(_class_name(spec, "Row"), __config__=ConfigDict(extra="forbid"), **fields)
         self.Request = create_model(
             _class_name(spec, "RankRequest"),
@@ -94,12 +97,14 @@ class RequestSchema:
         """Merged (context + candidate) rows as an Arrow table, and each candidate's id.
 
         Raises RequestValidationError (HTTP 422) naming the candidate and field for a required field
-        that neither the context nor the candidate gives, or one given by both.
+        that neither the context nor the candidate gives, or one given by both. An omitted field
+        and an explicit null are the same missing value, read as a null in the source data is
+        (muxrec.encoding); only a feature the spec makes required (`Feature.is_required`) must be given.
         """
-        context = request.context.model_dump(exclude_none=True) if request.context else {}
+        context = request.context.model_dump(exclude_none=True, by_alias=True) if request.context else {}
         errors, rows = [], []
         for i, candidate in enumerate(request.candidates):
-            row = candidate.model_dump(exclude_none=True)
+            row = candidate.model_dump(exclude_none=True, by_alias=True)
             for name in sorted(set(row) & set(context)):
                 errors.append({"loc": ("body", "candidates", i, name), "type": "value_error",
                                "msg": f"{name!r} is given in both context and candidate {i}", "input": row[name]})

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 
 from muxrec.config import model_file
 from muxrec.data.synthetic import SyntheticConfig, generate
-from muxrec.encoding import SPLIT_COLUMN, Vocabulary, count_values, derive, encode, moments
+from muxrec.encoding import SPLIT_COLUMN, Vocabulary, count_values, derive, encode, moments, quantile_sketch
 from muxrec.models import build_model, make_config
 from muxrec.spec import FeatureSpec, ModelInputs, load_spec, parse_spec
 
@@ -43,7 +43,8 @@ def fitted(spec: FeatureSpec, raw: pa.Table) -> tuple[Vocabulary, dict[str, pa.T
     """Vocabulary fitted on train rows and the encoded rows of every split, all in-process."""
     derived = derive(raw, spec)
     parts = {s: derived.filter(pc.equal(derived[SPLIT_COLUMN], s)) for s in ("train", "valid", "test")}
-    vocab = Vocabulary.fit(spec, count_values(parts["train"], spec), moments(parts["train"], spec))
+    train = parts["train"]
+    vocab = Vocabulary.fit(spec, count_values(train, spec), moments(train, spec), quantile_sketch(train, spec))
     return vocab, {s: encode(t, spec, vocab) for s, t in parts.items()}
 
 

@@ -9,6 +9,7 @@ import time
 
 import httpx
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import redis
@@ -120,7 +121,7 @@ def _json(body) -> dict:
     ({"candidates": [{"item_id": 1, "colour": "red"}]}, 422, ["body", "candidates", 0, "colour"]),
     ({"candidates": [{"item_id": [1, 2]}]}, 422, ["body", "candidates", 0, "item_id"]),
     ({"candidates": [{"price": "cheap"}]}, 422, ["body", "candidates", 0, "price"]),
-    ({"candidates": [{"item_id": 1}]}, 422, ["body", "candidates", 0, "user_id"]),  # required, missing
+    ({"candidates": [{"item_id": 1}]}, 422, ["body", "candidates", 0, "price"]),  # required (numeric), missing
     ({"candidates": []}, 422, ["body", "candidates"]),
     ({"candidates": [{}] * 1001}, 422, ["body", "candidates"]),
     ({"candidates": [{"item_id": 1}], "top_k": 0}, 422, ["body", "top_k"]),
@@ -140,6 +141,26 @@ def test_nan_and_inf_are_422_not_500(served):
         r = httpx.post(f"{served.url}/v1/rank", content=text, headers={"content-type": "application/json"})
         assert r.status_code == 422, (token, r.text)
         assert _names(r, ["body", "candidates", 0, "price"])
+
+
+def test_omitted_fields_score_as_the_same_fields_null_in_the_data(served):
+    """A categorical, text or list field left out of a request (or sent as null) is scored as the
+    same row with that field null in the source data: the missing id / an empty list in both."""
+    rows = _rows(6)
+    dropped = ("site", "title", "tags", "user_id")
+    offline_rows = [{**r, **{k: None for k in dropped}} for r in rows]
+    raw = pa.Table.from_pylist(offline_rows, schema=pa.Table.from_pylist(rows).schema)
+    offline = load_model(served.v1).predict_raw(raw)[:, 0]
+    body = [{k: v for k, v in r.items() if k not in dropped} if i % 2 else {**r, **{k: None for k in dropped}}
+            for i, r in enumerate(rows)]
+    with httpx.Client(base_url=served.url, timeout=30) as http:
+        answer = http.post("/v1/rank", json={"candidates": body}).raise_for_status().json()
+        full = http.post("/v1/rank", json={"candidates": rows}).raise_for_status().json()
+    online = np.zeros(len(rows))
+    for item in answer["items"]:
+        online[item["index"]] = item["score"]
+    np.testing.assert_allclose(online, offline, atol=1e-5)
+    assert sorted(i["score"] for i in full["items"]) != sorted(online.tolist())  # the fields did matter
 
 
 def test_unknown_categories_are_not_errors(served):

@@ -72,7 +72,7 @@ def test_nan_in_numeric_input_fails_prepare_and_keeps_the_previous_output(ray_cl
     prices = raw["price"].to_numpy().copy()
     prices[123] = np.nan
     pq.write_table(raw.set_column(3, "price", pa.array(prices)), src / "data.parquet")
-    with pytest.raises(DataError, match=r"feature 'price': 1 NaN/inf value\(s\)"):
+    with pytest.raises(DataError, match=r"feature 'price' \(column 'price'\): 1 NaN/inf value\(s\), first at row 123 \(nan\)"):
         prepare(spec, tmp_path / "prepared")
     assert pq.read_table(good.split_dir("train")).equals(before)
     assert sorted(p.name for p in (tmp_path / "prepared").iterdir()) == ["tiny"]

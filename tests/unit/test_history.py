@@ -52,6 +52,21 @@ def test_history_by_hand():
     assert add_histories(table, _spec(max_len=1))["history"].to_pylist()[7] == ["16"]
 
 
+def test_history_follows_a_label_given_by_values():
+    table = pa.table({
+        "row": pa.array([2, 3, 6, 7], pa.int64()),  # all train
+        "user": pa.array([1, 1, 1, 1], pa.int64()),
+        "item": pa.array([12, 13, 16, 17], pa.int64()),
+        "t": pa.array([1, 2, 3, 4], pa.int64()),
+        "outcome": pa.array(["bought", "viewed", "Bought", "bought"]),
+    })
+    data = _spec().model_dump(mode="json")
+    data["labels"] = [{"name": "click", "source": "outcome", "positive": ["bought"]}]
+    assert add_histories(table, parse_spec(data))["history"].to_pylist() == [[], ["12"], ["12"], ["12"]]
+    data["labels"] = [{"name": "click", "source": "outcome", "when": "!= 'viewed'"}]
+    assert add_histories(table, parse_spec(data))["history"].to_pylist() == [[], ["12"], ["12"], ["16", "12"]]
+
+
 def test_history_label_must_exist():
     bad = _spec().model_dump(mode="json")
     bad["features"][1]["history"]["label"] = "purchase"

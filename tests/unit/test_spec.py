@@ -152,3 +152,92 @@ def test_specs_without_grades_keep_the_fingerprint_they_had_before_grades_existe
         "b76f131ae360e266db597673ff9f06637a7ffcf800a1bb4c69a7b585e7f6cd18"
     graded = load_spec(CONFIGS / "ml-100k-graded.yaml")
     assert graded.fingerprint() != load_spec(CONFIGS / "ml-100k.yaml").fingerprint()
+
+
+@pytest.mark.parametrize("label, message", [
+    ({"threshold": 4, "positive": [">50K"]}, r"label 'click': give one rule, not \['threshold', 'positive'\]"),
+    ({"positive": [">50K"], "when": "== 'x'"}, r"label 'click': give one rule, not \['positive', 'when'\]"),
+    ({"positive": []}, r"labels\.0\.positive"),
+    ({"when": "about 3"}, r"label 'click': `when` must read `<op> <value>`"),
+    ({"when": "> 'abc'"}, r"label 'click': `>` compares numbers; got the string 'abc'"),
+    ({"when": "== foo"}, r"label 'click': `when` value 'foo' is neither a number nor a quoted string"),
+    ({"when": "== __import__('os')"}, r"neither a number nor a quoted string"),
+    ({"when": ">= inf"}, r"neither a number nor a quoted string"),
+    ({"positive": [">50K"], "grades": [2]}, "`grades` needs a `threshold`"),
+])
+def test_a_label_takes_at_most_one_rule_and_errors_name_it(label, message):
+    with pytest.raises(SpecError, match=message):
+        tiny_spec(labels=[{"name": "click", "source": "income", **label}])
+
+
+def test_label_rules_parse():
+    positive = tiny_spec(labels=[{"name": "rich", "source": "income", "positive": [">50K", 1, 2.0, 2.5]}]).labels[0]
+    assert positive.positive_texts == (">50K", "1", "2", "2.5")  # as derive() writes categories
+    when = tiny_spec(labels=[{"name": "long", "source": "hours", "when": " <= 40.5 "}]).labels[0]
+    assert when.comparison == ("<=", 40.5)
+    assert tiny_spec(labels=[{"name": "yes", "source": "a", "when": "!= 'no'"}]).labels[0].comparison == ("!=", "no")
+
+
+@pytest.mark.parametrize("split, message", [
+    ({"buckets": 4, "test": [0], "valid": [1]}, "give one split rule"),
+    ({"hash": ["a"], "row_number": True, "buckets": 4, "test": [0], "valid": [1]}, "give one split rule"),
+    ({"hash": [], "buckets": 4, "test": [0], "valid": [1]}, "at least one column"),
+    ({"hash": {"a": 3}, "seed": 5, "buckets": 4, "test": [0], "valid": [1]}, "`seed` applies to"),
+    ({"row_number": True, "seed": -1, "buckets": 4, "test": [0], "valid": [1]}, r"split\.seed"),
+])
+def test_split_rules_are_checked(split, message):
+    with pytest.raises(SpecError, match=message):
+        tiny_spec(split=split)
+
+
+@pytest.mark.parametrize("feature, message", [
+    ({"kind": "numeric", "bucketize": {"quantiles": 4}}, "`bucketize` applies to categorical features"),
+    ({"kind": "categorical", "bucketize": {}}, "one of `quantiles` or `boundaries`"),
+    ({"kind": "categorical", "bucketize": {"quantiles": 4, "boundaries": [1]}}, "one of `quantiles` or `boundaries`"),
+    ({"kind": "categorical", "bucketize": {"boundaries": [3, 2]}}, "strictly increasing"),
+    ({"kind": "categorical", "bucketize": {"boundaries": [1, float("inf")]}}, "finite"),
+    ({"kind": "categorical", "bucketize": {"quantiles": 1}}, r"bucketize\.quantiles"),
+    ({"kind": "categorical", "bucketize": {"quantiles": 4}, "hash_buckets": 8}, "`hash_buckets` does not apply"),
+    ({"kind": "categorical", "bucketize": {"quantiles": 4}, "fill": "x"}, "must be a number"),
+    ({"kind": "categorical", "required": True, "fill": "x"}, "drop `required` or `fill`"),
+    ({"kind": "numeric", "required": False}, "without `fill` is required"),
+])
+def test_bucketize_and_required_are_checked(feature, message):
+    with pytest.raises(SpecError, match=message):
+        tiny_spec(features=[{"name": "a", **feature}])
+
+
+def test_request_columns_follow_the_missing_value_rule():
+    spec = tiny_spec(features=[
+        {"name": "color", "kind": "categorical"},
+        {"name": "shop", "kind": "categorical", "source": "shop name", "required": True},
+        {"name": "title", "kind": "text", "source": "product title", "max_len": 4, "hash_buckets": 16},
+        {"name": "tags", "kind": "multi_categorical", "max_len": 3},
+        {"name": "price", "kind": "numeric"},
+        {"name": "weight", "kind": "numeric", "fill": 0},
+        {"name": "price_bucket", "kind": "categorical", "source": "price", "bucketize": {"quantiles": 4}},
+        {"name": "age", "kind": "categorical", "bucketize": {"boundaries": [18, 65]}},
+    ])
+    columns = {c.name: (c.type, c.required) for c in spec.request_columns()}
+    assert columns == {
+        "color": ("string", False), "shop name": ("string", True), "product title": ("string", False),
+        "tags": ("string_list", False), "price": ("number", True),  # the numeric feature needs it
+        "weight": ("number", False), "age": ("number", False)}
+
+
+def test_specs_using_the_new_forms_change_the_fingerprint_and_round_trip():
+    base = tiny_spec()
+    variants = [
+        tiny_spec(labels=[{"name": "click", "source": "y", "positive": [1]}]),
+        tiny_spec(labels=[{"name": "click", "source": "y", "when": "> 0"}]),
+        tiny_spec(split={"hash": ["row"], "buckets": 4, "test": [0], "valid": [1]}),
+        tiny_spec(split={"hash": ["row"], "seed": 3, "buckets": 4, "test": [0], "valid": [1]}),
+        tiny_spec(split={"row_number": True, "buckets": 4, "test": [0], "valid": [1]}),
+        tiny_spec(features=[{"name": "color", "kind": "categorical", "required": True}]),
+        tiny_spec(features=[{"name": "color", "kind": "categorical", "required": False}]),
+        tiny_spec(features=[{"name": "price", "kind": "categorical", "bucketize": {"quantiles": 5}}]),
+    ]
+    prints = {s.fingerprint() for s in variants}
+    assert len(prints) == len(variants) and base.fingerprint() not in prints
+    for spec in variants:
+        assert spec_from_yaml(spec.to_yaml()) == spec
