@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -205,12 +205,19 @@ def _stable_hash(values: pa.Array, buckets: int) -> np.ndarray:
 
 @dataclass
 class TableVocab:
-    """Ids of one embedding table: a fitted vocabulary (id = rank + 1) or hashing into buckets."""
+    """Ids of one embedding table: a fitted vocabulary (id = rank + 1) or hashing into buckets.
+
+    The values are one Arrow string array (compact: millions of ids cost their bytes, not a Python
+    object each).
+    """
 
     name: str
-    values: list[str] | None = None
+    values: pa.Array | list[str] | None = None
     hash_buckets: int | None = None
-    _lookup: pa.Array | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.values is not None and not isinstance(self.values, pa.Array):
+            self.values = pa.array(self.values, pa.string())
 
     @property
     def num_embeddings(self) -> int:
@@ -220,10 +227,17 @@ class TableVocab:
         """String values -> int64 ids; unknown and missing values -> OOV_ID."""
         if self.hash_buckets is not None:
             return _stable_hash(values, self.hash_buckets)
-        if self._lookup is None:
-            self._lookup = pa.array(self.values, pa.string())
-        position = pc.index_in(values, value_set=self._lookup)
-        return pc.fill_null(pc.add(position, 1), OOV_ID).to_numpy(zero_copy_only=False).astype(np.int64)
+        if len(self.values) <= 4 * len(values):
+            position = pc.index_in(values, value_set=self.values)
+            return pc.fill_null(pc.add(position, 1), OOV_ID).to_numpy(zero_copy_only=False).astype(np.int64)
+        # A large vocabulary: hash this block's few distinct values and probe the vocabulary with them,
+        # instead of hashing millions of vocabulary values for every block.
+        uniques = pc.unique(values)
+        found = pc.index_in(self.values, value_set=uniques)  # (V,) position in uniques or null
+        in_vocab = np.flatnonzero(pc.is_valid(found).to_numpy(zero_copy_only=False))
+        id_of_unique = np.full(len(uniques), OOV_ID, dtype=np.int64)
+        id_of_unique[found.to_numpy(zero_copy_only=False)[in_vocab].astype(np.int64)] = in_vocab + 1
+        return id_of_unique[pc.index_in(values, value_set=uniques).to_numpy(zero_copy_only=False)]
 
 
 @dataclass(frozen=True)
@@ -245,7 +259,8 @@ class NumericStats:
 
 def count_values(derived: pa.Table, spec: FeatureSpec) -> pa.Table:
     """Per-block value counts for every vocabulary table (hashed tables need none)."""
-    tables, values, counts = [], [], []
+    schema = pa.schema([("table", pa.string()), ("value", pa.string()), ("count", pa.int64())])
+    parts_out = [schema.empty_table()]
     for table in spec.tables_list():
         if table.hash_buckets is not None:
             continue
@@ -255,11 +270,9 @@ def count_values(derived: pa.Table, spec: FeatureSpec) -> pa.Table:
             parts.append(pc.list_flatten(col) if pa.types.is_list(col.type) else col)
         merged = pa.concat_arrays([p.cast(pa.string()) for p in parts]).drop_null()
         vc = pc.value_counts(merged)
-        tables += [table.name] * len(vc)
-        values += vc.field("values").to_pylist()
-        counts += vc.field("counts").to_pylist()
-    return pa.table({"table": pa.array(tables, pa.string()), "value": pa.array(values, pa.string()),
-                     "count": pa.array(counts, pa.int64())})
+        parts_out.append(pa.table([pa.array([table.name] * len(vc), pa.string()), vc.field("values"),
+                                   vc.field("counts")], schema=schema))
+    return pa.concat_tables(parts_out)
 
 
 def moments(derived: pa.Table, spec: FeatureSpec) -> pa.Table:
@@ -297,7 +310,7 @@ class Vocabulary:
                                          pc.greater_equal(counts["count_sum"], table.min_count)))
             # Most frequent first, ties by value: deterministic ids for the same data.
             mine = mine.sort_by([("count_sum", "descending"), ("value", "ascending")])
-            tables[table.name] = TableVocab(table.name, values=mine["value"].to_pylist())
+            tables[table.name] = TableVocab(table.name, values=mine["value"].combine_chunks())
         numeric = {}
         stats = stats.group_by("feature").aggregate(
             [("count", "sum"), ("sum", "sum"), ("sumsq", "sum"), ("min", "min"), ("max", "max")])
@@ -315,7 +328,8 @@ class Vocabulary:
     def to_json(self) -> str:
         return json.dumps({
             "spec_fingerprint": self.spec_fingerprint,
-            "tables": {n: {"values": t.values, "hash_buckets": t.hash_buckets} for n, t in self.tables.items()},
+            "tables": {n: {"values": None if t.values is None else t.values.to_pylist(), "hash_buckets": t.hash_buckets}
+                       for n, t in self.tables.items()},
             "numeric": {n: vars(s) for n, s in self.numeric.items()},
         }, indent=1)
 
