@@ -240,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--runs", type=Path, default=_default("MUXREC_RUNS", "runs"),
                         help="prepared data and Ray Train runs (env MUXREC_RUNS; default ./runs)")
 
+    def saved_bench(sp: argparse.ArgumentParser) -> None:
+        """--json, --out, --no-save and the paths: a benchmark that writes its table under docs/benchmarks."""
+        sp.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
+        sp.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
+        sp.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")
+        paths(sp)
+
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     dl = data_sub.add_parser("download", help="download a dataset and verify its checksum")
@@ -316,20 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--users", type=_positive, default=2_000_000, help="distinct user ids to draw from")
     pl.add_argument("--items", type=_positive, default=1_000_000, help="distinct item ids to draw from")
     pl.add_argument("--score-rows", type=_positive, default=2_000_000, help="rows to score (at most --rows)")
-    pl.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
-    pl.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
-    pl.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")
-    paths(pl)
+    saved_bench(pl)
     pl.set_defaults(func=cmd_bench_pipeline)
 
     sv = be_sub.add_parser("serve", help="latency / QPS of the running stack against the model-forward floor")
     sv.add_argument("--name", default=os.environ.get("MUXREC_MODEL", "ml-100k-deepfm"),
                     help="registry name to serve (trained on ML-100K first if missing)")
     sv.add_argument("--requests", type=int, default=400, help="rank requests per concurrency level")
-    sv.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
-    sv.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
-    sv.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")
-    paths(sv)
+    saved_bench(sv)
     sv.set_defaults(func=cmd_bench_serve)
 
     se = sub.add_parser("serve", help="start the Ray Serve app locally and print its URL (Ctrl-C stops it)")

@@ -1,4 +1,4 @@
-"""Helper of test_cluster.py, run as its own process: a two-node Ray cluster on 127.0.0.1, then
+"""Helper of test_cluster.py, run as its own process: a two-node Ray cluster on this machine, then
 `muxrec --address` prepare and score against it. Prints one JSON line: nodes, rows, and the nodes
 on which prepare's tasks and score's actors ran (from Ray's state API).
 
@@ -31,11 +31,12 @@ def muxrec(address: str, *args: str) -> dict:
 
 def main(spec: str, work: str, registry: str, model: str) -> None:
     work_dir = Path(work)
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": None})
+    # The state API (which node ran what) needs the dashboard; it listens on 127.0.0.1 only. The
+    # nodes take the machine's address, as a local `ray.init` does (with 127.0.0.1 the head is unreachable).
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
+                                                            "dashboard_host": "127.0.0.1"})
     try:
-        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address)
         nodes = len([n for n in ray.nodes() if n["Alive"]])

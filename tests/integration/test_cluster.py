@@ -1,4 +1,4 @@
-"""`muxrec --address` on a two-node Ray cluster (both nodes on this machine, bound to 127.0.0.1).
+"""`muxrec --address` on a two-node Ray cluster (both nodes on this machine).
 
 The session's shared Ray instance stays untouched: the cluster is made and torn down by a separate
 Python process (tests/integration/cluster_run.py), which runs `muxrec --address <head> prepare` and

@@ -126,3 +126,21 @@ def test_score_with_an_autoscaling_actor_pool_matches_one_actor(small_models, tm
     a, b = pq.read_table(tmp_path / "one"), pq.read_table(tmp_path / "pool")
     assert a.equals(b)  # same rows in the same order, whichever actor scored them
     assert np.isfinite(a["score"].to_numpy()).all()
+
+
+def test_bench_pipeline_on_tiny_rows(ray_cluster, tmp_path):
+    from muxrec.benchmarks.pipeline import bench_pipeline
+
+    result = bench_pipeline(6000, 500, 300, 3000, CONFIGS, tmp_path / "runs", out_dir=tmp_path / "docs")
+    assert result["rows"] == 6000 and result["score_rows"] == 3000
+    assert result["rerun_files_rewritten"] == 0 and result["rerun_prepare_s"] < 5
+    assert result["train_rows"] == pytest.approx(4800, rel=0.05) and result["train_rows_per_s"] > 0
+    assert result["prepare_rows_per_s"] > 0 and result["score_rows_per_min"] > 0
+    assert result["driver_peak_rss_mb"] > 100  # a Python process with torch and Ray loaded
+    titles = [w["title"] for w in result["workers"]]
+    assert any("Scorer" in t for t in titles) and any("RayTrainWorker" in t for t in titles), titles
+    assert set(result["score_profile_s_per_1m_rows"]) == {"derive_s", "encode_s", "tensors_s", "forward_s"}
+    table = (tmp_path / "docs" / "pipeline.md").read_text()
+    assert "| score rows/min |" in table and "6,000 rows" in table
+    saved = json.loads((tmp_path / "docs" / "results" / "pipeline-6000.json").read_text())
+    assert saved["score_rows_per_min"] == result["score_rows_per_min"]
