@@ -31,6 +31,9 @@ from muxrec.pipelines.io import replacing, write_parquet
 from muxrec.ray_env import ensure_ray
 
 
+_READER_CPUS = 0.25
+
+
 class Scorer:
     """Ray Data callable class: loads the model once per actor, scores Arrow batches."""
 
@@ -70,14 +73,21 @@ def score(registry: ArtifactRegistry, name: str, ref: str, input_dir: str | Path
     derive(schema.empty_table(), spec, labels=False, split=False)  # missing columns fail here, named
     ensure_ray()
     pool = actor_pool(concurrency)
-    # Each actor computes with one thread; the pool leaves a CPU of the cluster free for the reader
-    # tasks, which would otherwise wait forever behind actors holding every CPU.
+    # Each actor computes with one thread. The pool leaves a CPU free on each node (actors are spread
+    # over the nodes) and the reader tasks ask for a quarter of one: Ray Data's file listing needs a
+    # whole CPU, and readers waiting behind actors that hold every CPU would wait forever.
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    actor_cpus = min(1.0, max(0.1, (cpus - 1) / (pool[-1] if isinstance(pool, tuple) else pool)))
+    nodes = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU"))
+    largest = pool[-1] if isinstance(pool, tuple) else pool
+    actor_cpus = min(1.0, max(0.1, (cpus - max(nodes, 1)) / largest))
     try:
-        scored = ray.data.read_parquet(str(input_dir)).map_batches(
+        # A few blocks per actor at least: Ray Data gives a whole block to one actor.
+        files = sum(1 for p in (input_dir.rglob("*.parquet") if input_dir.is_dir() else [input_dir]))
+        blocks = max(files, 4 * largest)
+        scored = ray.data.read_parquet(str(input_dir), ray_remote_args={"num_cpus": _READER_CPUS},
+                                       override_num_blocks=blocks).map_batches(
             Scorer, fn_constructor_args=(str(registry.root.resolve()), name, version.version),
-            batch_format="pyarrow", batch_size=batch_size, num_cpus=actor_cpus,
+            batch_format="pyarrow", batch_size=batch_size, num_cpus=actor_cpus, scheduling_strategy="SPREAD",
             compute=ActorPoolStrategy(min_size=pool[0], max_size=pool[1]) if isinstance(pool, tuple)
             else ActorPoolStrategy(size=pool))
         with replacing(Path(output_dir)) as staging:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,10 +34,10 @@ def main(spec: str, work: str, registry: str, model: str) -> None:
     work_dir = Path(work)
     # The state API (which node ran what) needs the dashboard; it listens on 127.0.0.1 only. The
     # nodes take the machine's address, as a local `ray.init` does (with 127.0.0.1 the head is unreachable).
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True,
                                                             "dashboard_host": "127.0.0.1"})
     try:
-        cluster.add_node(num_cpus=1)
+        cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address)
         nodes = len([n for n in ray.nodes() if n["Alive"]])
@@ -63,6 +64,11 @@ def main(spec: str, work: str, registry: str, model: str) -> None:
                       "score": {"rows": scored["rows"], "actor_nodes": actor_nodes}}))
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}")  # runs main's `finally`: the cluster is shut down
+
+
 if __name__ == "__main__":
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    signal.signal(signal.SIGTERM, _stop)
     main(*sys.argv[1:])
