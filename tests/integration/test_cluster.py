@@ -2,7 +2,7 @@
 
 The session's shared Ray instance stays untouched: the cluster is made and torn down by a separate
 Python process (tests/integration/cluster_run.py), which runs `muxrec --address <head> prepare` and
-`muxrec --address <head> score` as commands and reports on which nodes their Ray tasks ran.
+`muxrec --address <head> score` as commands and reports on which nodes their Ray tasks and actors ran.
 """
 
 from __future__ import annotations
@@ -34,4 +34,5 @@ def test_prepare_and_score_run_on_both_nodes_of_a_cluster(small_models, tmp_path
     assert report["nodes"] == 2
     assert report["prepare"]["rows"] == 200_000
     assert len(report["prepare"]["task_nodes"]) == 2, report  # tasks of prepare ran on both nodes
-    assert report["score"]["rows"] > 0 and len(report["score"]["actor_nodes"]) == 2, report
+    # Scoring runs through the cluster; where its 2 actors land is Ray's choice (both fit on one node).
+    assert report["score"]["rows"] == 8000 and report["score"]["actor_nodes"], report
