@@ -43,7 +43,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from muxrec.pipelines.prepare import prepare
     from muxrec.spec import load_spec
 
-    prepared = prepare(load_spec(args.spec), args.out)
+    prepared = prepare(load_spec(args.spec), args.out, reuse=not args.force)
     print(json.dumps({"prepared": str(prepared.root), **prepared.stats}, indent=1))
     return 0
 
@@ -141,6 +141,27 @@ def cmd_bench_hiformer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pool_size(text: str) -> int | tuple[int, int]:
+    """`4` or `1,4` (min,max) actors."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN,MAX, got {text!r}") from None
+    if len(sizes) not in (1, 2) or min(sizes) < 1 or sizes[0] > sizes[-1]:
+        raise argparse.ArgumentTypeError(f"expected N >= 1 or MIN,MAX with 1 <= MIN <= MAX, got {text!r}")
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
 def _seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
@@ -177,6 +198,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    from muxrec.benchmarks.pipeline import bench_pipeline
+
+    result = bench_pipeline(args.rows, args.users, args.items, args.score_rows, CONFIG_DIR, args.runs,
+                            out_dir=None if args.no_save else args.out)
+    _print_json(result)
+    return 0
+
+
 def cmd_bench_serve(args: argparse.Namespace) -> int:
     from muxrec.benchmarks.serve import bench_serve
 
@@ -197,6 +227,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="muxrec", description="Train and serve CTR / recommendation models.")
+    p.add_argument("--address", default=None,
+                   help="join this Ray cluster (host:port, or ray://host:10001 for a remote client) instead of "
+                        "starting a local Ray; default $RAY_ADDRESS")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="also print Ray's own logs and full tracebacks (env MUXREC_LOG_LEVEL=debug)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -206,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model registry folder (env MUXREC_REGISTRY; default ./artifacts)")
         sp.add_argument("--runs", type=Path, default=_default("MUXREC_RUNS", "runs"),
                         help="prepared data and Ray Train runs (env MUXREC_RUNS; default ./runs)")
+
+    def saved_bench(sp: argparse.ArgumentParser) -> None:
+        """--json, --out, --no-save and the paths: a benchmark that writes its table under docs/benchmarks."""
+        sp.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
+        sp.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
+        sp.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")
+        paths(sp)
 
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -220,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--spec", type=Path, required=True, help="feature spec YAML, e.g. configs/ml-100k.yaml")
     pr.add_argument("--out", type=Path, default=_default("MUXREC_RUNS", "runs") / "prepared",
                     help="output root (default ./runs/prepared)")
+    pr.add_argument("--force", action="store_true",
+                    help="prepare again even if the output was made from the same spec and source files")
     pr.set_defaults(func=cmd_prepare)
 
     tr = sub.add_parser("train", help="train a model with Ray Train and publish it to the registry")
@@ -276,14 +318,19 @@ def build_parser() -> argparse.ArgumentParser:
     paths(hf)
     hf.set_defaults(func=cmd_bench_hiformer)
 
+    pl = be_sub.add_parser("pipeline", help="streaming prepare + one DeepFM epoch + scoring at scale; peak RSS")
+    pl.add_argument("--rows", type=_positive, default=2_000_000, help="synthetic rows (default 2,000,000)")
+    pl.add_argument("--users", type=_positive, default=2_000_000, help="distinct user ids to draw from")
+    pl.add_argument("--items", type=_positive, default=1_000_000, help="distinct item ids to draw from")
+    pl.add_argument("--score-rows", type=_positive, default=2_000_000, help="rows to score (at most --rows)")
+    saved_bench(pl)
+    pl.set_defaults(func=cmd_bench_pipeline)
+
     sv = be_sub.add_parser("serve", help="latency / QPS of the running stack against the model-forward floor")
     sv.add_argument("--name", default=os.environ.get("MUXREC_MODEL", "ml-100k-deepfm"),
                     help="registry name to serve (trained on ML-100K first if missing)")
     sv.add_argument("--requests", type=int, default=400, help="rank requests per concurrency level")
-    sv.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
-    sv.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
-    sv.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")
-    paths(sv)
+    saved_bench(sv)
     sv.set_defaults(func=cmd_bench_serve)
 
     se = sub.add_parser("serve", help="start the Ray Serve app locally and print its URL (Ctrl-C stops it)")
@@ -300,8 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--output", type=Path, required=True, help="output folder (replaced when the run succeeds)")
     sc.add_argument("--name", default=os.environ.get("MUXREC_MODEL", "ml-100k-deepfm"), help="registry name")
     sc.add_argument("--model-version", default="latest", help="version (v0003) or alias (default latest)")
-    sc.add_argument("--batch-size", type=int, default=4096)
-    sc.add_argument("--concurrency", type=int, default=1, help="scoring actors")
+    sc.add_argument("--batch-size", type=int, default=8192)
+    sc.add_argument("--concurrency", type=_pool_size, default=None,
+                    help="scoring actors: N, or MIN,MAX to let Ray Data scale the pool (default: one per CPU)")
     paths(sc)
     sc.set_defaults(func=cmd_score)
 
@@ -316,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     log.set_verbose(args.verbose)
+    if args.address:
+        os.environ["RAY_ADDRESS"] = args.address  # muxrec.ray_env.ensure_ray joins it
     try:
         return args.func(args)
     except MuxrecError as err:

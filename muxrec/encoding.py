@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -39,6 +39,7 @@ from muxrec.spec import Feature, FeatureKind, FeatureSpec, LabelSpec, LIST_KINDS
 
 SPLIT_COLUMN = "__split"
 ROW_NUMBER_COLUMN = "__row"  # a row's position in the source, attached before blocks are cut
+FILE_ROW_STRIDE = 2 ** 32  # in a source of several files, file i's rows are numbered from i * FILE_ROW_STRIDE
 SPLITS = ("train", "valid", "test")
 OOV_ID = 0
 _TOKEN_PATTERN = r"[^a-z0-9]+"
@@ -58,6 +59,11 @@ def with_row_numbers(table: pa.Table) -> pa.Table:
     if ROW_NUMBER_COLUMN in table.column_names:
         return table
     return table.append_column(ROW_NUMBER_COLUMN, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+
+
+def _describe_row(position: int) -> str:
+    file, row = divmod(position, FILE_ROW_STRIDE)
+    return f"row {row} of file #{file}" if file else f"row {row}"
 
 
 def _row_numbers(table: pa.Table) -> np.ndarray:
@@ -82,7 +88,7 @@ class _Where:
         at = ""
         if index is not None:
             row = index if self.parents is None else self.parents[index].as_py()
-            at = f", first at row {int(_row_numbers(self.table)[row])} ({value!r})"
+            at = f", first at {_describe_row(int(_row_numbers(self.table)[row]))} ({value!r})"
         return DataError(f"{self.what} (column {self.column!r}): {problem}{at}{'; ' + hint if hint else ''}")
 
 
@@ -357,13 +363,20 @@ def derive(table: pa.Table, spec: FeatureSpec, *, labels: bool = True, split: bo
 @dataclass
 class TableVocab:
     """Ids of one embedding table: a fitted vocabulary (id = rank + 1), hashing into buckets, or
-    the bucket boundaries of a bucketized numeric feature (id = 1 + bucket; missing -> 0)."""
+    the bucket boundaries of a bucketized numeric feature (id = 1 + bucket; missing -> 0).
+
+    Vocabulary values are one Arrow string array (compact: millions of ids cost their bytes, not a
+    Python object each).
+    """
 
     name: str
-    values: list[str] | None = None
+    values: pa.Array | list[str] | None = None
     hash_buckets: int | None = None
     boundaries: list[float] | None = None
-    _lookup: pa.Array | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.values is not None and not isinstance(self.values, pa.Array):
+            self.values = pa.array(self.values, pa.string())
 
     @property
     def num_embeddings(self) -> int:
@@ -379,10 +392,17 @@ class TableVocab:
             return np.where(np.isnan(x), OOV_ID, ids).astype(np.int64)
         if self.hash_buckets is not None:
             return _stable_hash(values, self.hash_buckets)
-        if self._lookup is None:
-            self._lookup = pa.array(self.values, pa.string())
-        position = pc.index_in(values, value_set=self._lookup)
-        return pc.fill_null(pc.add(position, 1), OOV_ID).to_numpy(zero_copy_only=False).astype(np.int64)
+        if len(self.values) <= 4 * len(values):
+            position = pc.index_in(values, value_set=self.values)
+            return pc.fill_null(pc.add(position, 1), OOV_ID).to_numpy(zero_copy_only=False).astype(np.int64)
+        # A large vocabulary: hash this block's few distinct values and probe the vocabulary with them,
+        # instead of hashing millions of vocabulary values for every block.
+        uniques = pc.unique(values)
+        found = pc.index_in(self.values, value_set=uniques)  # (V,) position in uniques or null
+        in_vocab = np.flatnonzero(pc.is_valid(found).to_numpy(zero_copy_only=False))
+        id_of_unique = np.full(len(uniques), OOV_ID, dtype=np.int64)
+        id_of_unique[found.to_numpy(zero_copy_only=False)[in_vocab].astype(np.int64)] = in_vocab + 1
+        return id_of_unique[pc.index_in(values, value_set=uniques).to_numpy(zero_copy_only=False)]
 
 
 @dataclass(frozen=True)
@@ -404,7 +424,8 @@ class NumericStats:
 
 def count_values(derived: pa.Table, spec: FeatureSpec) -> pa.Table:
     """Per-block value counts for every vocabulary table (hashed tables need none)."""
-    tables, values, counts = [], [], []
+    schema = pa.schema([("table", pa.string()), ("value", pa.string()), ("count", pa.int64())])
+    parts_out = [schema.empty_table()]
     for table in spec.tables_list():
         if table.hash_buckets is not None or table.bucketize is not None:
             continue
@@ -414,11 +435,9 @@ def count_values(derived: pa.Table, spec: FeatureSpec) -> pa.Table:
             parts.append(pc.list_flatten(col) if pa.types.is_list(col.type) else col)
         merged = pa.concat_arrays([p.cast(pa.string()) for p in parts]).drop_null()
         vc = pc.value_counts(merged)
-        tables += [table.name] * len(vc)
-        values += vc.field("values").to_pylist()
-        counts += vc.field("counts").to_pylist()
-    return pa.table({"table": pa.array(tables, pa.string()), "value": pa.array(values, pa.string()),
-                     "count": pa.array(counts, pa.int64())})
+        parts_out.append(pa.table([pa.array([table.name] * len(vc), pa.string()), vc.field("values"),
+                                   vc.field("counts")], schema=schema))
+    return pa.concat_tables(parts_out)
 
 
 def moments(derived: pa.Table, spec: FeatureSpec) -> pa.Table:
@@ -525,7 +544,7 @@ class Vocabulary:
                                          pc.greater_equal(counts["count_sum"], table.min_count)))
             # Most frequent first, ties by value: deterministic ids for the same data.
             mine = mine.sort_by([("count_sum", "descending"), ("value", "ascending")])
-            tables[table.name] = TableVocab(table.name, values=mine["value"].to_pylist())
+            tables[table.name] = TableVocab(table.name, values=mine["value"].combine_chunks())
         numeric = {}
         stats = stats.group_by("feature").aggregate(
             [("count", "sum"), ("sum", "sum"), ("sumsq", "sum"), ("min", "min"), ("max", "max")])
@@ -543,7 +562,7 @@ class Vocabulary:
     def to_json(self) -> str:
         return json.dumps({
             "spec_fingerprint": self.spec_fingerprint,
-            "tables": {n: {"values": t.values, "hash_buckets": t.hash_buckets,
+            "tables": {n: {"values": None if t.values is None else t.values.to_pylist(), "hash_buckets": t.hash_buckets,
                            **({"boundaries": t.boundaries} if t.boundaries is not None else {})}
                        for n, t in self.tables.items()},
             "numeric": {n: vars(s) for n, s in self.numeric.items()},

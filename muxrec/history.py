@@ -11,8 +11,9 @@ of the listed splits whose label is positive, most recent first, at most max_len
 `splits` contribute (train by default), so no label of a valid or test row ever reaches a feature, for
 any row. Ties in time are excluded (strictly before), so a row never sees itself or its batch-mates.
 
-This needs every row of a user at once, so it runs on the whole table before the per-block steps of
-preprocessing. At serving time the caller sends the history list itself (from its feature store).
+This needs every row of a user at once: preprocessing groups rows by user with Ray Data and runs it
+on each group (muxrec.pipelines.prepare.with_histories), before the per-block steps. At serving time
+the caller sends the history list itself (from its feature store).
 """
 
 from __future__ import annotations
@@ -67,10 +68,14 @@ def history_column(table: pa.Table, spec: FeatureSpec, feature: Feature) -> pa.A
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.string()))
 
 
-def add_histories(table: pa.Table, spec: FeatureSpec) -> pa.Table:
-    """`table` with one list column per history feature (named after the feature)."""
+def add_histories(table: pa.Table, spec: FeatureSpec, user: str | None = None) -> pa.Table:
+    """`table` with one list column per history feature (named after the feature).
+
+    With `user`, only the features whose history is keyed by that column (the table then needs to
+    hold every row of its users, not every row).
+    """
     for feature in spec.features:
-        if feature.history is not None:
+        if feature.history is not None and user in (None, feature.history.user):
             column = history_column(table, spec, feature)
             if feature.name in table.column_names:
                 table = table.drop_columns([feature.name])

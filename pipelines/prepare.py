@@ -4,13 +4,22 @@
         spec.yaml  vocabulary.json  stats.json
         train/part-00000.parquet ...   valid/...   test/...
 
+Everything streams: the source is read by Ray Data readers (or made in Ray tasks), behaviour
+histories are computed per user group, vocabularies and statistics are merged by Ray Data
+aggregations over the train split (the driver receives only the distinct values), and the encoded
+rows reach the Parquet writer a few blocks at a time. Two passes run over the source: one to fit,
+one to encode and write.
+
 The whole folder is built in a staging folder and swapped in at the end, with deterministic file
 names, so a rerun replaces the previous output instead of adding to it, and a failed run leaves the
-previous output intact.
+previous output intact. stats.json records an input fingerprint (spec + source files' names, sizes
+and modification times, see `input_fingerprint`): `prepare(..., reuse=True)` returns the existing
+output when it matches and every written file is still there, without redoing any work.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,21 +27,23 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import ray
+from ray.data import Dataset
 
-from muxrec.data import load_source
-from muxrec.encoding import (SPLIT_COLUMN, SPLITS, Vocabulary, count_values, derive, encode, moments, quantile_sketch,
-                             with_row_numbers)
+from muxrec.data import find_dataset
+from muxrec.data.movielens import ML100K_FILES
+from muxrec.encoding import SPLIT_COLUMN, SPLITS, Vocabulary, count_values, derive, encode, moments, quantile_sketch
 from muxrec.errors import DataError, MuxrecError, find_muxrec_error
 from muxrec.history import add_histories
-from muxrec.pipelines.io import replacing, write_parquet
+from muxrec.pipelines.io import replacing, write_parquet_by
+from muxrec.pipelines.sources import ROW_COLUMN, source_dataset
 from muxrec.ray_env import ensure_ray
-from muxrec.spec import FeatureSpec, ModelInputs, load_spec
+from muxrec.spec import FeatureSpec, ModelInputs, SourceSpec, load_spec
 
 SPEC_FILE = "spec.yaml"
 VOCAB_FILE = "vocabulary.json"
 STATS_FILE = "stats.json"
-_ROWS_PER_BLOCK = 20_000
 
 
 @dataclass(frozen=True)
@@ -75,44 +86,145 @@ def _rows_of(table: pa.Table, split: str) -> pa.Table:
     return table.filter(pc.equal(table[SPLIT_COLUMN], split)).drop_columns([SPLIT_COLUMN])
 
 
-def _blocks(table: pa.Table) -> list[pa.Table]:
-    return [table.slice(i, _ROWS_PER_BLOCK) for i in range(0, max(table.num_rows, 1), _ROWS_PER_BLOCK)]
+def _partitions() -> int:
+    """Shuffle partitions: a few per CPU of the cluster (Ray's default of 200 costs more than it gains here)."""
+    return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
 
 
-def prepare(spec: FeatureSpec, out_root: str | Path, raw: pa.Table | None = None) -> PreparedData:
-    """Run preprocessing for `spec` into out_root/<spec.name>/ and return the result."""
+def with_histories(ds: Dataset, spec: FeatureSpec) -> Dataset:
+    """Add every `history:` feature, grouping rows by user; restore the source order when it is known."""
+    users = list(dict.fromkeys(f.history.user for f in spec.features if f.history))
+    if not users:
+        return ds
+    in_order = ROW_COLUMN in ds.schema().names
+    for user in users:
+        ds = ds.groupby(user, num_partitions=_partitions()).map_groups(add_histories, fn_kwargs={"spec": spec, "user": user},
+                                         batch_format="pyarrow")
+    # Materialised once: both passes over the rows (fit, then encode) read it instead of regrouping.
+    return (ds.sort(ROW_COLUMN) if in_order else ds).materialize()
+
+
+# A block's train statistics travel as one table: count_values rows, moments rows and quantile
+# sketch rows side by side (each kind fills its own columns; the sketch's are prefixed).
+_SKETCH_COLUMNS = {"feature": "sketch_feature", "value": "sketch_value", "weight": "sketch_weight"}
+
+
+def _train_statistics(derived: pa.Table, spec: FeatureSpec) -> pa.Table:
+    """count_values, moments and quantile_sketch of a block's train rows, as one table."""
+    train = _rows_of(derived, "train")
+    sketch = quantile_sketch(train, spec)
+    sketch = sketch.rename_columns([_SKETCH_COLUMNS[c] for c in sketch.column_names])
+    return pa.concat_tables([count_values(train, spec), moments(train, spec), sketch], promote_options="default")
+
+
+def _part(table: pa.Table, column: str, columns: list[str]) -> pa.Table:
+    return table.filter(pc.is_valid(table[column])).select(columns)
+
+
+def fit_vocabulary(derived: Dataset, spec: FeatureSpec, empty: pa.Table) -> Vocabulary:
+    """Vocabularies, numeric statistics and quantile boundaries of the train rows, merged by Ray Data.
+
+    Only the distinct values with their counts (an Arrow table), one row of moments per block and
+    numeric feature, and bounded quantile sketches reach the driver. `empty` is a derived table
+    without rows (for the schemas).
+    """
+    stats = derived.map_batches(_train_statistics, fn_kwargs={"spec": spec}, batch_format="pyarrow",
+                                batch_size=None).materialize()
+    counts_ds = stats.map_batches(_part, fn_kwargs={"column": "table", "columns": ["table", "value", "count"]},
+                                  batch_format="pyarrow", batch_size=None)
+    counts = counts_ds.groupby(["table", "value"], num_partitions=_partitions()).sum("count").rename_columns({"sum(count)": "count"})
+    moments_ds = stats.map_batches(
+        _part, fn_kwargs={"column": "feature", "columns": ["feature", "count", "sum", "sumsq", "min", "max"]},
+        batch_format="pyarrow", batch_size=None)
+    sketch_schema = quantile_sketch(empty, spec).schema
+    sketch_ds = stats.map_batches(_part, fn_kwargs={"column": "sketch_feature",
+                                                    "columns": [_SKETCH_COLUMNS[c] for c in sketch_schema.names]},
+                                  batch_format="pyarrow", batch_size=None)
+    renamed = pa.schema([pa.field(_SKETCH_COLUMNS[f.name], f.type) for f in sketch_schema])
+    sketches = _collect(sketch_ds, renamed).rename_columns(sketch_schema.names)
+    return Vocabulary.fit(spec, _collect(counts, count_values(empty, spec).schema),
+                          _collect(moments_ds, moments(empty, spec).schema), sketches)
+
+
+def _collect(ds: Dataset, schema: pa.Schema) -> pa.Table:
+    blocks = [b for b in ray.get(ds.to_arrow_refs()) if b.num_rows]
+    return pa.concat_tables([b.select(schema.names).cast(schema) for b in blocks]) if blocks else schema.empty_table()
+
+
+def _source_files(source: SourceSpec) -> list[Path]:
+    if source.loader == "synthetic":
+        return []
+    if source.loader == "movielens-100k":
+        root = Path(source.path) if source.path else find_dataset("ml-100k")
+        return [root / f for f in ML100K_FILES]
+    path = Path(source.path)
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+
+
+def input_fingerprint(spec: FeatureSpec) -> str:
+    """The spec's fingerprint + every source file's path, size and modification time (synthetic: the spec)."""
+    h = hashlib.sha256(spec.fingerprint().encode())
+    for p in _source_files(spec.source):
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _label_rates(folder: Path, labels: list[str]) -> dict[str, float | None]:
+    rows, sums = 0, dict.fromkeys(labels, 0.0)
+    for part in sorted(folder.glob("*.parquet")):
+        for batch in pq.ParquetFile(part).iter_batches(columns=labels):
+            rows += batch.num_rows
+            for t in labels:
+                sums[t] += pc.sum(batch.column(t)).as_py() or 0.0
+    return {f"{t}_rate": (sums[t] / rows if rows else None) for t in labels}
+
+
+def _reusable(root: Path, fingerprint: str) -> PreparedData | None:
+    try:
+        prepared = PreparedData.load(root)
+    except (MuxrecError, OSError, ValueError):
+        return None
+    files = prepared.stats.get("files", {})
+    if prepared.stats.get("input_fingerprint") != fingerprint or not files:
+        return None
+    if any(not (root / name).is_file() or (root / name).stat().st_size != size for name, size in files.items()):
+        return None
+    return prepared
+
+
+def prepare(spec: FeatureSpec, out_root: str | Path, reuse: bool = False) -> PreparedData:
+    """Run preprocessing for `spec` into out_root/<spec.name>/ and return the result.
+
+    With `reuse`, an existing output made from the same spec and the same source files is returned
+    as it is.
+    """
     out_root = Path(out_root)
-    raw = add_histories(load_source(spec.source) if raw is None else raw, spec)  # needs every row at once
-    raw = with_row_numbers(raw)  # before the blocks are cut: split rules and error messages read them
-    derive(raw.slice(0, 0), spec)  # schema errors (missing columns, wrong types) before any Ray work
+    fingerprint = input_fingerprint(spec)
+    if reuse and (done := _reusable(out_root / spec.name, fingerprint)) is not None:
+        return done
     ensure_ray()
     try:
-        derived = ray.data.from_arrow(_blocks(raw)).map_batches(
-            derive, fn_kwargs={"spec": spec}, batch_format="pyarrow", batch_size=None).materialize()
-        train = derived.map_batches(_rows_of, fn_kwargs={"split": "train"}, batch_format="pyarrow", batch_size=None)
-        counts = pa.concat_tables(ray.get(train.map_batches(
-            count_values, fn_kwargs={"spec": spec}, batch_format="pyarrow", batch_size=None).to_arrow_refs()))
-        stats = pa.concat_tables(ray.get(train.map_batches(
-            moments, fn_kwargs={"spec": spec}, batch_format="pyarrow", batch_size=None).to_arrow_refs()))
-        sketches = pa.concat_tables(ray.get(train.map_batches(
-            quantile_sketch, fn_kwargs={"spec": spec}, batch_format="pyarrow", batch_size=None).to_arrow_refs()))
-        vocab = Vocabulary.fit(spec, counts, stats, sketches)
+        raw = source_dataset(spec.source)
+        # Schema errors (missing columns, wrong types) before any work on the rows.
+        empty = derive(add_histories(raw.schema().base_schema.empty_table(), spec), spec)
+        derived = with_histories(raw, spec).map_batches(derive, fn_kwargs={"spec": spec}, batch_format="pyarrow",
+                                                        batch_size=None)
+        vocab = fit_vocabulary(derived, spec, empty)
         encoded = derived.map_batches(encode, fn_kwargs={"spec": spec, "vocab": vocab},
-                                      batch_format="pyarrow", batch_size=None).materialize()
+                                      batch_format="pyarrow", batch_size=None)
 
-        summary = {"spec": spec.name, "spec_fingerprint": spec.fingerprint(), "splits": {}}
+        summary = {"spec": spec.name, "spec_fingerprint": spec.fingerprint(), "input_fingerprint": fingerprint,
+                   "splits": {}}
         with replacing(out_root / spec.name) as staging:
+            rows = write_parquet_by(encoded, SPLIT_COLUMN, {s: staging / s for s in SPLITS})
             for split in SPLITS:
-                part = encoded.map_batches(_rows_of, fn_kwargs={"split": split}, batch_format="pyarrow",
-                                           batch_size=None)
-                write_parquet(part, staging / split)
-                table = pads.dataset(staging / split, format="parquet").to_table(columns=spec.label_columns)
-                summary["splits"][split] = {
-                    "rows": table.num_rows,
-                    **{f"{t}_rate": (pc.mean(table[t]).as_py() if table.num_rows else None) for t in spec.label_columns},
-                }
+                summary["splits"][split] = {"rows": rows[split],
+                                            **_label_rates(staging / split, spec.label_columns)}
             (staging / SPEC_FILE).write_text(spec.to_yaml())
             vocab.save(staging / VOCAB_FILE)
+            summary["files"] = {str(p.relative_to(staging)): p.stat().st_size
+                                for p in sorted(staging.rglob("*")) if p.is_file()}
             (staging / STATS_FILE).write_text(json.dumps(summary, indent=1))
     except Exception as err:  # Ray re-raises task errors wrapped; surface ours as they are.
         ours = find_muxrec_error(err)
@@ -123,12 +235,5 @@ def prepare(spec: FeatureSpec, out_root: str | Path, raw: pa.Table | None = None
 
 
 def prepare_cached(spec: FeatureSpec, out_root: str | Path) -> PreparedData:
-    """Reuse out_root/<spec.name> when it was prepared from this exact spec, else prepare."""
-    root = Path(out_root) / spec.name
-    try:
-        prepared = PreparedData.load(root)
-        if prepared.spec.fingerprint() == spec.fingerprint():
-            return prepared
-    except (MuxrecError, OSError):
-        pass
-    return prepare(spec, out_root)
+    """Reuse out_root/<spec.name> when it was prepared from this exact spec and source, else prepare."""
+    return prepare(spec, out_root, reuse=True)

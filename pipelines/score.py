@@ -2,9 +2,11 @@
 
     muxrec score --input rows/ --output scored/ --name ml-100k-deepfm --model-version v0003
 
-Every actor loads the same hash-verified version once (an alias is resolved before the run starts,
-so a concurrent publish cannot mix versions), and scores blocks through the same derive -> encode ->
-model path as the Ranker. Output goes to a staging folder that replaces `--output` only when the run
+Rows stream from Ray Data's Parquet reader through a pool of scoring actors (`concurrency`: a fixed
+size or a (min, max) range; by default one per CPU of the cluster). Every actor loads the same
+hash-verified version once (an alias is resolved before the run starts, so a concurrent publish
+cannot mix versions), and scores blocks through the same derive -> encode -> model path as the
+Ranker, all vectorised (Arrow kernels and numpy; the model's forward pass is most of the time). Output goes to a staging folder that replaces `--output` only when the run
 succeeds; rows are written in input order to deterministic file names, so a rerun gives the same
 files.
 """
@@ -18,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import ray
+import torch
+from ray.data import ActorPoolStrategy
 
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.encoding import derive
@@ -27,10 +31,14 @@ from muxrec.pipelines.io import replacing, write_parquet
 from muxrec.ray_env import ensure_ray
 
 
+_READER_CPUS = 0.25
+
+
 class Scorer:
     """Ray Data callable class: loads the model once per actor, scores Arrow batches."""
 
-    def __init__(self, registry_root: str, name: str, version: str):
+    def __init__(self, registry_root: str, name: str, version: str, threads: int = 1):
+        torch.set_num_threads(threads)
         self.model = load_model(ArtifactRegistry(registry_root).open(name, version))
         self.keys = list(dict.fromkeys(self.model.spec.keys.values()))
 
@@ -45,8 +53,17 @@ class Scorer:
         return pa.table(out)
 
 
+Concurrency = int | tuple[int, int]
+
+
+def actor_pool(concurrency: Concurrency | None) -> Concurrency:
+    """A fixed pool size or a (min, max) autoscaling range; None: one actor per CPU of the cluster."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1))) if concurrency is None else concurrency
+
+
 def score(registry: ArtifactRegistry, name: str, ref: str, input_dir: str | Path, output_dir: str | Path,
-          batch_size: int = 4096, concurrency: int = 1) -> dict[str, Any]:
+          batch_size: int = 8192, concurrency: Concurrency | None = None) -> dict[str, Any]:
+    """Score every row under input_dir into output_dir/part-*.parquet; return rows and the version used."""
     version = registry.open(name, ref)  # resolve aliases once; verify hashes before starting actors
     input_dir = Path(input_dir)
     if not input_dir.exists():
@@ -55,10 +72,24 @@ def score(registry: ArtifactRegistry, name: str, ref: str, input_dir: str | Path
     spec = load_model(version).spec
     derive(schema.empty_table(), spec, labels=False, split=False)  # missing columns fail here, named
     ensure_ray()
+    pool = actor_pool(concurrency)
+    # Each actor computes with one thread. The pool leaves a CPU free on each node (actors are spread
+    # over the nodes) and the reader tasks ask for a quarter of one: Ray Data's file listing needs a
+    # whole CPU, and readers waiting behind actors that hold every CPU would wait forever.
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    nodes = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU"))
+    largest = pool[-1] if isinstance(pool, tuple) else pool
+    actor_cpus = min(1.0, max(0.1, (cpus - max(nodes, 1)) / largest))
     try:
-        scored = ray.data.read_parquet(str(input_dir)).map_batches(
+        # A few blocks per actor at least: Ray Data gives a whole block to one actor.
+        files = sum(1 for p in (input_dir.rglob("*.parquet") if input_dir.is_dir() else [input_dir]))
+        blocks = max(files, 4 * largest)
+        scored = ray.data.read_parquet(str(input_dir), ray_remote_args={"num_cpus": _READER_CPUS},
+                                       override_num_blocks=blocks).map_batches(
             Scorer, fn_constructor_args=(str(registry.root.resolve()), name, version.version),
-            batch_format="pyarrow", batch_size=batch_size, concurrency=concurrency)
+            batch_format="pyarrow", batch_size=batch_size, num_cpus=actor_cpus, scheduling_strategy="SPREAD",
+            compute=ActorPoolStrategy(min_size=pool[0], max_size=pool[1]) if isinstance(pool, tuple)
+            else ActorPoolStrategy(size=pool))
         with replacing(Path(output_dir)) as staging:
             rows = write_parquet(scored, staging)
     except Exception as err:

@@ -65,15 +65,18 @@ def _read_files(path: str, fmt: str) -> pa.Table:
     return pads.dataset(p, format=fmt).to_table()
 
 
+def synthetic_config(source: SourceSpec) -> SyntheticConfig:
+    try:
+        return SyntheticConfig(**source.options)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"synthetic source options: {err}") from None
+
+
 def load_source(source: SourceSpec) -> pa.Table:
     """Raw rows for a spec's `source` block."""
     if source.loader == "movielens-100k":
         root = Path(source.path) if source.path else find_dataset("ml-100k")
         return load_ml100k(root)
     if source.loader == "synthetic":
-        try:
-            cfg = SyntheticConfig(**source.options)
-        except (TypeError, ValueError) as err:
-            raise DataError(f"synthetic source options: {err}") from None
-        return generate(cfg)[0]
+        return generate(synthetic_config(source))[0]
     return _read_files(source.path, source.loader)

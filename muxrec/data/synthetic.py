@@ -12,14 +12,21 @@ The click logit is a sum of planted effects (see `SyntheticTruth`):
 
 A second task, conversion, can only happen after a click (for ESMM-style models). Items carry short
 titles made of topic words, so a text tower can recover the item topic.
+
+Rows are made in chunks of CHUNK_ROWS: the "world" (entities and planted effects) comes from the seed
+alone, and chunk c from the seed and c, so any chunk can be made in any process (Ray Data makes them
+in parallel, see muxrec.pipelines.sources) and the rows never depend on how chunks are grouped into
+blocks. Everything is vectorised, so millions of users and items are cheap.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 TOPIC_WORDS = (
     ("galaxy", "orbit", "rocket", "nebula", "comet", "lunar"),
@@ -78,11 +85,18 @@ class SyntheticTruth:
 
 CARDINALITY = {"region": 20, "ad_type": 10, "device": 4, "daypart": 6, "slot": 5, "site": 50,
                "noise_a": 30, "noise_b": 100}
+CHUNK_ROWS = 50_000
+_WORDS = pa.array([w for words in TOPIC_WORDS for w in words] + list(FILLER_WORDS), pa.string())
+_TOPIC_SIZE = len(TOPIC_WORDS[0])
 
 
-def _zipf(rng: np.random.Generator, k: int, n: int, a: float = 1.1) -> np.ndarray:
+def _cdf(k: int, a: float) -> np.ndarray:
     p = 1.0 / np.arange(1, k + 1) ** a
-    return rng.choice(k, size=n, p=p / p.sum())
+    return np.cumsum(p / p.sum())
+
+
+def _zipf(rng: np.random.Generator, cdf: np.ndarray, n: int) -> np.ndarray:
+    return np.minimum(np.searchsorted(cdf, rng.random(n), side="right"), len(cdf) - 1)
 
 
 def _centred(rng: np.random.Generator, shape: tuple[int, ...], scale: float) -> np.ndarray:
@@ -93,73 +107,138 @@ def _centred(rng: np.random.Generator, shape: tuple[int, ...], scale: float) -> 
     return t * (scale / t.std())
 
 
-def generate(cfg: SyntheticConfig = SyntheticConfig()) -> tuple[pa.Table, SyntheticTruth]:
+def _first_k(rng: np.random.Generator, n: int, choices: int, k: int) -> np.ndarray:
+    """(n, k): k distinct values of range(choices) per row, in random order."""
+    return np.argsort(rng.random((n, choices), dtype=np.float32), axis=1)[:, :k]
+
+
+def _lists(flat: pa.Array, lengths: np.ndarray) -> pa.ListArray:
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), flat)
+
+
+@dataclass(frozen=True)
+class _World:
+    """Entities and planted effects: everything that is shared by all rows."""
+
+    item_topic: np.ndarray  # (items,)
+    title_words: np.ndarray  # (items, 4) indices into _WORDS, -1 = none
+    user_pref: np.ndarray  # (users, preferred_topics)
+    history_offsets: np.ndarray  # (users + 1,) into history_items
+    history_items: np.ndarray  # (sum of history lengths,)
+    user_cdf: np.ndarray
+    item_cdf: np.ndarray
+    column_cdf: dict[str, np.ndarray]
+    site_effect: np.ndarray
+    ad_type_effect: np.ndarray
+    tag_effect: np.ndarray
+    pair: np.ndarray
+    triple: np.ndarray
+
+
+@lru_cache(maxsize=2)  # one world per process and config: every chunk a Ray worker makes reuses it
+def _world(cfg: SyntheticConfig) -> _World:
     rng = np.random.default_rng(cfg.seed)
-    n, topics = cfg.rows, len(TOPIC_WORDS)
-
-    # Entities: item topics and titles, user preferred topics and behaviour histories.
+    topics = len(TOPIC_WORDS)
     item_topic = rng.integers(0, topics, size=cfg.items)
-    titles = []
-    for t in item_topic:
-        words = list(rng.choice(TOPIC_WORDS[t], size=rng.integers(2, 4), replace=False))
-        words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(FILLER_WORDS)))
-        titles.append(" ".join(words))
-    user_pref = np.stack([rng.choice(topics, size=cfg.preferred_topics, replace=False) for _ in range(cfg.users)])
-    by_topic = [np.flatnonzero(item_topic == t) for t in range(topics)]
-    histories = []
-    for u in range(cfg.users):
-        length = int(rng.integers(cfg.history_len[0], cfg.history_len[1] + 1))
-        liked = np.concatenate([by_topic[t] for t in user_pref[u]])
-        from_pref = rng.random(length) < 0.85
-        items = np.where(from_pref, rng.choice(liked, size=length), rng.integers(0, cfg.items, size=length))
-        histories.append([str(i) for i in items])
+    # Titles: 2-3 distinct words of the item's topic with one filler word inserted somewhere.
+    picked = item_topic[:, None] * _TOPIC_SIZE + _first_k(rng, cfg.items, _TOPIC_SIZE, 3)  # (items, 3)
+    n_words = rng.integers(2, 4, size=cfg.items)
+    filler = topics * _TOPIC_SIZE + rng.integers(0, len(FILLER_WORDS), size=cfg.items)
+    at = (rng.random(cfg.items) * (n_words + 1)).astype(np.int64)  # filler position, 0..n_words
+    slot = np.arange(4)[None, :]
+    src = np.where(slot < at[:, None], slot, slot - 1)  # (items, 4) position in `picked`
+    title_words = np.where(slot == at[:, None], filler[:, None],
+                           np.take_along_axis(picked, np.clip(src, 0, 2), axis=1))
+    title_words = np.where(slot <= n_words[:, None], title_words, -1)
 
-    # Rows.
-    user = _zipf(rng, cfg.users, n, a=0.8)
-    item = _zipf(rng, cfg.items, n, a=0.9)
-    cols = {name: _zipf(rng, k, n, a=0.6) for name, k in CARDINALITY.items()}
-    tags = [list(rng.choice(TAGS, size=rng.integers(1, 4), replace=False)) for _ in range(n)]
+    user_pref = _first_k(rng, cfg.users, topics, cfg.preferred_topics)  # (users, P)
+    lengths = rng.integers(cfg.history_len[0], cfg.history_len[1] + 1, size=cfg.users)
+    owner = np.repeat(np.arange(cfg.users), lengths)
+    topic = user_pref[owner, rng.integers(0, cfg.preferred_topics, size=len(owner))]
+    by_topic = np.argsort(item_topic, kind="stable")
+    starts = np.searchsorted(item_topic[by_topic], np.arange(topics + 1))
+    count = np.diff(starts)[topic]
+    liked = by_topic[np.minimum(starts[topic] + (rng.random(len(owner)) * count).astype(np.int64), cfg.items - 1)]
+    from_pref = (rng.random(len(owner)) < 0.85) & (count > 0)
+    history_items = np.where(from_pref, liked, rng.integers(0, cfg.items, size=len(owner)))
+
+    return _World(
+        item_topic=item_topic, title_words=title_words, user_pref=user_pref,
+        history_offsets=np.concatenate([[0], np.cumsum(lengths)]), history_items=history_items,
+        user_cdf=_cdf(cfg.users, 0.8), item_cdf=_cdf(cfg.items, 0.9),
+        column_cdf={name: _cdf(k, 0.6) for name, k in CARDINALITY.items()},
+        site_effect=rng.normal(0.0, 0.5, size=CARDINALITY["site"]),
+        ad_type_effect=rng.normal(0.0, 0.4, size=CARDINALITY["ad_type"]),
+        tag_effect=rng.normal(0.0, 0.3, size=len(TAGS)),
+        pair=_centred(rng, (CARDINALITY["region"], CARDINALITY["ad_type"]), cfg.pair_scale),
+        triple=_centred(rng, (CARDINALITY["device"], CARDINALITY["daypart"], CARDINALITY["slot"]), cfg.triple_scale),
+    )
+
+
+def num_chunks(cfg: SyntheticConfig) -> int:
+    return -(-cfg.rows // CHUNK_ROWS)
+
+
+def generate_chunk(cfg: SyntheticConfig, chunk: int) -> pa.Table:
+    """Rows chunk * CHUNK_ROWS ... of the dataset, the same in every process."""
+    w = _world(cfg)
+    start = chunk * CHUNK_ROWS
+    n = min(CHUNK_ROWS, cfg.rows - start)
+    if not 0 <= chunk < num_chunks(cfg):
+        raise ValueError(f"chunk {chunk} is outside 0..{num_chunks(cfg) - 1}")
+    rng = np.random.default_rng([cfg.seed, chunk])
+
+    user = _zipf(rng, w.user_cdf, n)
+    item = _zipf(rng, w.item_cdf, n)
+    cols = {name: _zipf(rng, w.column_cdf[name], n) for name in CARDINALITY}
+    n_tags = rng.integers(1, 4, size=n)
+    tag_ids = _first_k(rng, n, len(TAGS), 3)  # (n, 3), the first n_tags of each row are used
+    tag_used = np.arange(3)[None, :] < n_tags[:, None]
     price = rng.lognormal(mean=3.0, sigma=0.6, size=n)
     score = rng.normal(0.0, 1.0, size=n)
     noise_num = rng.normal(0.0, 1.0, size=n)
 
-    # Planted effects.
-    site_effect = rng.normal(0.0, 0.5, size=CARDINALITY["site"])
-    ad_type_effect = rng.normal(0.0, 0.4, size=CARDINALITY["ad_type"])
-    tag_effect = {t: e for t, e in zip(TAGS, rng.normal(0.0, 0.3, size=len(TAGS)))}
-    pair = _centred(rng, (CARDINALITY["region"], CARDINALITY["ad_type"]), cfg.pair_scale)
-    triple = _centred(rng, (CARDINALITY["device"], CARDINALITY["daypart"], CARDINALITY["slot"]), cfg.triple_scale)
-    match = (user_pref[user] == item_topic[item][:, None]).any(axis=1)
+    match = (w.user_pref[user] == w.item_topic[item][:, None]).any(axis=1)
     log_price = (np.log(price) - 3.0) / 0.6
-
     logit = (cfg.base_logit
-             + site_effect[cols["site"]] + ad_type_effect[cols["ad_type"]]
-             + np.array([sum(tag_effect[t] for t in ts) for ts in tags])
+             + w.site_effect[cols["site"]] + w.ad_type_effect[cols["ad_type"]]
+             + (w.tag_effect[tag_ids] * tag_used).sum(axis=1)
              + 0.5 * score - 0.3 * log_price
-             + pair[cols["region"], cols["ad_type"]]
-             + triple[cols["device"], cols["daypart"], cols["slot"]]
+             + w.pair[cols["region"], cols["ad_type"]]
+             + w.triple[cols["device"], cols["daypart"], cols["slot"]]
              + np.where(match, cfg.topic_match, -cfg.topic_match / 3))
     ctr = 1.0 / (1.0 + np.exp(-logit))
     click = rng.random(n) < ctr
     cvr_logit = -0.8 - 0.9 * log_price + 0.6 * (cols["device"] == 0)
     conversion = click & (rng.random(n) < 1.0 / (1.0 + np.exp(-cvr_logit)))
 
-    table = pa.table({
-        "row_id": pa.array(np.arange(n), pa.int64()),
+    words = w.title_words[item]  # (n, 4)
+    h_start, h_len = w.history_offsets[user], np.diff(w.history_offsets)[user]
+    h_index = np.repeat(h_start - np.cumsum(h_len) + h_len, h_len) + np.arange(h_len.sum())
+    tags = pa.array(np.array(TAGS)[tag_ids[tag_used]], pa.string())
+    return pa.table({
+        "row_id": pa.array(np.arange(start, start + n), pa.int64()),
         "user_id": pa.array(user, pa.int64()),
         "item_id": pa.array(item, pa.int64()),
-        "timestamp": pa.array(1_700_000_000 + np.arange(n) * 60, pa.int64()),
-        **{name: pa.array([f"{name}_{v}" for v in values]) for name, values in cols.items()},
-        "tags": pa.array(tags, pa.list_(pa.string())),
+        "timestamp": pa.array(1_700_000_000 + np.arange(start, start + n) * 60, pa.int64()),
+        **{name: pa.array([f"{name}_{v}" for v in range(k)], pa.string()).take(pa.array(cols[name]))
+           for name, k in CARDINALITY.items()},
+        "tags": _lists(tags, n_tags),
         "price": pa.array(price),
         "score": pa.array(score),
         "noise_num": pa.array(noise_num),
-        "title": pa.array([titles[i] for i in item]),
-        "history": pa.array([histories[u] for u in user], pa.list_(pa.string())),
+        "title": pc.binary_join(_lists(_WORDS.take(pa.array(words[words >= 0])), (words >= 0).sum(axis=1)), " "),
+        "history": _lists(pc.cast(pa.array(w.history_items[h_index]), pa.string()), h_len),
         "click": pa.array(click.astype(np.int8)),
         "true_ctr": pa.array(ctr),  # ground truth for tests and oracle AUC; no spec reads it
         "conversion": pa.array(conversion.astype(np.int8)),
     })
+
+
+def generate(cfg: SyntheticConfig = SyntheticConfig()) -> tuple[pa.Table, SyntheticTruth]:
+    """Every chunk in this process, as one table, with what was planted."""
+    table = pa.concat_tables([generate_chunk(cfg, c) for c in range(num_chunks(cfg))])
     truth = SyntheticTruth(
         informative=("site", "ad_type", "tags", "score", "price", "region", "device", "daypart", "slot",
                      "item_id", "history", "title"),
@@ -167,7 +246,7 @@ def generate(cfg: SyntheticConfig = SyntheticConfig()) -> tuple[pa.Table, Synthe
         pairs=(("region", "ad_type"),),
         triples=(("device", "daypart", "slot"),),
         cardinality=dict(CARDINALITY),
-        click_rate=float(click.mean()),
-        conversion_rate=float(conversion.mean()),
+        click_rate=float(pc.mean(table["click"]).as_py()),
+        conversion_rate=float(pc.mean(table["conversion"]).as_py()),
     )
     return table, truth

@@ -50,7 +50,7 @@ def test_prepare_writes_deterministic_parquet_fitted_on_train_only(prepared):
     derived = derive(synthetic_raw(spec), spec)
     train_users = set(derived.filter(pc.equal(derived[SPLIT_COLUMN], "train"))["user_id"].to_pylist())
     held_out = set(derived.filter(pc.not_equal(derived[SPLIT_COLUMN], "train"))["user_id"].to_pylist())
-    vocab_users = set(prepared.vocab.tables["user_id"].values)
+    vocab_users = set(prepared.vocab.tables["user_id"].values.to_pylist())
     assert vocab_users == train_users and held_out - train_users  # some held-out users are unseen
     # A rerun replaces the output: same file names, same content, nothing added.
     before = {s: pq.read_table(prepared.split_dir(s)) for s in ("train", "test")}

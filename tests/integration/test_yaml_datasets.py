@@ -24,6 +24,7 @@ from pyarrow import csv
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.config import TrainConfig
 from muxrec.encoding import SPLIT_COLUMN, encode, derive, split_of
+from muxrec.models import make_config
 from muxrec.models.serialization import load_model
 from muxrec.pipelines.prepare import prepare
 from muxrec.pipelines.train import TrainJob, train
@@ -136,7 +137,7 @@ def test_adult_like_csv_string_label_no_id_bucketized_numbers(ray_cluster, tmp_p
     assert set(test["age_band"].to_pylist()) <= set(range(1, len(cuts) + 2))
 
     # A short training run, then a request built by the HTTP schema and scored by the published model.
-    job = TrainJob(str(prep.root), "deepfm", {"embedding_dim": 8, "hidden_units": [32]},
+    job = TrainJob(str(prep.root), "deepfm", make_config("deepfm", {"embedding_dim": 8, "hidden_units": [32]}),
                    TrainConfig(epochs=3, batch_size=256, lr=5e-3, seed=3))
     result = train(job, ArtifactRegistry(tmp_path / "registry"), "adult-like", tmp_path / "ray")
     assert result.metrics["test"]["auc"] > 0.7

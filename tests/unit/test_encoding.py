@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from muxrec.encoding import (OOV_ID, SKETCH_POINTS, SPLIT_COLUMN, Vocabulary, count_values, derive, encode,
+from muxrec.encoding import (OOV_ID, SKETCH_POINTS, SPLIT_COLUMN, TableVocab, Vocabulary, count_values, derive, encode,
                              merge_sketches, moments, quantile_sketch, split_of, with_row_numbers)
 from muxrec.errors import DataError
 from muxrec.spec import FeatureSpec
@@ -34,7 +34,7 @@ def test_min_count_sends_rare_values_and_unknowns_to_oov():
     counts = dict(zip(*[pc.value_counts(derived["color"]).field(k).to_pylist() for k in ("values", "counts")]))
     kept = [c for c, n in counts.items() if n >= 2]
     # Most frequent first, ties broken by value: ids are deterministic for the same data.
-    assert vocab.tables["color"].values == sorted(kept, key=lambda c: (-counts[c], c))
+    assert vocab.tables["color"].values.to_pylist() == sorted(kept, key=lambda c: (-counts[c], c))
     ids = vocab.tables["color"].ids(pa.array(["red", "never-seen", None, "green"]))
     assert ids[1] == OOV_ID and ids[2] == OOV_ID
     assert ids[0] != OOV_ID and ids[3] != OOV_ID and ids[0] != ids[3]
@@ -303,3 +303,16 @@ def test_a_bad_value_inside_a_list_names_its_row():
     with pytest.raises(DataError, match=r"feature 'tags' \(column 'tags'\): NaN/inf is not a category value, "
                                         r"first at row 2 \(nan\)"):
         derive(raw, spec)
+
+
+def test_large_vocabulary_lookup_matches_the_small_one():
+    """Above 4x the block's size the vocabulary is probed with the block's distinct values instead."""
+    rng = np.random.default_rng(3)
+    vocab = TableVocab("t", values=[f"v{i}" for i in rng.permutation(5000)])
+    block = pa.array([f"v{i}" for i in rng.integers(0, 6000, size=300)] + [None, ""], pa.string())
+    big = vocab.ids(block)  # 5000 > 4 * 302 values: the probe path
+    small = vocab.ids(pa.concat_arrays([block] * 5))[:len(block)]  # 1510 values: one hash of the vocabulary
+    position = {v: i for i, v in enumerate(vocab.values.to_pylist())}
+    expected = [position[v] + 1 if v in position else 0 for v in block.to_pylist()]
+    assert big.tolist() == expected == small.tolist()
+    assert (big == 0).sum() > 10 and big[-2] == 0  # unknown values and null map to OOV
