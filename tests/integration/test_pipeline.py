@@ -129,12 +129,11 @@ def test_resume_refuses_a_changed_config(prepared, tmp_path):
 
 
 def test_a_spec_with_its_own_table_dims_trains_and_publishes(ray_cluster, tmp_path):
-    """user_id at dim 2, the item table (item_id and the history) at 6, title at 3; the model at 8."""
+    """user_id at dim 2, the item table (item_id and the history's positions) at 6, title at 3; the model at 8."""
     from muxrec.models.serialization import load_model
 
     prep = prepare(mixed_dim_spec(rows=16000, seed=3), tmp_path / "prepared")
-    cfg = make_config("din", {"embedding_dim": 8, "attention_units": [16], "hidden_units": [32, 16]})
-    result = train(TrainJob(str(prep.root), "din", cfg, SMALL), ArtifactRegistry(tmp_path / "registry"), "mixed",
+    result = train(TrainJob(str(prep.root), "deepfm", DEEPFM, SMALL), ArtifactRegistry(tmp_path / "registry"), "mixed",
                    tmp_path / "ray")
     assert result.metrics["valid"]["auc"] > 0.62  # the planted signal is learned (chance: 0.5)
     loaded = load_model(result.version)
