@@ -8,16 +8,14 @@ import json
 import re
 import shlex
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from muxrec.cli import build_parser, cmd_serve
 from muxrec.services.app import build_app, load_serve_config, make_settings
-from muxrec.services.cache import RedisEmbeddingCache
-from muxrec.services.gateway import _CacheCollector
-from muxrec.services.metrics import GatewayMetrics
+from muxrec.services.deps import make_cache
+from muxrec.services.metrics import CacheCollector, GatewayMetrics
 from muxrec.services.settings import ServeSettings
 
 from tests.conftest import REPO
@@ -81,8 +79,7 @@ def test_prometheus_scrapes_the_gateway_metrics_route():
 
 def _exported_metric_names() -> set[str]:
     metrics = GatewayMetrics()
-    gateway = SimpleNamespace(cache=RedisEmbeddingCache("redis://127.0.0.1:1/0", 60, 0.05, 1.0))
-    metrics.registry.register(_CacheCollector(gateway))
+    metrics.registry.register(CacheCollector(make_cache(ServeSettings(redis_url="redis://127.0.0.1:1/0"))))
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "info": ["_info"], "gauge": [""]}
     return {family.name + suffix for family in metrics.registry.collect() for suffix in suffixes[family.type]}
 
@@ -142,3 +139,33 @@ def test_kuberay_service_embeds_the_same_serve_config():
     head = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert head["image"] == SERVICES["muxrec"]["image"]
     assert {e["name"] for e in head["env"]} == set(SERVICES["muxrec"]["environment"])
+
+
+def test_flags_over_environment_over_the_serve_config(monkeypatch, capsys):
+    """`muxrec serve` and `serve run` / KubeRay read the same precedence: flags, environment, file."""
+    from muxrec.services.app import app_builder
+
+    for name in ("MUXREC_REGISTRY", "MUXREC_MODEL", "MUXREC_VERSION", "REDIS_URL", "MUXREC_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert make_settings(None, file=SERVE.settings).registry == Path(SERVE.settings["registry"])  # file over default
+    monkeypatch.setenv("MUXREC_REGISTRY", "/srv/registry")
+    monkeypatch.setenv("MUXREC_VERSION", "v0007")
+    monkeypatch.setenv("REDIS_URL", "redis://cache:6379/1")
+    from_env = make_settings(None, file=SERVE.settings)
+    assert (from_env.registry, from_env.version, from_env.redis_url) == (Path("/srv/registry"), "v0007",
+                                                                           "redis://cache:6379/1")
+    assert from_env.model == SERVE.settings["model"]  # not in the environment: the file's value
+    args = build_parser().parse_args(["serve", "--registry", "/flag/registry", "--model-version", "v0002"])
+    flags = {"registry": str(args.registry), "version": args.model_version}
+    from_flags = make_settings(flags, file=SERVE.settings)
+    assert (from_flags.registry, from_flags.version) == (Path("/flag/registry"), "v0002")
+    assert app_builder(SERVE.settings) is not None  # the import_path builder applies the same rule
+    print(f"registry: file {SERVE.settings['registry']!r} < env {str(from_env.registry)!r} "
+          f"< flag {str(from_flags.registry)!r}")
+
+
+@pytest.mark.parametrize("field, value", [("serving_alias", "../outside"), ("serving_alias", ".."),
+                                          ("model", "../../etc"), ("version", "a/b")])
+def test_names_that_would_leave_the_registry_are_refused(field, value):
+    with pytest.raises(Exception, match=field):
+        make_settings({field: value})
