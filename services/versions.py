@@ -16,7 +16,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 from muxrec.artifacts import ALIASES, ArtifactRegistry
-from muxrec.errors import ArtifactError
 from muxrec.models.serialization import LoadedModel, load_model
 from muxrec.services.settings import ServeSettings
 
@@ -39,11 +38,8 @@ class LiveVersion:
         self._version: str | None = None
 
     def set(self, version: str) -> None:
-        """Move the serving alias (the registry must be writable)."""
-        try:
-            self.registry.set_alias(self.name, self.alias, version)
-        except OSError as err:
-            raise ArtifactError(f"cannot move the {self.alias!r} alias: the registry is not writable ({err})") from None
+        """Move the serving alias (OSError where the registry is mounted read-only)."""
+        self.registry.set_alias(self.name, self.alias, version)
         self._stamp, self._version = None, None
 
     def get(self) -> str:

@@ -21,13 +21,18 @@ async def models(context: Context, version: LiveVersionDep) -> dict:
 @router.post("/v1/admin/reload", tags=["admin"], summary="Swap the live version (bearer token from MUXREC_ADMIN_TOKEN)")
 async def reload(body: ReloadRequest, context: Context, version: LiveVersionDep, _: Admin) -> dict:
     target = await asyncio.to_thread(context.registry.open, context.settings.model, body.version)  # verifies hashes
-    if target.read_spec().request_columns() != context.spec.request_columns():
+    spec = await asyncio.to_thread(target.read_spec)
+    if spec.request_columns() != context.spec.request_columns():
         raise HTTPException(409, f"{target.ref} expects other request fields than the live model; redeploy instead")
     # Load everywhere first, then move the alias: no request ever waits on a cold model.
     await asyncio.gather(result_of(context.ranker.prepare.remote(target.version)),
                          result_of(context.embedder.prepare.remote(target.version)),
                          result_of(context.selector.prepare.remote(target.version)))
-    await asyncio.to_thread(context.live.set, target.version)
+    try:
+        await asyncio.to_thread(context.live.set, target.version)
+    except OSError as err:
+        raise HTTPException(409, f"cannot move the {context.live.alias!r} alias: the registry is not writable "
+                                 f"({err.strerror}); redeploy with `version: {target.version}` instead") from None
     context.metrics.model.info({"version": target.ref})
     return {"previous": context.ref(version), "live": target.ref}
 
