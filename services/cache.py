@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 from cachetools import TTLCache
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry  # the asyncio client needs the asyncio Retry (the sync one is not awaited)
 
 KEY_PREFIX = "muxrec:emb"
 _MAGIC = b"MXV1"  # value format version

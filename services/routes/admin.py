@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, HTTPException
 
 from muxrec.errors import ArtifactError
-from muxrec.services.deps import Admin, Context, LiveVersionDep, result_of
+from muxrec.services.deps import Admin, Context, GatewayContext, LiveVersionDep, result_of
 from muxrec.services.schema import ReloadRequest
 
 router = APIRouter()
@@ -37,7 +37,7 @@ async def reload(body: ReloadRequest, context: Context, version: LiveVersionDep,
     return {"previous": context.ref(version), "live": target.ref}
 
 
-def _list_models(context: Context, live: str) -> dict:
+def _list_models(context: GatewayContext, live: str) -> dict:
     name, registry = context.settings.model, context.registry
     by_version: dict[str, list[str]] = {}
     for alias, version in registry.aliases(name).items():

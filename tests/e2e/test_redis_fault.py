@@ -148,3 +148,37 @@ def test_a_redis_restart_costs_no_failed_lookup(fault_app):
     assert all(a.status_code == 200 for a in answers)
     assert failed == 0 and skipped == 0 and ready["redis"] == "ok" and ready["redis_breaker"] == "closed"
     assert all(answers[-1].json()["cache_hits"])  # refilled after the restart
+
+
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_a_healthy_redis_under_cpu_load_is_not_skipped(fault_app):
+    """Busy CPUs make an occasional call miss the 50 ms timeout; that alone must not open the breaker
+    (it needs several failures in a row) and so must not skip the cache for the following requests."""
+    import multiprocessing
+
+    url, _ = fault_app
+    ids = [str(r["user_id"]) for r in _rows(4, "train")]
+    with httpx.Client(base_url=url, timeout=30) as http:
+        http.post("/v1/embed", json={"entity": "user", "ids": ids}).raise_for_status()
+        before = _cache_counts(http)
+        busy = [multiprocessing.Process(target=_spin, args=(60.0,)) for _ in range(4)]
+        for p in busy:
+            p.start()
+        try:
+            answers = [http.post("/v1/embed", json={"entity": "user", "ids": ids}) for _ in range(150)]
+        finally:
+            for p in busy:
+                p.kill()
+                p.join()
+        after = _cache_counts(http)
+    lookups = 150 * len(ids)
+    delta = {k: after[k] - before[k] for k in ("hits", "errors", "skipped")}
+    print(f"healthy Redis, 4 busy processes: {delta['skipped']:.0f}/{lookups} lookups skipped "
+          f"({delta['skipped'] / lookups:.1%}), {delta['errors']:.0f} failed calls, {delta['hits']:.0f} hits")
+    assert all(a.status_code == 200 for a in answers)
+    assert delta["skipped"] <= 0.02 * lookups
