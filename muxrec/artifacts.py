@@ -167,7 +167,8 @@ class ArtifactRegistry:
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name) and self.versions(p.name))
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and _NAME.match(p.name) and self.versions(p.name))
 
     def versions(self, name: str) -> list[str]:
         model_dir = self.root / check_name("model name", name)
