@@ -23,5 +23,9 @@ RUN make venv
 ENV PATH=/app/.venv/bin:$PATH \
     RAY_USAGE_STATS_ENABLED=0
 
+# Run as an unprivileged user (docker-compose.yml sets the same uid); Ray writes under /tmp and $HOME.
+RUN useradd --uid 10001 --create-home muxrec
+USER 10001:10001
+
 EXPOSE 8000
 CMD ["muxrec", "serve", "--config", "deploy/serve.yaml", "--host", "0.0.0.0"]

@@ -160,12 +160,11 @@ def _embed(url: str, redis_url: str, tag: str, ids: list[str], reps: int = 100) 
 def bench_serve(config_dir: Path, serve_config: Path, runs: Path, registry_root: Path, name: str,
                 requests: int = 400, out_dir: Path | None = None) -> dict[str, Any]:
     from muxrec.models.serialization import load_model
-    from muxrec.spec import spec_from_yaml
 
     registry = ArtifactRegistry(registry_root)
     _ensure_model(config_dir, runs, registry, name)
     version = registry.open(name, "latest")
-    spec = spec_from_yaml(version.read_text("spec.yaml"))
+    spec = version.read_spec()
     raw = load_source(spec.source)
     _, body = example_request(spec, raw, candidates=CANDIDATES)
     body["top_k"] = 10
@@ -177,7 +176,9 @@ def bench_serve(config_dir: Path, serve_config: Path, runs: Path, registry_root:
 
     result: dict[str, Any] = {"bench": "serve", "model_version": version.ref, "candidates": CANDIDATES,
                               "requests_per_level": requests}
-    overrides = {"registry": str(Path(registry_root).resolve()), "model": name, "version": version.version}
+    # An alias of its own, never set: the benchmark serves exactly `version`, whatever `serving` names.
+    overrides = {"registry": str(Path(registry_root).resolve()), "model": name, "version": version.version,
+                 "serving_alias": "bench-serve"}
     with serving(serve_config, overrides, port=free_port()) as url:
         asyncio.run(_load(url, body, 30, 1))  # warm-up
         levels = {}
@@ -190,7 +191,7 @@ def bench_serve(config_dir: Path, serve_config: Path, runs: Path, registry_root:
         result["hops"] = {"ingress_p50_ms": _route_p50(url, "/healthz"),
                           "ingress_plus_one_hop_p50_ms": _route_p50(url, "/v1/features/importance?top_k=1")}
         users = [str(u) for u in dict.fromkeys(raw[spec.keys["user"]].to_pylist())][:100]
-        tag = version_tag(version.ref, version.manifest["files"]["weights.safetensors"])
+        tag = version_tag(version.ref, version.weights_sha256)
         result["embed"] = _embed(url, redis_url, tag, users)
     result["rank"] = {k: {kk: vv for kk, vv in v.items() if kk != "_samples"} for k, v in levels.items()}
     result["floor"] = floor

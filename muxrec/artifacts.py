@@ -23,14 +23,27 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from muxrec.errors import ArtifactError
 
+if TYPE_CHECKING:
+    from muxrec.spec import FeatureSpec
+
 MANIFEST = "manifest.json"
 ALIASES = "aliases.json"
+WEIGHTS = "weights.safetensors"  # the model's weights; their hash identifies the version's vectors
+SPEC = "spec.yaml"  # the feature spec the version was trained with
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # model names and aliases: one path part, never "." or ".."
 _VERSION = re.compile(r"^v(\d{4,})$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME = re.compile(NAME_PATTERN)
+
+
+def check_name(kind: str, value: str) -> str:
+    """`value` if it is a valid model name / alias (cannot leave the registry folder), else ArtifactError."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ArtifactError(f"{kind} {value!r} must match {NAME_PATTERN}")
+    return value
 
 
 def sha256_file(path: Path) -> str:
@@ -65,6 +78,19 @@ class ModelVersion:
     def read_json(self, filename: str) -> Any:
         return json.loads(self.read_text(filename))
 
+    def read_spec(self) -> "FeatureSpec":
+        """The feature spec stored with this version."""
+        from muxrec.spec import spec_from_yaml  # the spec module is core too; imported late to keep this light
+
+        return spec_from_yaml(self.read_text(SPEC), origin=f"{self.ref}/{SPEC}")
+
+    @property
+    def weights_sha256(self) -> str:
+        """The sha256 of the weights file, from the verified manifest."""
+        if WEIGHTS not in self.manifest["files"]:
+            raise ArtifactError(f"{self.ref} has no {WEIGHTS}")
+        return self.manifest["files"][WEIGHTS]
+
     @property
     def ref(self) -> str:
         return f"{self.name}/{self.version}"
@@ -79,8 +105,7 @@ class ArtifactRegistry:
     def publish(self, name: str, files: Mapping[str, bytes | str | Path], metadata: Mapping[str, Any] | None = None,
                 aliases: tuple[str, ...] = ("latest",)) -> ModelVersion:
         """Write a new version holding `files` (name -> bytes, text or a path to copy)."""
-        if not _NAME.match(name):
-            raise ArtifactError(f"model name {name!r} must match {_NAME.pattern}")
+        check_name("model name", name)
         bad = [f for f in files if "/" in f or f.startswith(".") or f == MANIFEST]
         if bad:
             raise ArtifactError(f"invalid artifact file names: {bad}")
@@ -125,7 +150,8 @@ class ArtifactRegistry:
         raise ArtifactError(f"could not allocate a version folder under {model_dir}")
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
-        if not _NAME.match(alias) or _VERSION.match(alias):
+        check_name("alias", alias)
+        if _VERSION.match(alias):
             raise ArtifactError(f"alias {alias!r} must be a name, not a version")
         if version not in self.versions(name):
             raise ArtifactError(f"{name} has no version {version!r}; versions: {self.versions(name)}")
@@ -141,17 +167,18 @@ class ArtifactRegistry:
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and _NAME.match(p.name) and self.versions(p.name))
 
     def versions(self, name: str) -> list[str]:
-        model_dir = self.root / name
+        model_dir = self.root / check_name("model name", name)
         if not model_dir.is_dir():
             return []
         return sorted((p.name for p in model_dir.iterdir() if _VERSION.match(p.name)),
                       key=lambda v: int(v[1:]))
 
     def aliases(self, name: str) -> dict[str, str]:
-        path = self.root / name / ALIASES
+        path = self.root / check_name("model name", name) / ALIASES
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def resolve(self, name: str, ref: str = "latest") -> str:
@@ -160,6 +187,8 @@ class ArtifactRegistry:
         if not versions:
             known = self.names()
             raise ArtifactError(f"no model named {name!r} in {self.root} (known: {known or 'none'})")
+        if not isinstance(ref, str) or not (_VERSION.match(ref) or _NAME.match(ref)):
+            raise ArtifactError(f"{ref!r} is neither a version (v0003) nor an alias matching {NAME_PATTERN}")
         if _VERSION.match(ref):
             if ref not in versions:
                 raise ArtifactError(f"{name} has no version {ref}; versions: {versions}")
@@ -168,6 +197,14 @@ class ArtifactRegistry:
         if ref not in aliases:
             raise ArtifactError(f"{name} has no alias {ref!r}; aliases: {sorted(aliases)}, versions: {versions}")
         return aliases[ref]
+
+    def manifest(self, name: str, version: str) -> dict[str, Any]:
+        """The manifest of `version` as written, without verifying files (listings, cache keys)."""
+        version = self.resolve(name, version)
+        try:
+            return json.loads((self.root / name / version / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ArtifactError(f"{name}/{version}: unreadable {MANIFEST} ({err})") from None
 
     def open(self, name: str, ref: str = "latest") -> ModelVersion:
         """Resolve ref and verify every file against the manifest before anything reads it."""

@@ -46,10 +46,11 @@ class ServeConfig:
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def make_settings(overrides: dict[str, Any] | None = None) -> ServeSettings:
-    """ServeSettings from overrides + environment; a bad value is a ConfigError naming the field."""
+def make_settings(overrides: dict[str, Any] | None = None, file: dict[str, Any] | None = None) -> ServeSettings:
+    """ServeSettings: `overrides` (flags) over the environment over `file` (the Serve config's args) over
+    defaults; a bad value is a ConfigError naming the field."""
     try:
-        return ServeSettings(**(overrides or {}))
+        return ServeSettings.from_sources(file, overrides)
     except ValidationError as err:
         details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"serve settings: {details}") from None
@@ -76,8 +77,9 @@ def build_app(settings: ServeSettings, deployments: dict[str, dict[str, Any]] | 
 
 
 def app_builder(args: dict[str, Any]) -> Application:
-    """import_path target for `serve run deploy/serve.yaml` and KubeRay: args are ServeSettings."""
-    return build_app(make_settings(args))
+    """import_path target for `serve run deploy/serve.yaml` and KubeRay: args are ServeSettings defaults
+    (the environment of the cluster wins over them, as with `muxrec serve`)."""
+    return build_app(make_settings(file=args))
 
 
 def load_serve_config(path: str | Path) -> ServeConfig:
@@ -103,7 +105,7 @@ def load_serve_config(path: str | Path) -> ServeConfig:
 
 def start(config: ServeConfig, overrides: dict[str, Any] | None = None) -> str:
     """Start Serve on this Ray cluster with `config`; return the base URL. Returns once ready."""
-    settings = make_settings({**config.settings, **(overrides or {})})
+    settings = make_settings(overrides, file=config.settings)
     app = build_app(settings, config.deployments)
     http = {"host": config.host, "port": config.port}
     if config.request_timeout_s:

@@ -1,30 +1,38 @@
-"""Embedding caches for the gateway: Redis (shared, with a circuit breaker) or an in-process LRU.
+"""Embedding caches for the gateway: Redis (shared, behind a circuit breaker) or an in-process TTL cache.
 
 Keys carry the model version, `muxrec:emb:{version}:{entity}:{id}`, so a reload can never serve the
 previous version's vectors. The version part is `<name>/<version>@<first 12 hex of the weights'
 sha256>` (`version_tag`): two registries that both hold a `ranker/v0003` share a Redis without
-reading each other's vectors. Values are raw little-endian float32 bytes; entries expire (TTL).
-A read is one MGET, a write one pipeline of SETs with EX.
+reading each other's vectors. A value is a small header (format magic, dimension) and little-endian
+float32 bytes; a value that fails its checks (format, length, dimension, finite) is a miss, counted as
+`invalid`, and the recomputed vector overwrites it. Entries expire (TTL). A read is one MGET, a write
+one pipeline of SETs with EX.
 
-Redis trouble never fails a request: errors and timeouts are counted, the breaker opens for a
-cool-down during which Redis is not called at all, and the caller computes the vectors instead.
+Redis trouble never fails a request. redis-py retries a dropped connection once with backoff and
+pings idle pooled connections before use (so a restarted Redis costs no failed call); repeated
+failures open the breaker, which skips Redis for a cool-down, then lets exactly one trial call through
+(half-open): its success closes the breaker, its failure re-opens it. Meanwhile the caller computes
+the vectors itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
+from cachetools import TTLCache
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry  # the asyncio client needs the asyncio Retry (the sync one is not awaited)
 
 KEY_PREFIX = "muxrec:emb"
+_MAGIC = b"MXV1"  # value format version
+_HEADER = struct.Struct("<4sI")  # magic, dimension
 
 
 def version_tag(ref: str, weights_sha256: str) -> str:
@@ -37,25 +45,41 @@ def cache_key(version: str, entity: str, entity_id: str) -> str:
 
 
 def encode_vector(vector: np.ndarray) -> bytes:
-    return np.asarray(vector, dtype="<f4").tobytes()
+    data = np.asarray(vector, dtype="<f4").ravel()  # (D,)
+    return _HEADER.pack(_MAGIC, data.size) + data.tobytes()
 
 
-def decode_vector(data: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype="<f4")
+def decode_vector(data: bytes, dim: int | None = None) -> np.ndarray | None:
+    """The vector in `data`, or None when it is not a well-formed value of `dim` finite float32s."""
+    if not isinstance(data, bytes) or len(data) < _HEADER.size:
+        return None
+    magic, size = _HEADER.unpack_from(data)
+    if magic != _MAGIC or size == 0 or len(data) != _HEADER.size + 4 * size or (dim is not None and size != dim):
+        return None
+    vector = np.frombuffer(data, dtype="<f4", offset=_HEADER.size)  # (D,)
+    return vector if np.isfinite(vector).all() else None
 
 
 @dataclass
 class CacheStats:
     hits: int = 0
     misses: int = 0
+    invalid: int = 0  # values found but malformed (counted in misses too)
     errors: int = 0
     skipped: int = 0  # lookups not sent because the breaker was open
+
+    def count(self, found: list[np.ndarray | None], invalid: int) -> None:
+        hits = sum(v is not None for v in found)
+        self.hits += hits
+        self.misses += len(found) - hits
+        self.invalid += invalid
 
 
 class EmbeddingCache(Protocol):
     stats: CacheStats
 
-    async def get_many(self, version: str, entity: str, ids: list[str]) -> list[np.ndarray | None]: ...
+    async def get_many(self, version: str, entity: str, ids: list[str], dim: int | None = None
+                       ) -> list[np.ndarray | None]: ...
 
     async def put_many(self, version: str, entity: str, vectors: dict[str, np.ndarray]) -> None: ...
 
@@ -66,37 +90,62 @@ class EmbeddingCache(Protocol):
 
 @dataclass
 class CircuitBreaker:
-    """Closed until a failure; then open (calls skipped) for `cooldown_s`; then one trial call."""
+    """closed -> `failures` failures in a row -> open (calls skipped) for `cooldown_s` -> half-open:
+    exactly one trial call; its success closes the breaker, its failure opens it again. A trial that
+    never reports back (cancelled) frees its slot after another cool-down."""
 
+    failures: int
     cooldown_s: float
     clock: Callable[[], float] = time.monotonic
     opened_at: float | None = None
+    failed: int = 0
+    trial_at: float | None = None
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half-open" if self.clock() - self.opened_at >= self.cooldown_s else "open"
 
     def allow(self) -> bool:
-        return self.opened_at is None or self.clock() - self.opened_at >= self.cooldown_s
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half-open" and (self.trial_at is None or self.clock() - self.trial_at >= self.cooldown_s):
+            self.trial_at = self.clock()
+            return True
+        return False
 
     def success(self) -> None:
-        self.opened_at = None
+        self.opened_at, self.failed, self.trial_at = None, 0, None
 
     def failure(self) -> None:
-        self.opened_at = self.clock()
+        self.failed += 1
+        self.trial_at = None
+        if self.opened_at is not None or self.failed >= self.failures:
+            self.opened_at = self.clock()
 
     @property
     def is_open(self) -> bool:
-        return not self.allow()
+        return self.opened_at is not None
+
+
+_REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError)
 
 
 class RedisEmbeddingCache:
-    def __init__(self, url: str, ttl_s: int, timeout_s: float, cooldown_s: float):
+    def __init__(self, url: str, ttl_s: int, timeout_s: float, breaker: CircuitBreaker, retries: int = 1):
         self.ttl_s = ttl_s
         self.stats = CacheStats()
-        self.breaker = CircuitBreaker(cooldown_s)
-        # No retries: a slow or absent Redis must cost at most one timeout, then the breaker opens.
-        self.client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                              retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
-                                              health_check_interval=0)
+        self.breaker = breaker
+        # A dropped connection is retried (backoff capped at the timeout); idle pooled connections are
+        # pinged before use, so a restarted Redis is reconnected to instead of failing a call.
+        self.client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            retry=Retry(ExponentialBackoff(cap=timeout_s, base=timeout_s / 10), retries), health_check_interval=15)
 
-    async def get_many(self, version: str, entity: str, ids: list[str]) -> list[np.ndarray | None]:
+    async def get_many(self, version: str, entity: str, ids: list[str], dim: int | None = None
+                       ) -> list[np.ndarray | None]:
         if not ids:
             return []
         if not self.breaker.allow():
@@ -104,15 +153,13 @@ class RedisEmbeddingCache:
             return [None] * len(ids)
         try:
             raw = await self.client.mget([cache_key(version, entity, i) for i in ids])
-        except (RedisError, OSError, asyncio.TimeoutError):
+        except _REDIS_DOWN:
             self.stats.errors += 1
             self.breaker.failure()
             return [None] * len(ids)
         self.breaker.success()
-        out = [decode_vector(r) if r is not None else None for r in raw]
-        hits = sum(v is not None for v in out)
-        self.stats.hits += hits
-        self.stats.misses += len(ids) - hits
+        out = [None if r is None else decode_vector(r, dim) for r in raw]
+        self.stats.count(out, sum(r is not None and v is None for r, v in zip(raw, out)))
         return out
 
     async def put_many(self, version: str, entity: str, vectors: dict[str, np.ndarray]) -> None:
@@ -123,65 +170,46 @@ class RedisEmbeddingCache:
                 for entity_id, vector in vectors.items():
                     pipe.set(cache_key(version, entity, entity_id), encode_vector(vector), ex=self.ttl_s)
                 await pipe.execute()
-        except (RedisError, OSError, asyncio.TimeoutError):
+        except _REDIS_DOWN:
             self.stats.errors += 1
             self.breaker.failure()
             return
         self.breaker.success()
 
     async def ping(self) -> bool:
+        """Whether Redis answers now (a probe for /readyz; the breaker is left to real calls)."""
         try:
-            ok = bool(await self.client.ping())
-        except (RedisError, OSError, asyncio.TimeoutError):
+            return bool(await self.client.ping())
+        except _REDIS_DOWN:
             return False
-        if ok:
-            self.breaker.success()
-        return ok
 
     async def close(self) -> None:
         await self.client.aclose()
 
 
 @dataclass
-class _Entry:
-    vector: np.ndarray
-    expires: float
-
-
-@dataclass
-class LocalLRUCache:
-    """In-process cache with the same interface (REDIS_URL empty): no server needed."""
+class LocalTTLCache:
+    """In-process cache with the same interface (REDIS_URL empty): no server needed. Least recently
+    used entries go first when full; entries expire after `ttl_s`."""
 
     capacity: int
     ttl_s: int
     clock: Callable[[], float] = time.monotonic
     stats: CacheStats = field(default_factory=CacheStats)
-    _data: OrderedDict = field(default_factory=OrderedDict)
+    _data: TTLCache = field(init=False)
 
-    async def get_many(self, version: str, entity: str, ids: list[str]) -> list[np.ndarray | None]:
-        now, out = self.clock(), []
-        for entity_id in ids:
-            key = cache_key(version, entity, entity_id)
-            entry = self._data.get(key)
-            if entry is not None and entry.expires > now:
-                self._data.move_to_end(key)
-                out.append(entry.vector)
-            else:
-                self._data.pop(key, None)
-                out.append(None)
-        hits = sum(v is not None for v in out)
-        self.stats.hits += hits
-        self.stats.misses += len(ids) - hits
+    def __post_init__(self) -> None:
+        self._data = TTLCache(maxsize=self.capacity, ttl=self.ttl_s, timer=self.clock)
+
+    async def get_many(self, version: str, entity: str, ids: list[str], dim: int | None = None
+                       ) -> list[np.ndarray | None]:
+        out = [self._data.get(cache_key(version, entity, entity_id)) for entity_id in ids]
+        self.stats.count(out, 0)
         return out
 
     async def put_many(self, version: str, entity: str, vectors: dict[str, np.ndarray]) -> None:
-        expires = self.clock() + self.ttl_s
         for entity_id, vector in vectors.items():
-            key = cache_key(version, entity, entity_id)
-            self._data[key] = _Entry(np.asarray(vector, dtype=np.float32), expires)
-            self._data.move_to_end(key)
-        while len(self._data) > self.capacity:
-            self._data.popitem(last=False)
+            self._data[cache_key(version, entity, entity_id)] = np.asarray(vector, dtype=np.float32)
 
     async def ping(self) -> bool:
         return True

@@ -19,7 +19,7 @@ from muxrec.encoding import OOV_ID
 from muxrec.errors import ConfigError
 from muxrec.models.serialization import LoadedModel
 from muxrec.services.settings import ServeSettings
-from muxrec.services.versions import ModelStore
+from muxrec.services.versions import ModelStore, serving_version
 from muxrec.spec import FeatureKind
 
 
@@ -59,7 +59,7 @@ class Embedder:
     def __init__(self, settings: ServeSettings):
         registry = ArtifactRegistry(settings.registry)
         self.store = ModelStore(registry, settings.model)
-        self.store.get(registry.resolve(settings.model, settings.version))
+        self.store.get(serving_version(registry, settings))
 
     async def prepare(self, version: str) -> list[str]:
         await asyncio.to_thread(self.store.get, version)

@@ -17,7 +17,7 @@ from ray import serve
 
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.services.settings import ServeSettings
-from muxrec.services.versions import ModelStore
+from muxrec.services.versions import ModelStore, serving_version
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Ranker:
     def __init__(self, settings: ServeSettings):
         registry = ArtifactRegistry(settings.registry)
         self.store = ModelStore(registry, settings.model)
-        self.store.get(registry.resolve(settings.model, settings.version))  # load before taking traffic
+        self.store.get(serving_version(registry, settings))  # load before taking traffic
 
     def reconfigure(self, config: dict) -> None:
         """user_config from deploy/serve.yaml: batching knobs, changeable without a restart."""

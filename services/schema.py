@@ -12,17 +12,30 @@ from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, create_model
+
+from muxrec.artifacts import NAME_PATTERN
 
 from muxrec.services.settings import ServeSettings
 from muxrec.spec import FeatureSpec, RequestColumn
 
 MAX_LIST_ITEMS = 1000
+
+
+def _utf8(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid UTF-8 text (a lone surrogate such as \\ud800 is not)") from None
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(_utf8)]  # JSON allows lone surrogates; UTF-8, Arrow and Redis do not
 _ARROW = {"string": pa.string(), "number": pa.float64(), "string_list": pa.list_(pa.string())}
 
 
 def _annotation(column: RequestColumn, settings: ServeSettings) -> Any:
-    text = Annotated[StrictStr, Field(max_length=settings.max_string_length)]
+    text = Annotated[Text, Field(max_length=settings.max_string_length)]
     category = text | StrictInt
     if column.type == "number":
         return Annotated[StrictFloat, Field(allow_inf_nan=False)] | StrictInt
@@ -50,7 +63,7 @@ class RankResponse(BaseModel):
 class EmbedRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     entity: Literal["user", "item"]
-    ids: list[Annotated[StrictStr, Field(min_length=1, max_length=256)] | StrictInt] = Field(min_length=1)
+    ids: list[Annotated[Text, Field(min_length=1, max_length=256)] | StrictInt] = Field(min_length=1)
 
 
 class EmbedResponse(BaseModel):
@@ -65,7 +78,7 @@ class EmbedResponse(BaseModel):
 
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+    version: Annotated[StrictStr, Field(pattern=NAME_PATTERN)]  # a version or an alias inside the registry
 
 
 class RequestSchema:
@@ -85,11 +98,11 @@ class RequestSchema:
             __config__=ConfigDict(extra="forbid"),
             context=(self.Row | None, Field(None, description="fields shared by every candidate (e.g. the user)")),
             candidates=(list[self.Row], Field(min_length=1, max_length=settings.max_candidates)),
-            top_k=(int | None, Field(None, ge=1, le=settings.max_candidates)),
+            top_k=(StrictInt | None, Field(None, ge=1, le=settings.max_candidates)),
         )
         self.EmbedRequest = create_model(
             "EmbedRequest", __base__=EmbedRequest,
-            ids=(list[Annotated[StrictStr, Field(min_length=1, max_length=256)] | StrictInt],
+            ids=(list[Annotated[Text, Field(min_length=1, max_length=256)] | StrictInt],
                  Field(min_length=1, max_length=settings.max_embed_ids)),
         )
 

@@ -1,15 +1,22 @@
 """Serving settings: one pydantic-settings class, validated when the app is built (never at import).
 
-Values come from, in order of precedence: the `args:` of deploy/serve.yaml, environment variables
-(MUXREC_ prefix; REDIS_URL without one), then the defaults below.
+Values come from, in order of precedence: command-line flags (`muxrec serve --registry ...`),
+environment variables (MUXREC_ prefix; REDIS_URL without one), the `args:` of deploy/serve.yaml, then
+the defaults below (`from_sources`). A file holds defaults; the environment of a container or a shell
+wins over it, and an explicit flag over both.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any, Mapping
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from muxrec.artifacts import NAME_PATTERN
+
+RegistryName = Annotated[str, Field(pattern=NAME_PATTERN)]  # one path part inside the registry
 
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "admin", "token", "xxx"}
 
@@ -18,16 +25,18 @@ class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MUXREC_", extra="forbid", frozen=True)
 
     registry: Path = Path("artifacts")
-    model: str = "ml-100k-deepfm"  # registry name of the model to serve
-    version: str = "latest"  # version or alias served at start-up
-    serving_alias: str = "serving"  # registry alias that names the live version; reloads move it
+    model: RegistryName = "ml-100k-deepfm"  # registry name of the model to serve
+    version: RegistryName = "latest"  # version or alias served while the serving alias does not exist yet
+    serving_alias: RegistryName = "serving"  # registry alias naming the live version; reloads move it
 
     # Redis embedding cache; REDIS_URL= (empty) selects the in-process LRU instead.
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "MUXREC_REDIS_URL",
                                                                                       "redis_url"))
     cache_ttl_s: int = Field(3600, gt=0)
     redis_timeout_s: float = Field(0.05, gt=0)  # socket and connect timeout
-    breaker_cooldown_s: float = Field(5.0, ge=0)  # stop calling Redis this long after an error
+    breaker_failures: int = Field(3, gt=0)  # consecutive Redis failures that open the breaker
+    breaker_cooldown_s: float = Field(2.0, ge=0)  # then skip Redis this long, then let one trial call through
+    redis_retries: int = Field(1, ge=0)  # redis-py Retry with exponential backoff, per command
     lru_capacity: int = Field(100_000, gt=0)
 
     # Request bounds.
@@ -47,6 +56,14 @@ class ServeSettings(BaseSettings):
         if secret.lower() in _PLACEHOLDERS or len(secret) < 16:
             raise ValueError("MUXREC_ADMIN_TOKEN must be a real secret of at least 16 characters, not a placeholder")
         return value
+
+    @classmethod
+    def from_sources(cls, file: Mapping[str, Any] | None = None, flags: Mapping[str, Any] | None = None
+                     ) -> "ServeSettings":
+        """Settings with flags over environment over `file` (serve.yaml args) over defaults."""
+        from_env = cls().model_fields_set  # fields the environment sets (defaults are not "set")
+        defaults = {k: v for k, v in (file or {}).items() if k not in from_env}
+        return cls(**{**defaults, **(flags or {})})
 
     @property
     def use_redis(self) -> bool:

@@ -1,9 +1,11 @@
 """Which model version is live, and the loaded versions a replica keeps.
 
-The registry alias `serving` (ServeSettings.serving_alias) names the live version. The gateway sets
-it at start-up and on /v1/admin/reload, and passes the version it resolved with every call to the
-Ranker / Embedder / FeatureSelector. Each call is therefore answered by exactly the version the
-gateway chose, and replicas of any count agree without talking to each other.
+The registry alias `serving` (ServeSettings.serving_alias) names the live version; only
+/v1/admin/reload moves it. Nothing writes it at start-up: a replica that starts, restarts, scales up
+or is redeployed reads the alias, and `ServeSettings.version` is used only while the alias does not
+exist yet (a fresh registry, or one mounted read-only). The gateway passes the version it resolved
+with every call to the Ranker / Embedder / FeatureSelector, so each call is answered by exactly the
+version the gateway chose, and replicas of any count agree without talking to each other.
 """
 
 from __future__ import annotations
@@ -15,26 +17,39 @@ from pathlib import Path
 
 from muxrec.artifacts import ALIASES, ArtifactRegistry
 from muxrec.models.serialization import LoadedModel, load_model
+from muxrec.services.settings import ServeSettings
+
+
+def serving_version(registry: ArtifactRegistry, settings: ServeSettings) -> str:
+    """The live version: the serving alias when it exists, else the configured start-up version."""
+    if settings.serving_alias in registry.aliases(settings.model):
+        return registry.resolve(settings.model, settings.serving_alias)
+    return registry.resolve(settings.model, settings.version)
 
 
 class LiveVersion:
-    """The version the serving alias names, re-read only when aliases.json changes (one stat)."""
+    """The live version (`serving_version`), re-read only when aliases.json changes (one stat)."""
 
-    def __init__(self, registry: ArtifactRegistry, name: str, alias: str):
-        self.registry, self.name, self.alias = registry, name, alias
-        self._path = Path(registry.root) / name / ALIASES
+    def __init__(self, registry: ArtifactRegistry, settings: ServeSettings):
+        self.registry, self.settings = registry, settings
+        self.name, self.alias = settings.model, settings.serving_alias
+        self._path = Path(registry.root) / self.name / ALIASES
         self._stamp: tuple[int, int] | None = None
         self._version: str | None = None
 
     def set(self, version: str) -> None:
+        """Move the serving alias (OSError where the registry is mounted read-only)."""
         self.registry.set_alias(self.name, self.alias, version)
         self._stamp, self._version = None, None
 
     def get(self) -> str:
-        st = os.stat(self._path)
-        stamp = (st.st_mtime_ns, st.st_size)
+        try:
+            st = os.stat(self._path)
+            stamp = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = (0, 0)
         if stamp != self._stamp or self._version is None:
-            self._version = self.registry.resolve(self.name, self.alias)
+            self._version = serving_version(self.registry, self.settings)
             self._stamp = stamp
         return self._version
 

@@ -81,7 +81,9 @@ def run_demo(config_dir: Path, serve_config: Path, runs: Path, registry_root: Pa
           f"{result.metrics['train_seconds']:.0f}s of training)")
 
     user, body = example_request(spec, load_source(spec.source))
-    overrides = {"registry": str(Path(registry_root).resolve()), "model": name, "version": result.version.version}
+    # An alias of its own, never set: the demo serves the version it just trained, whatever `serving` names.
+    overrides = {"registry": str(Path(registry_root).resolve()), "model": name, "version": result.version.version,
+                 "serving_alias": "demo"}
     with serving(serve_config, overrides, port=free_port()) as url:
         print(f"[demo] serving {result.version.ref} at {url}")
         ranked = httpx.post(f"{url}/v1/rank", json=body, timeout=30).raise_for_status().json()

@@ -66,7 +66,8 @@ def fault_app(served):
     require(shutil.which("redis-server") is not None, "redis-server is not installed")
     port = free_port()
     proc = _start_redis(port)
-    url = _extra_app(served, "fault", {"redis_url": f"redis://127.0.0.1:{port}/0", "breaker_cooldown_s": 1.0})
+    url = _extra_app(served, "fault", {"redis_url": f"redis://127.0.0.1:{port}/0", "breaker_cooldown_s": 1.0,
+                                       "breaker_failures": 2})
     state = {"proc": proc, "port": port}
     yield url, state
     serve.delete("fault")
@@ -123,3 +124,61 @@ def test_empty_redis_url_uses_the_in_process_cache(served):
             assert "muxrec_redis_up" not in http.get("/metrics").text
     finally:
         serve.delete("lru")
+
+
+def test_a_redis_restart_costs_no_failed_lookup(fault_app):
+    """The pooled connections die with the server; redis-py's retry reconnects instead of failing the
+    next call, so the breaker never opens and no lookup is skipped."""
+    url, state = fault_app
+    ids = [str(r["user_id"]) for r in _rows(4, "train")]
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for _ in range(3):  # learn the dimension, fill the cache, keep pooled connections
+            http.post("/v1/embed", json={"entity": "user", "ids": ids}).raise_for_status()
+        before = _cache_counts(http)
+        state["proc"].kill()
+        state["proc"].wait()
+        state["proc"] = _start_redis(state["port"])  # back at once, empty: every pooled connection is stale
+        answers = [http.post("/v1/embed", json={"entity": "user", "ids": ids}) for _ in range(6)]
+        after = _cache_counts(http)
+        ready = http.get("/readyz").json()
+    failed = after["errors"] - before["errors"]
+    skipped = after["skipped"] - before["skipped"]
+    print(f"Redis restart: {failed:.0f} failed and {skipped:.0f} skipped lookups over {len(answers)} requests; "
+          f"hits on the last {sum(answers[-1].json()['cache_hits'])}/{len(ids)}; breaker {ready['redis_breaker']}")
+    assert all(a.status_code == 200 for a in answers)
+    assert failed == 0 and skipped == 0 and ready["redis"] == "ok" and ready["redis_breaker"] == "closed"
+    assert all(answers[-1].json()["cache_hits"])  # refilled after the restart
+
+
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_a_healthy_redis_under_cpu_load_is_not_skipped(fault_app):
+    """Busy CPUs make an occasional call miss the 50 ms timeout; that alone must not open the breaker
+    (it needs several failures in a row) and so must not skip the cache for the following requests."""
+    import multiprocessing
+
+    url, _ = fault_app
+    ids = [str(r["user_id"]) for r in _rows(4, "train")]
+    with httpx.Client(base_url=url, timeout=30) as http:
+        http.post("/v1/embed", json={"entity": "user", "ids": ids}).raise_for_status()
+        before = _cache_counts(http)
+        busy = [multiprocessing.Process(target=_spin, args=(60.0,)) for _ in range(4)]
+        for p in busy:
+            p.start()
+        try:
+            answers = [http.post("/v1/embed", json={"entity": "user", "ids": ids}) for _ in range(150)]
+        finally:
+            for p in busy:
+                p.kill()
+                p.join()
+        after = _cache_counts(http)
+    lookups = 150 * len(ids)
+    delta = {k: after[k] - before[k] for k in ("hits", "errors", "skipped")}
+    print(f"healthy Redis, 4 busy processes: {delta['skipped']:.0f}/{lookups} lookups skipped "
+          f"({delta['skipped'] / lookups:.1%}), {delta['errors']:.0f} failed calls, {delta['hits']:.0f} hits")
+    assert all(a.status_code == 200 for a in answers)
+    assert delta["skipped"] <= 0.02 * lookups

@@ -78,3 +78,22 @@ def test_names_and_files_are_checked(tmp_path):
         reg.publish("m", {"../a": b""})
     with pytest.raises(ArtifactError, match="no model named 'nope'"):
         reg.open("nope")
+
+
+@pytest.mark.parametrize("bad", ["..", "../m", "m/../../x", "/etc", ".hidden", ""])
+def test_names_and_aliases_cannot_leave_the_registry(tmp_path, bad):
+    reg = ArtifactRegistry(tmp_path / "registry")
+    _publish(reg)
+    (tmp_path / "outside").mkdir()
+    for call in (lambda: reg.versions(bad), lambda: reg.aliases(bad), lambda: reg.resolve("m", bad),
+                 lambda: reg.open("m", bad), lambda: reg.set_alias("m", bad, "v0001")):
+        with pytest.raises(ArtifactError, match="must match|neither a version"):
+            call()
+    assert set(reg.aliases("m")) == {"latest"}
+
+
+def test_spec_and_weights_hash_are_read_through_the_version(tmp_path):
+    reg = ArtifactRegistry(tmp_path)
+    v1 = _publish(reg)
+    manifest = reg.manifest("m", "latest")
+    assert v1.weights_sha256 == manifest["files"]["weights.safetensors"] and len(v1.weights_sha256) == 64

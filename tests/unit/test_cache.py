@@ -1,12 +1,13 @@
-"""Cache pieces that need no server: the in-process LRU, the circuit breaker, key layout."""
+"""Cache pieces that need no server: the in-process TTL cache, the circuit breaker, key and value layout."""
 
 from __future__ import annotations
 
 import asyncio
 
 import numpy as np
+import pytest
 
-from muxrec.services.cache import (CircuitBreaker, LocalLRUCache, cache_key, decode_vector, encode_vector,
+from muxrec.services.cache import (CircuitBreaker, LocalTTLCache, cache_key, decode_vector, encode_vector,
                                    version_tag)
 
 
@@ -20,7 +21,7 @@ class Clock:
 
 def test_lru_expires_and_evicts():
     clock = Clock()
-    cache = LocalLRUCache(capacity=2, ttl_s=10, clock=clock)
+    cache = LocalTTLCache(capacity=2, ttl_s=10, clock=clock)
     run = asyncio.run
     run(cache.put_many("m/v1@abc", "user", {"a": np.ones(3), "b": np.zeros(3)}))
     assert [v is not None for v in run(cache.get_many("m/v1@abc", "user", ["a", "b", "c"]))] == [True, True, False]
@@ -33,23 +34,55 @@ def test_lru_expires_and_evicts():
     assert (cache.stats.hits, cache.stats.misses) == (5, 5)
 
 
-def test_breaker_opens_for_the_cooldown_then_allows_a_trial():
+def test_breaker_opens_after_the_threshold_then_lets_exactly_one_trial_through():
     clock = Clock()
-    breaker = CircuitBreaker(cooldown_s=5, clock=clock)
-    assert breaker.allow() and not breaker.is_open
+    breaker = CircuitBreaker(failures=3, cooldown_s=5, clock=clock)
     breaker.failure()
-    assert breaker.is_open
-    clock.now = 4.9
-    assert not breaker.allow()
-    clock.now = 5.0
-    assert breaker.allow()  # one trial call may go through
+    breaker.failure()
+    assert breaker.state == "closed" and breaker.allow()  # two slow calls in a row do not open it
     breaker.success()
-    assert breaker.opened_at is None
+    breaker.failure()
+    breaker.failure()
+    assert breaker.state == "closed"  # a success in between resets the count
+    breaker.failure()
+    assert breaker.state == "open" and not breaker.allow()
+    clock.now = 5.0
+    assert breaker.state == "half-open"
+    trials = [breaker.allow() for _ in range(10)]
+    print(f"half-open: {sum(trials)} of {len(trials)} concurrent calls let through")
+    assert trials == [True] + [False] * 9
+    breaker.failure()  # the trial failed: open again for a full cool-down
+    assert breaker.state == "open" and not breaker.allow()
+    clock.now = 10.0
+    assert breaker.allow() and not breaker.allow()
+    breaker.success()
+    assert breaker.state == "closed" and all(breaker.allow() for _ in range(3))
+    clock.now = 20.0  # a trial that never reported back frees its slot after another cool-down
+    for _ in range(3):
+        breaker.failure()
+    clock.now = 25.0
+    assert breaker.allow() and not breaker.allow()
+    clock.now = 30.0
+    assert breaker.allow()
 
 
 def test_keys_and_values():
     assert cache_key(version_tag("m/v0003", "0123456789abcdef"), "item", "42") == "muxrec:emb:m/v0003@0123456789ab:item:42"
     assert version_tag("m/v0003", "aa" * 32) != version_tag("m/v0003", "bb" * 32)  # same name/version, other weights
     v = np.arange(4, dtype=np.float32)
-    assert len(encode_vector(v)) == 16
+    assert len(encode_vector(v)) == 8 + 16  # header (format, dimension) + float32s
     np.testing.assert_array_equal(decode_vector(encode_vector(v)), v)
+    np.testing.assert_array_equal(decode_vector(encode_vector(v), dim=4), v)
+
+
+@pytest.mark.parametrize("label, value", [
+    ("raw floats without header", np.arange(4, dtype="<f4").tobytes()),
+    ("truncated", encode_vector(np.arange(4))[:-2]),
+    ("other dimension", encode_vector(np.arange(3))),
+    ("float64 payload", encode_vector(np.arange(4))[:8] + np.arange(4, dtype="<f8").tobytes()),
+    ("not finite", encode_vector(np.array([1, np.nan, 2, 3]))),
+    ("empty", b""),
+    ("text", b"hello world, not a vector"),
+])
+def test_malformed_values_decode_to_a_miss(label, value):
+    assert decode_vector(value, dim=4) is None, label

@@ -1,0 +1,136 @@
+"""What the gateway's routes depend on, each named once as an `Annotated` alias.
+
+    async def embed(body: ..., context: Context, cache: Cache, version: LiveVersionDep) -> ...
+    async def reload(body: ..., context: Context, _: Admin) -> ...
+
+`GatewayContext` is one gateway replica's state (settings, registry, live version, request schema,
+cache, metrics and the handles to the model deployments); the app keeps it in `app.state.context`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Awaitable
+
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from muxrec.artifacts import WEIGHTS, ArtifactRegistry
+from muxrec.errors import find_muxrec_error
+from muxrec.services.cache import CircuitBreaker, EmbeddingCache, LocalTTLCache, RedisEmbeddingCache, version_tag
+from muxrec.services.metrics import CacheCollector, GatewayMetrics
+from muxrec.services.schema import RequestSchema
+from muxrec.services.settings import ServeSettings
+from muxrec.services.versions import LiveVersion
+from muxrec.spec import FeatureSpec
+
+
+def make_cache(settings: ServeSettings) -> EmbeddingCache:
+    """Redis when REDIS_URL is set, else the in-process TTL cache."""
+    if settings.use_redis:
+        breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
+        return RedisEmbeddingCache(settings.redis_url, settings.cache_ttl_s, settings.redis_timeout_s, breaker,
+                                   settings.redis_retries)
+    return LocalTTLCache(settings.lru_capacity, settings.cache_ttl_s)
+
+
+@dataclass
+class GatewayContext:
+    """One gateway replica's state, shared by its routes."""
+
+    settings: ServeSettings
+    registry: ArtifactRegistry
+    live: LiveVersion
+    spec: FeatureSpec
+    schema: RequestSchema
+    cache: EmbeddingCache
+    metrics: GatewayMetrics
+    ranker: DeploymentHandle
+    embedder: DeploymentHandle
+    selector: DeploymentHandle
+    dims: dict[tuple[str, str], int] = field(default_factory=dict)  # (cache tag, entity) -> vector length
+    _tags: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, settings: ServeSettings, ranker: DeploymentHandle, embedder: DeploymentHandle,
+              selector: DeploymentHandle) -> GatewayContext:
+        """Read the live version's spec (hash-verified) and build the cache and metrics."""
+        registry = ArtifactRegistry(settings.registry)
+        live = LiveVersion(registry, settings)
+        version = registry.open(settings.model, live.get())
+        spec = version.read_spec()
+        cache = make_cache(settings)
+        metrics = GatewayMetrics()
+        metrics.registry.register(CacheCollector(cache))
+        metrics.model.info({"version": version.ref})
+        return cls(settings, registry, live, spec, RequestSchema(spec, settings), cache, metrics,
+                   ranker, embedder, selector)
+
+    def ref(self, version: str) -> str:
+        return f"{self.settings.model}/{version}"
+
+    def cache_tag(self, version: str) -> str:
+        """The cache-key version of `version` (its weights' hash; read once per version)."""
+        tag = self._tags.get(version)
+        if tag is None:
+            manifest = self.registry.manifest(self.settings.model, version)
+            tag = version_tag(self.ref(version), manifest["files"][WEIGHTS])
+            self._tags[version] = tag
+        return tag
+
+
+class Unavailable(Exception):
+    """A dependency cannot answer now: 503 with Retry-After."""
+
+
+async def result_of(call: Awaitable[Any]) -> Any:
+    """Await a deployment call; overload becomes 503 and a user error its own 4xx, never 500."""
+    try:
+        return await call
+    except BackPressureError:
+        raise Unavailable("the model is overloaded; retry shortly") from None
+    except Exception as err:
+        ours = find_muxrec_error(err)
+        if ours is not None:
+            raise ours from None  # without Ray's wrapper and its remote traceback
+        raise
+
+
+def _context(request: Request) -> GatewayContext:
+    return request.app.state.context
+
+
+Context = Annotated[GatewayContext, Depends(_context)]
+
+
+def _cache(context: Context) -> EmbeddingCache:
+    return context.cache
+
+
+Cache = Annotated[EmbeddingCache, Depends(_cache)]
+
+
+def _live_version(context: Context) -> str:
+    return context.live.get()
+
+
+LiveVersionDep = Annotated[str, Depends(_live_version)]
+
+_bearer = HTTPBearer(auto_error=False, description="MUXREC_ADMIN_TOKEN")
+
+
+def _require_admin(context: Context,
+                   credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]) -> None:
+    """Bearer token check (scheme case-insensitive, constant-time compare); 403 while admin is off."""
+    token = context.settings.admin_token
+    if token is None:
+        raise HTTPException(403, "the admin API is disabled: set MUXREC_ADMIN_TOKEN to enable it")
+    given = credentials.credentials.encode() if credentials else b""
+    if not secrets.compare_digest(given, token.get_secret_value().encode()):
+        raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+
+
+Admin = Annotated[None, Depends(_require_admin)]

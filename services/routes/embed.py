@@ -1,0 +1,41 @@
+"""POST /v1/embed: user or item vectors of the live model, through the embedding cache."""
+
+# No `from __future__ import annotations`: FastAPI reads the body model from the signature.
+import numpy as np
+from fastapi import APIRouter
+
+from muxrec.services.deps import Cache, Context, LiveVersionDep, result_of
+from muxrec.services.embedder import EmbedRequest as EmbedCall
+from muxrec.services.schema import EmbedResponse, RequestSchema
+
+
+def build_router(schema: RequestSchema) -> APIRouter:
+    router = APIRouter(tags=["embeddings"])
+    EmbedRequest = schema.EmbedRequest
+
+    @router.post("/v1/embed", response_model=EmbedResponse,
+                 summary="User or item vectors from the live model, through the embedding cache")
+    async def embed(body: EmbedRequest, context: Context, cache: Cache, version: LiveVersionDep) -> EmbedResponse:
+        ids = [str(i) for i in body.ids]
+        tag = context.cache_tag(version)
+        dim = context.dims.get((tag, body.entity))
+        # Cached values are checked against the vector length the model gives; until this replica has
+        # seen it once (first request per version and entity), every id is computed.
+        cached = await cache.get_many(tag, body.entity, ids, dim) if dim else [None] * len(ids)
+        missing = sorted({i for i, v in zip(ids, cached) if v is None})
+        fresh: dict[str, tuple[np.ndarray, bool]] = {}
+        if missing:
+            result = await result_of(context.embedder.embed.remote(EmbedCall(version, body.entity, tuple(missing))))
+            context.dims[(tag, body.entity)] = result.vectors.shape[1]  # (N, D)
+            fresh = {i: (v, bool(k)) for i, v, k in zip(missing, result.vectors, result.known)}
+            # Known ids only; a malformed cached value was a miss and is overwritten here.
+            await cache.put_many(tag, body.entity, {i: v for i, (v, k) in fresh.items() if k})
+        vectors, known = [], []
+        for i, v in zip(ids, cached):
+            v, k = fresh[i] if v is None else (v, True)  # only known ids are cached
+            vectors.append(v.tolist())
+            known.append(k)
+        return EmbedResponse(model_version=context.ref(version), entity=body.entity, dim=len(vectors[0]), ids=ids,
+                             vectors=vectors, known=known, cache_hits=[v is not None for v in cached])
+
+    return router

@@ -1,0 +1,53 @@
+"""Which version a gateway replica serves: the `serving` alias when it exists, the configured version
+only before it does, and nothing is written to the registry at start (it may be mounted read-only).
+Built without Ray: the gateway's context takes no handle until a request needs one."""
+
+from __future__ import annotations
+
+import json
+
+from muxrec.artifacts import ALIASES, ArtifactRegistry
+from muxrec.services.deps import GatewayContext
+from muxrec.services.settings import ServeSettings
+from muxrec.services.versions import serving_version
+
+from tests.helpers import synthetic_spec
+
+
+def _registry(tmp_path) -> ArtifactRegistry:
+    registry = ArtifactRegistry(tmp_path / "registry")
+    spec = synthetic_spec(rows=200, seed=3).to_yaml()
+    for payload in (b"weights-1", b"weights-2", b"weights-3"):
+        registry.publish("m", {"spec.yaml": spec, "weights.safetensors": payload})
+    return registry  # latest = v0003, no serving alias yet
+
+
+def _start(registry: ArtifactRegistry, version: str) -> GatewayContext:
+    settings = ServeSettings(registry=registry.root, model="m", version=version, redis_url="")
+    return GatewayContext.start(settings, None, None, None)
+
+
+def test_start_writes_nothing_and_serves_the_configured_version_until_an_alias_exists(tmp_path):
+    registry = _registry(tmp_path)
+    aliases = registry.root / "m" / ALIASES
+    before = aliases.read_bytes(), aliases.stat().st_mtime_ns
+    context = _start(registry, "v0001")
+    assert context.live.get() == "v0001"
+    assert (aliases.read_bytes(), aliases.stat().st_mtime_ns) == before  # read-only at start
+    assert "serving" not in registry.aliases("m")
+
+
+def test_a_reloaded_version_survives_restarts_and_redeploys(tmp_path):
+    registry = _registry(tmp_path)
+    first = _start(registry, "latest")
+    first.live.set("v0002")  # what /v1/admin/reload does
+    restarts = [_start(registry, version) for version in ("latest", "v0001", "v0003", "latest")]
+    live = [c.live.get() for c in restarts]
+    print(f"after a reload to v0002, {live.count('v0002')}/{len(live)} restarted replicas serve v0002 "
+          f"(configured: latest, v0001, v0003, latest)")
+    assert live == ["v0002"] * 4
+    settings = ServeSettings(registry=registry.root, model="m", version="latest", redis_url="")
+    assert serving_version(registry, settings) == "v0002"  # what a restarted Ranker / Embedder loads
+    first.live.set("v0003")
+    assert [c.live.get() for c in restarts] == ["v0003"] * 4  # every replica follows the alias
+    assert json.loads((registry.root / "m" / ALIASES).read_text())["serving"] == "v0003"
