@@ -128,6 +128,23 @@ def cmd_bench_ctr(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from muxrec.benchmarks.train import bench_train
+
+    for row in bench_train(args.dataset, args.model, CONFIG_DIR, args.runs, None if args.no_save else args.out,
+                           overrides=args.set, epochs=args.epochs):
+        if not args.json:
+            if "skipped" in row:
+                print(f"{row['model']} on {row['dataset']}: skipped ({row['skipped']})", file=sys.stderr)
+            else:
+                print(f"{row['model']}: floor {row['floor_samples_per_s']:,}/s, loop {row['loop_samples_per_s']:,}/s "
+                      f"({row['loop_vs_floor']:.2f}x floor), muxrec train {row['command_samples_per_s']:,}/s "
+                      f"({row['command_vs_loop']:.2f}x the loop's epoch), start-up {row['startup_s']:.1f}s, "
+                      f"tear-down {row['teardown_s']:.1f}s", file=sys.stderr)
+        _print_json(row)
+    return 0
+
+
 def cmd_bench_hiformer(args: argparse.Namespace) -> int:
     from muxrec.artifacts import ArtifactRegistry
     from muxrec.benchmarks.hiformer import bench_hiformer
@@ -149,6 +166,23 @@ def _seeds(text: str) -> list[int]:
     if not seeds:
         raise MuxrecError("--seeds: give at least one seed")
     return seeds
+
+
+def cmd_ray(args: argparse.Namespace) -> int:
+    from muxrec.log import say
+    from muxrec.ray_env import kept_ray_address, ray_down, ray_up
+
+    if args.ray_command == "up":
+        running = kept_ray_address()
+        address = ray_up(args.num_cpus)
+        say(f"Ray {'is already running' if running else 'started'} at {address}; muxrec commands join it "
+            "(`muxrec ray down` stops it)")
+    elif args.ray_command == "down":
+        say("Ray stopped" if ray_down() else "no Ray kept by `muxrec ray up` is running")
+    else:
+        address = kept_ray_address()
+        print(address or "not running")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -268,6 +302,18 @@ def build_parser() -> argparse.ArgumentParser:
     paths(ctr)
     ctr.set_defaults(func=cmd_bench_ctr)
 
+    bt = be_sub.add_parser("train", help="training speed: plain PyTorch floor, muxrec's loop, `muxrec train`")
+    bt.add_argument("--dataset", default="ml-100k", help="a spec under configs/, e.g. ml-100k, ml-100k-history")
+    bt.add_argument("--model", required=True, help="configs/models/<model>.yaml names, comma-separated, or `all`")
+    bt.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="override every model's YAML, e.g. --set model.hidden_units=[256,128] (repeatable)")
+    bt.add_argument("--epochs", type=int, default=3, help="epochs per measurement (at least 2)")
+    bt.add_argument("--json", action="store_true", help="print only the JSON lines (one per model) on stdout")
+    bt.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
+    bt.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")
+    paths(bt)
+    bt.set_defaults(func=cmd_bench_train)
+
     hf = be_sub.add_parser("hiformer", help="Hiformer's low-rank and pruning tricks: speed-up and AUC cost")
     hf.add_argument("--dataset", default="ml-100k", help="the dataset `bench ctr` ran hiformer and hiformer-fast on")
     hf.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
@@ -305,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     paths(sc)
     sc.set_defaults(func=cmd_score)
 
+    ry = sub.add_parser("ray", help="keep a local Ray (127.0.0.1) running so commands skip its start-up")
+    ry_sub = ry.add_subparsers(dest="ray_command", required=True, parser_class=_Parser)
+    up = ry_sub.add_parser("up", help="start it (no-op when running); RAY_ADDRESS still takes precedence")
+    up.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default: all)")
+    up.set_defaults(func=cmd_ray)
+    ry_sub.add_parser("down", help="stop the Ray `muxrec ray up` started").set_defaults(func=cmd_ray)
+    ry_sub.add_parser("status", help="print its address, or `not running`").set_defaults(func=cmd_ray)
+
     de = sub.add_parser("demo", help="train DeepFM on ML-100K (or synthetic data), serve it, query it, stop")
     paths(de)
     de.set_defaults(func=cmd_demo)
@@ -316,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     log.set_verbose(args.verbose)
+    log.quiet_libraries()
     try:
         return args.func(args)
     except MuxrecError as err:

@@ -2,17 +2,66 @@
 
 It lives in the core so that pipelines and services (and the serving launcher) share one set of
 start-up settings. Ray is imported inside the functions: the core stays importable without it.
+
+Which Ray: RAY_ADDRESS when set; else the local one `muxrec ray up` keeps running (bound to
+127.0.0.1; its address is in `$XDG_CACHE_HOME/muxrec/ray.json`), which saves every later command
+Ray's start-up; else a new local instance for this process alone.
+
+Quiet by default: Ray's own log lines and the output of its worker processes (placement-group
+notices, library loads, deprecation warnings, Ray Data / Train progress tables) reach the terminal
+only with --verbose / MUXREC_LOG_LEVEL=debug. Errors still do: a failed task or training worker is
+raised in the driver as an exception.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+from pathlib import Path
+
+from muxrec.errors import MuxrecError
+from muxrec.log import verbose
+
+HOST = "127.0.0.1"
+
+
+def kept_ray_file() -> Path:
+    """Where `muxrec ray up` records the address and process of the Ray it keeps."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "muxrec" / "ray.json"
+
+
+def kept_ray_address() -> str | None:
+    """The address of the Ray `muxrec ray up` started, if it is still running."""
+    try:
+        kept = json.loads(kept_ray_file().read_text())
+        os.kill(kept["pid"], 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    host, port = kept["address"].rsplit(":", 1)
+    return kept["address"] if _listening(host, int(port)) else None
+
+
+def _listening(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster named by RAY_ADDRESS, else start a local one; no-op if Ray is running.
+    """Join RAY_ADDRESS or the kept local Ray, else start a local one; no-op if Ray is running.
 
     The dashboard stays off (it would listen on a public interface by default), and Ray Data keeps
     row order so that a rerun over the same input writes the same files.
@@ -21,16 +70,75 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     from ray.data import DataContext
 
     if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
+        loud = verbose()
+        if not loud:
+            logging.getLogger("ray").setLevel(logging.ERROR)
+        quiet = {"log_to_driver": loud,
+                 "logging_config": ray.LoggingConfig(log_level="INFO" if loud else "ERROR")}
+        address = os.environ.get("RAY_ADDRESS") or kept_ray_address()
         if address:
-            ray.init(address=address)
+            ray.init(address=address, **quiet)
         else:
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                     dashboard_host="127.0.0.1", log_to_driver=True)
+                     dashboard_host=HOST, **quiet)
     ctx = DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.raise_original_map_exception = True  # a DataError from derive() reaches the user as itself
-    if not sys.stderr.isatty():
-        # Without a terminal Ray Data logs every progress update as a line; keep logs readable.
+    if not sys.stderr.isatty() or not verbose():
+        # Without a terminal Ray Data logs every progress update as a line; muxrec draws its own.
         ctx.enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.WARNING if verbose() else logging.ERROR)
+
+
+def ray_up(num_cpus: int | None = None, timeout: float = 60.0) -> str:
+    """Start a local Ray head bound to 127.0.0.1 that later muxrec commands join; return its address."""
+    running = kept_ray_address()
+    if running:
+        return running
+    port = _free_port()
+    log_path = kept_ray_file().with_name("ray-up.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--node-ip-address={HOST}",
+               f"--port={port}", f"--num-cpus={num_cpus or os.cpu_count()}", "--include-dashboard=false",
+               "--disable-usage-stats"]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not _listening(HOST, port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop_group(proc.pid)
+            raise MuxrecError(f"ray up: Ray did not start within {timeout:.0f}s (see {log_path})")
+        time.sleep(0.2)
+    address = f"{HOST}:{port}"
+    kept_ray_file().write_text(json.dumps({"address": address, "pid": proc.pid}))
+    return address
+
+
+def ray_down(timeout: float = 30.0) -> bool:
+    """Stop the Ray `ray_up` started (only that one); False when none was running."""
+    path = kept_ray_file()
+    try:
+        pid = json.loads(path.read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return False
+    path.unlink(missing_ok=True)
+    return _stop_group(pid, timeout)
+
+
+def _stop_group(pid: int, timeout: float = 30.0) -> bool:
+    """SIGTERM to the process group `ray start --block` leads (it stops what it started), then SIGKILL."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    os.killpg(pid, signal.SIGKILL)
+    return True
+
+
