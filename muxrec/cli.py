@@ -367,10 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from muxrec import log
+    from muxrec.ray_env import use_kept_ray
 
     args = build_parser().parse_args(argv)
     log.set_verbose(args.verbose)
     log.quiet_libraries()
+    use_kept_ray()  # before any command imports Ray
     try:
         return args.func(args)
     except MuxrecError as err:

@@ -60,22 +60,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def use_kept_ray() -> str | None:
+    """The address to join when it is the kept Ray (not RAY_ADDRESS); sets its auth mode.
+
+    `ray up` starts Ray with token authentication (the token in ~/.ray). Ray reads RAY_AUTH_MODE
+    when it is imported, so the CLI calls this before anything imports Ray.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    kept = kept_ray_address()
+    if kept:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    return kept
+
+
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Join RAY_ADDRESS or the kept local Ray, else start a local one; no-op if Ray is running.
 
     The dashboard stays off (it would listen on a public interface by default), and Ray Data keeps
     row order so that a rerun over the same input writes the same files.
     """
+    kept = use_kept_ray()
     import ray
     from ray.data import DataContext
 
     if not ray.is_initialized():
         loud = verbose()
         if not loud:
-            logging.getLogger("ray").setLevel(logging.ERROR)
+            for name in ("ray", "ray.serve", "ray.train", "ray.data"):
+                logging.getLogger(name).setLevel(logging.ERROR)
         quiet = {"log_to_driver": loud,
                  "logging_config": ray.LoggingConfig(log_level="INFO" if loud else "ERROR")}
-        address = os.environ.get("RAY_ADDRESS") or kept_ray_address()
+        address = os.environ.get("RAY_ADDRESS") or kept
         if address:
             ray.init(address=address, **quiet)
         else:
@@ -101,8 +117,9 @@ def ray_up(num_cpus: int | None = None, timeout: float = 60.0) -> str:
     command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--node-ip-address={HOST}",
                f"--port={port}", f"--num-cpus={num_cpus or os.cpu_count()}", "--include-dashboard=false",
                "--disable-usage-stats"]
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # a token in ~/.ray (made if missing) guards the cluster
     with log_path.open("w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     deadline = time.monotonic() + timeout
     while not _listening(HOST, port):
         if proc.poll() is not None or time.monotonic() > deadline:
