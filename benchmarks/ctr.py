@@ -110,6 +110,29 @@ def bench_model(dataset: str, mf: ModelFile, prepared: PreparedData, seeds: list
     return row
 
 
+def prepared_dataset(dataset: str, config_dir: Path, runs: Path) -> tuple[Path, PreparedData]:
+    """configs/<dataset>.yaml and its prepared data (prepared now unless cached)."""
+    spec_path = config_dir / f"{dataset}.yaml"
+    if not spec_path.is_file():
+        known = sorted(p.stem for p in config_dir.glob("*.yaml"))
+        raise ConfigError(f"no dataset spec {spec_path}; datasets: {known}")
+    return spec_path, prepare_cached(load_spec(spec_path), runs / "prepared")
+
+
+def runnable_models(model: str, config_dir: Path, prepared: PreparedData,
+                    overrides: Sequence[str]) -> Iterator[tuple[str, ModelFile | None, str]]:
+    """(name, model file with overrides, "") per model, or (name, None, why) when it cannot run on
+    this dataset (e.g. DIN needs a history feature)."""
+    for name in model_names(config_dir, model):
+        mf = with_overrides(load_model_file(config_dir / "models" / f"{name}.yaml"), overrides)
+        try:
+            build_model(mf.architecture, mf.model, prepared.inputs)
+        except ConfigError as err:
+            yield name, None, str(err)
+            continue
+        yield name, mf, ""
+
+
 def bench_ctr(dataset: str, model: str, seeds: list[int], config_dir: Path, runs: Path, registry: ArtifactRegistry,
               out_dir: Path | None, overrides: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
     """One result row per model (or a `skipped` row naming why a model cannot run on this dataset).
@@ -117,18 +140,10 @@ def bench_ctr(dataset: str, model: str, seeds: list[int], config_dir: Path, runs
     `overrides` (`train.lr=3e-3`, `model.dropout=0.1`) apply to every model's YAML, e.g. a training
     schedule for a dataset unlike the one the YAMLs were set for; they are recorded in each row.
     """
-    spec_path = config_dir / f"{dataset}.yaml"
-    if not spec_path.is_file():
-        known = sorted(p.stem for p in config_dir.glob("*.yaml"))
-        raise ConfigError(f"no dataset spec {spec_path}; datasets: {known}")
-    names = model_names(config_dir, model)
-    prepared = prepare_cached(load_spec(spec_path), runs / "prepared")
-    for name in names:
-        mf = with_overrides(load_model_file(config_dir / "models" / f"{name}.yaml"), overrides)
-        try:
-            build_model(mf.architecture, mf.model, prepared.inputs)  # e.g. DIN needs a history feature
-        except ConfigError as err:
-            yield {"dataset": dataset, "model": name, "skipped": str(err)}
+    _, prepared = prepared_dataset(dataset, config_dir, runs)
+    for name, mf, skipped in runnable_models(model, config_dir, prepared, overrides):
+        if mf is None:
+            yield {"dataset": dataset, "model": name, "skipped": skipped}
             continue
         row = bench_model(dataset, mf, prepared, seeds, runs, registry)
         if overrides:

@@ -39,16 +39,15 @@ from typing import Any, Iterator, Sequence
 import torch
 import yaml
 
-from muxrec.benchmarks.ctr import model_names
+from muxrec.benchmarks.ctr import prepared_dataset, runnable_models
 from muxrec.benchmarks.environment import commit, machine
-from muxrec.config import ModelFile, TrainConfig, load_model_file, to_dict, with_overrides
+from muxrec.config import ModelFile, TrainConfig, to_dict
 from muxrec.errors import ConfigError, MuxrecError
 from muxrec.log import say
 from muxrec.models import EncodedRows, build_model
 from muxrec.pipelines.loop import Objective, evaluate_rows, make_optimizer, train_epoch
-from muxrec.pipelines.prepare import PreparedData, prepare_cached
+from muxrec.pipelines.prepare import PreparedData
 from muxrec.ray_env import kept_ray_address
-from muxrec.spec import load_spec
 
 # The peer library measured by hand, side by side with `loop` in one window (see docs/benchmarks/train.md
 # for the command). A recorded figure, not re-measured here: fuxictr is never a muxrec dependency.
@@ -176,17 +175,10 @@ def bench_train(dataset: str, model: str, config_dir: Path, runs: Path, out_dir:
     """One result row per model (a `skipped` row when a model cannot run on this dataset)."""
     if epochs < 2:
         raise ConfigError("--epochs: at least 2 (per-epoch time is measured between epoch starts)")
-    spec_path = config_dir / f"{dataset}.yaml"
-    if not spec_path.is_file():
-        known = sorted(p.stem for p in config_dir.glob("*.yaml"))
-        raise ConfigError(f"no dataset spec {spec_path}; datasets: {known}")
-    prepared = prepare_cached(load_spec(spec_path), runs / "prepared")
-    for name in model_names(config_dir, model):
-        mf = with_overrides(load_model_file(config_dir / "models" / f"{name}.yaml"), overrides)
-        try:
-            build_model(mf.architecture, mf.model, prepared.inputs)  # e.g. DIN needs a history feature
-        except ConfigError as err:
-            yield {"dataset": dataset, "model": name, "skipped": str(err)}
+    spec_path, prepared = prepared_dataset(dataset, config_dir, runs)
+    for name, mf, skipped in runnable_models(model, config_dir, prepared, overrides):
+        if mf is None:
+            yield {"dataset": dataset, "model": name, "skipped": skipped}
             continue
         row = bench_model(dataset, replace(mf, train=_bench_train_config(mf.train)), prepared, spec_path,
                           runs, epochs)

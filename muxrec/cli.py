@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from muxrec.errors import MuxrecError
 
@@ -110,16 +110,12 @@ def cmd_bench_ctr(args: argparse.Namespace) -> int:
     from muxrec.benchmarks.ctr import bench_ctr
 
     seeds = _seeds(args.seeds) if args.seeds else [args.seed]
-    for row in bench_ctr(args.dataset, args.model, seeds, CONFIG_DIR, args.runs, ArtifactRegistry(args.registry),
-                         None if args.no_save else args.out, overrides=args.set):
-        if not args.json:
-            if "skipped" in row:
-                print(f"{row['model']} on {row['dataset']}: skipped ({row['skipped']})", file=sys.stderr)
-            else:
-                print(f"{row['model']} on {row['dataset']} ({len(seeds)} seed(s)): test AUC {row['test_auc']:.4f}"
-                      f" ± {row['test_auc_std']:.4f}, logloss {row['test_logloss']:.4f}, valid AUC "
-                      f"{row['valid_auc']:.4f}, {row['params']:,} params, {row['train_seconds']:.0f}s",
-                      file=sys.stderr)
+    rows = bench_ctr(args.dataset, args.model, seeds, CONFIG_DIR, args.runs, ArtifactRegistry(args.registry),
+                     None if args.no_save else args.out, overrides=args.set)
+    for row in _summarised(rows, args.json, lambda r: (
+            f"{r['model']} on {r['dataset']} ({len(seeds)} seed(s)): test AUC {r['test_auc']:.4f}"
+            f" ± {r['test_auc_std']:.4f}, logloss {r['test_logloss']:.4f}, valid AUC "
+            f"{r['valid_auc']:.4f}, {r['params']:,} params, {r['train_seconds']:.0f}s")):
         flat = {k: v for k, v in row.items() if k != "per_seed"}
         if row.get("per_seed") and len(row["per_seed"]) == 1:  # the single-seed form of the foundation issue
             only = row["per_seed"][0]
@@ -131,18 +127,25 @@ def cmd_bench_ctr(args: argparse.Namespace) -> int:
 def cmd_bench_train(args: argparse.Namespace) -> int:
     from muxrec.benchmarks.train import bench_train
 
-    for row in bench_train(args.dataset, args.model, CONFIG_DIR, args.runs, None if args.no_save else args.out,
-                           overrides=args.set, epochs=args.epochs):
-        if not args.json:
-            if "skipped" in row:
-                print(f"{row['model']} on {row['dataset']}: skipped ({row['skipped']})", file=sys.stderr)
-            else:
-                print(f"{row['model']}: floor {row['floor_samples_per_s']:,}/s, loop {row['loop_samples_per_s']:,}/s "
-                      f"({row['loop_vs_floor']:.2f}x floor), muxrec train {row['command_samples_per_s']:,}/s "
-                      f"({row['command_vs_loop']:.2f}x the loop's epoch), start-up {row['startup_s']:.1f}s, "
-                      f"tear-down {row['teardown_s']:.1f}s", file=sys.stderr)
+    rows = bench_train(args.dataset, args.model, CONFIG_DIR, args.runs, None if args.no_save else args.out,
+                       overrides=args.set, epochs=args.epochs)
+    for row in _summarised(rows, args.json, lambda r: (
+            f"{r['model']}: floor {r['floor_samples_per_s']:,}/s, loop {r['loop_samples_per_s']:,}/s "
+            f"({r['loop_vs_floor']:.2f}x floor), muxrec train {r['command_samples_per_s']:,}/s "
+            f"({r['command_vs_loop']:.2f}x the loop's epoch), start-up {r['startup_s']:.1f}s, "
+            f"tear-down {r['teardown_s']:.1f}s")):
         _print_json(row)
     return 0
+
+
+def _summarised(rows: Iterable[dict[str, Any]], quiet: bool,
+                summary: Callable[[dict[str, Any]], str]) -> Iterator[dict[str, Any]]:
+    """Benchmark rows, each summarised in one line on stderr first unless `quiet` (--json)."""
+    for row in rows:
+        if not quiet:
+            skipped = f"{row['model']} on {row['dataset']}: skipped ({row['skipped']})" if "skipped" in row else None
+            print(skipped or summary(row), file=sys.stderr)
+        yield row
 
 
 def cmd_bench_hiformer(args: argparse.Namespace) -> int:
@@ -286,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     paths(mo)
     mo.set_defaults(func=cmd_models)
 
+    def bench_output(sp: argparse.ArgumentParser, json_help: str) -> None:
+        sp.add_argument("--json", action="store_true", help=json_help)
+        sp.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
+        sp.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")
+        paths(sp)
+
     be = sub.add_parser("bench", help="benchmarks (print one JSON object as the last line)")
     be_sub = be.add_subparsers(dest="bench_command", required=True, parser_class=_Parser)
     ctr = be_sub.add_parser("ctr", help="fixed CTR protocol: prepare + train + evaluate")
@@ -296,10 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     ctr.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 2026,2027,2028 (overrides --seed)")
     ctr.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                      help="override every model's YAML, e.g. --set train.lr=3e-3 (repeatable; recorded in the results)")
-    ctr.add_argument("--json", action="store_true", help="print only the JSON lines (one per model) on stdout")
-    ctr.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
-    ctr.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")
-    paths(ctr)
+    bench_output(ctr, "print only the JSON lines (one per model) on stdout")
     ctr.set_defaults(func=cmd_bench_ctr)
 
     bt = be_sub.add_parser("train", help="training speed: plain PyTorch floor, muxrec's loop, `muxrec train`")
@@ -308,10 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="override every model's YAML, e.g. --set model.hidden_units=[256,128] (repeatable)")
     bt.add_argument("--epochs", type=int, default=3, help="epochs per measurement (at least 2)")
-    bt.add_argument("--json", action="store_true", help="print only the JSON lines (one per model) on stdout")
-    bt.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
-    bt.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")
-    paths(bt)
+    bench_output(bt, "print only the JSON lines (one per model) on stdout")
     bt.set_defaults(func=cmd_bench_train)
 
     hf = be_sub.add_parser("hiformer", help="Hiformer's low-rank and pruning tricks: speed-up and AUC cost")
@@ -326,10 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--name", default=os.environ.get("MUXREC_MODEL", "ml-100k-deepfm"),
                     help="registry name to serve (trained on ML-100K first if missing)")
     sv.add_argument("--requests", type=int, default=400, help="rank requests per concurrency level")
-    sv.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
-    sv.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
-    sv.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")
-    paths(sv)
+    bench_output(sv, "print only the JSON line on stdout")
     sv.set_defaults(func=cmd_bench_serve)
 
     se = sub.add_parser("serve", help="start the Ray Serve app locally and print its URL (Ctrl-C stops it)")
