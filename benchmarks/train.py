@@ -134,9 +134,9 @@ def _command(mf: ModelFile, spec_path: Path, runs: Path, epochs: int) -> dict[st
 
 
 def bench_model(dataset: str, mf: ModelFile, prepared: PreparedData, spec_path: Path, runs: Path,
-                epochs: int) -> dict[str, Any]:
+                epochs: int, threads: int) -> dict[str, Any]:
     """Floor, loop and command for one model, interleaved; one result row."""
-    torch.set_num_threads(os.cpu_count() or 1)  # what one Ray Train worker gets on this machine
+    torch.set_num_threads(threads)
     rows = EncodedRows(prepared.read("train"), prepared.inputs)
     valid = EncodedRows(prepared.read("valid"), prepared.inputs)
     ray_running = bool(os.environ.get("RAY_ADDRESS") or kept_ray_address())
@@ -166,13 +166,17 @@ def bench_model(dataset: str, mf: ModelFile, prepared: PreparedData, spec_path: 
         "command_vs_loop": round(command["epoch_s"] / loop_epoch_s, 3),
         "worker_epoch_s": round(command["worker_epoch_s"], 3),
         "startup_s": round(command["startup_s"], 1), "teardown_s": round(command["teardown_s"], 1),
-        "ray_running": ray_running, "epochs": epochs, "commit": commit(), "machine": machine(),
+        "ray_running": ray_running, "epochs": epochs, "threads": threads, "commit": commit(), "machine": machine(),
     }
 
 
 def bench_train(dataset: str, model: str, config_dir: Path, runs: Path, out_dir: Path | None,
-                overrides: Sequence[str] = (), epochs: int = 3) -> Iterator[dict[str, Any]]:
-    """One result row per model (a `skipped` row when a model cannot run on this dataset)."""
+                overrides: Sequence[str] = (), epochs: int = 3, threads: int | None = None) -> Iterator[dict[str, Any]]:
+    """One result row per model (a `skipped` row when a model cannot run on this dataset).
+
+    `threads`: torch threads in-process; give what the Ray Train worker gets (the Ray cluster's CPUs,
+    e.g. 1 after `muxrec ray up --num-cpus 1`) so that loop and command compare like with like.
+    """
     if epochs < 2:
         raise ConfigError("--epochs: at least 2 (per-epoch time is measured between epoch starts)")
     spec_path, prepared = prepared_dataset(dataset, config_dir, runs)
@@ -181,7 +185,7 @@ def bench_train(dataset: str, model: str, config_dir: Path, runs: Path, out_dir:
             yield {"dataset": dataset, "model": name, "skipped": skipped}
             continue
         row = bench_model(dataset, replace(mf, train=_bench_train_config(mf.train)), prepared, spec_path,
-                          runs, epochs)
+                          runs, epochs, threads or os.cpu_count() or 1)
         if overrides:
             row["overrides"] = list(overrides)
         if out_dir is not None:

@@ -128,7 +128,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     from muxrec.benchmarks.train import bench_train
 
     rows = bench_train(args.dataset, args.model, CONFIG_DIR, args.runs, None if args.no_save else args.out,
-                       overrides=args.set, epochs=args.epochs)
+                       overrides=args.set, epochs=args.epochs, threads=args.threads)
     for row in _summarised(rows, args.json, lambda r: (
             f"{r['model']}: floor {r['floor_samples_per_s']:,}/s, loop {r['loop_samples_per_s']:,}/s "
             f"({r['loop_vs_floor']:.2f}x floor), muxrec train {r['command_samples_per_s']:,}/s "
@@ -314,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="override every model's YAML, e.g. --set model.hidden_units=[256,128] (repeatable)")
     bt.add_argument("--epochs", type=int, default=3, help="epochs per measurement (at least 2)")
+    bt.add_argument("--threads", type=int, default=None,
+                    help="torch threads in-process (default: all CPUs, what one Ray Train worker gets on a local Ray)")
     bench_output(bt, "print only the JSON lines (one per model) on stdout")
     bt.set_defaults(func=cmd_bench_train)
 

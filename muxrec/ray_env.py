@@ -106,7 +106,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         logging.getLogger("ray.data").setLevel(logging.WARNING if verbose() else logging.ERROR)
 
 
-def ray_up(num_cpus: int | None = None, timeout: float = 60.0) -> str:
+def ray_up(num_cpus: int | None = None, timeout: float = 120.0) -> str:
     """Start a local Ray head bound to 127.0.0.1 that later muxrec commands join; return its address."""
     running = kept_ray_address()
     if running:
@@ -114,14 +114,15 @@ def ray_up(num_cpus: int | None = None, timeout: float = 60.0) -> str:
     port = _free_port()
     log_path = kept_ray_file().with_name("ray-up.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--node-ip-address={HOST}",
+    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--node-ip-address={HOST}",
                f"--port={port}", f"--num-cpus={num_cpus or os.cpu_count()}", "--include-dashboard=false",
                "--disable-usage-stats"]
     env = {**os.environ, "RAY_AUTH_MODE": "token"}  # a token in ~/.ray (made if missing) guards the cluster
     with log_path.open("w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     deadline = time.monotonic() + timeout
-    while not _listening(HOST, port):
+    # Ready once `ray start` says so (its GCS port opens before the node has registered).
+    while not (_listening(HOST, port) and "Ray runtime started" in log_path.read_text(errors="replace")):
         if proc.poll() is not None or time.monotonic() > deadline:
             _stop_group(proc.pid)
             raise MuxrecError(f"ray up: Ray did not start within {timeout:.0f}s (see {log_path})")
