@@ -81,7 +81,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def bench_model(dataset: str, mf: ModelFile, model_cfg: Any, prepared: PreparedData, seeds: list[int], runs: Path,
                 registry: ArtifactRegistry) -> dict[str, Any]:
-    """Train `mf` (its model section read into `model_cfg`) once per seed under the protocol; the aggregate row."""
+    """Train `mf` once per seed under the protocol; the aggregate row for the report."""
     per_seed, last = [], None
     for seed in seeds:
         job = TrainJob(str(prepared.root), mf.architecture, model_cfg, replace(mf.train, seed=seed))
@@ -110,6 +110,30 @@ def bench_model(dataset: str, mf: ModelFile, model_cfg: Any, prepared: PreparedD
     return row
 
 
+def prepared_dataset(dataset: str, config_dir: Path, runs: Path) -> tuple[Path, PreparedData]:
+    """configs/<dataset>.yaml and its prepared data (prepared now unless cached)."""
+    spec_path = config_dir / f"{dataset}.yaml"
+    if not spec_path.is_file():
+        known = sorted(p.stem for p in config_dir.glob("*.yaml"))
+        raise ConfigError(f"no dataset spec {spec_path}; datasets: {known}")
+    return spec_path, prepare_cached(load_spec(spec_path), runs / "prepared")
+
+
+def runnable_models(model: str, config_dir: Path, prepared: PreparedData,
+                    overrides: Sequence[str]) -> Iterator[tuple[str, ModelFile | None, Any, str]]:
+    """(name, model file with overrides, its typed model config, "") per model, or (name, None, None,
+    why) when it cannot run on this dataset (e.g. DIN needs a history feature)."""
+    for name in model_names(config_dir, model):
+        mf = with_overrides(load_model_file(config_dir / "models" / f"{name}.yaml"), overrides)
+        try:
+            cfg = make_config(mf.architecture, mf.model)
+            build_model(mf.architecture, cfg, prepared.inputs)
+        except ConfigError as err:
+            yield name, None, None, str(err)
+            continue
+        yield name, mf, cfg, ""
+
+
 def bench_ctr(dataset: str, model: str, seeds: list[int], config_dir: Path, runs: Path, registry: ArtifactRegistry,
               out_dir: Path | None, overrides: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
     """One result row per model (or a `skipped` row naming why a model cannot run on this dataset).
@@ -117,19 +141,10 @@ def bench_ctr(dataset: str, model: str, seeds: list[int], config_dir: Path, runs
     `overrides` (`train.lr=3e-3`, `model.dropout=0.1`) apply to every model's YAML, e.g. a training
     schedule for a dataset unlike the one the YAMLs were set for; they are recorded in each row.
     """
-    spec_path = config_dir / f"{dataset}.yaml"
-    if not spec_path.is_file():
-        known = sorted(p.stem for p in config_dir.glob("*.yaml"))
-        raise ConfigError(f"no dataset spec {spec_path}; datasets: {known}")
-    names = model_names(config_dir, model)
-    prepared = prepare_cached(load_spec(spec_path), runs / "prepared")
-    for name in names:
-        mf = with_overrides(load_model_file(config_dir / "models" / f"{name}.yaml"), overrides)
-        try:
-            model_cfg = make_config(mf.architecture, mf.model)
-            build_model(mf.architecture, model_cfg, prepared.inputs)  # e.g. DIN needs a history feature
-        except ConfigError as err:
-            yield {"dataset": dataset, "model": name, "skipped": str(err)}
+    _, prepared = prepared_dataset(dataset, config_dir, runs)
+    for name, mf, model_cfg, skipped in runnable_models(model, config_dir, prepared, overrides):
+        if mf is None:
+            yield {"dataset": dataset, "model": name, "skipped": skipped}
             continue
         row = bench_model(dataset, mf, model_cfg, prepared, seeds, runs, registry)
         if overrides:

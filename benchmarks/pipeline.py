@@ -169,11 +169,11 @@ def bench_pipeline(rows: int, users: int, items: int, score_rows: int, config_di
         rewritten = sum(p.stat().st_mtime_ns != m for p, m in files.items())
 
         model_file = load_model_file(config_dir / "models" / "deepfm.yaml")
-        job = TrainJob(str(prepared.root), "deepfm", dict(model_file.model), replace(model_file.train, epochs=1))
+        cfg = make_config("deepfm", model_file.model)
+        job = TrainJob(str(prepared.root), "deepfm", cfg, replace(model_file.train, epochs=1))
         state, best, wall = fit(job, work / "ray", "deepfm", fresh=True)
         epoch_s = state["history"][0]["epoch_seconds"]
 
-        cfg = make_config("deepfm", dict(model_file.model))
         model = build_model("deepfm", cfg, prepared.inputs)
         load_state(model, best)
         registry = ArtifactRegistry(work / "registry")

@@ -61,16 +61,23 @@ class EncodedRows:
             raise ValueError(f"encoded rows lack feature column(s) {missing}")
         self.inputs = inputs
         self.num_rows = table.num_rows
-        # Every pooled feature as (N, L) padded ids + (N,) lengths; L = 1 for single-valued ones.
-        self._pooled: list[tuple[Tensor, Tensor]] = []
+        # All pooled ids side by side in one (N, W) tensor, so a batch is one gather: a single-valued
+        # feature is one column, a multi-valued one L padded columns plus (N,) lengths.
+        columns: list[np.ndarray] = []
+        self._pooled: list[tuple[int, int, Tensor | None]] = []  # (first column, width, lengths or None)
+        width = 0
         for name in inputs.pooled:
             col = table.column(name)
             if pa.types.is_list(col.type):
                 ids, lengths = _padded(col, inputs.max_len[name])
+                self._pooled.append((width, ids.shape[1], torch.from_numpy(lengths)))
             else:
                 ids = col.to_numpy().astype(np.int64).reshape(-1, 1)
-                lengths = np.ones(len(ids), dtype=np.int64)
-            self._pooled.append((torch.from_numpy(ids), torch.from_numpy(lengths)))
+                self._pooled.append((width, 1, None))
+            columns.append(ids)
+            width += ids.shape[1]
+        self._ids = torch.from_numpy(np.concatenate(columns, axis=1) if columns
+                                     else np.zeros((self.num_rows, 0), np.int64))  # (N, W)
         self._sequences = {}
         for name in inputs.sequences:
             ids, lengths = _padded(table.column(name), inputs.max_len[name])
@@ -93,10 +100,17 @@ class EncodedRows:
         return self._labels
 
     def take(self, rows: Tensor) -> Batch:
+        """The Batch of these (B,) row indices; pooled ids go into the KeyedJaggedTensor key by key."""
+        wide = self._ids[rows]  # (B, W)
+        ones = torch.ones(len(rows), dtype=torch.int64)
         values, lengths = [], []
-        for ids, lens in self._pooled:
-            ids, lens = ids[rows], lens[rows]  # (B, L), (B,)
-            mask = torch.arange(ids.shape[1]) < lens[:, None]  # (B, L)
+        for start, width, lens in self._pooled:
+            if lens is None:  # single-valued: every row has exactly one id
+                values.append(wide[:, start])  # (B,)
+                lengths.append(ones)
+                continue
+            ids, lens = wide[:, start:start + width], lens[rows]  # (B, L), (B,)
+            mask = torch.arange(width) < lens[:, None]  # (B, L)
             values.append(ids[mask])
             lengths.append(lens)
         sparse = KeyedJaggedTensor(

@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from muxrec.errors import MuxrecError
 
@@ -110,22 +110,42 @@ def cmd_bench_ctr(args: argparse.Namespace) -> int:
     from muxrec.benchmarks.ctr import bench_ctr
 
     seeds = _seeds(args.seeds) if args.seeds else [args.seed]
-    for row in bench_ctr(args.dataset, args.model, seeds, CONFIG_DIR, args.runs, ArtifactRegistry(args.registry),
-                         None if args.no_save else args.out, overrides=args.set):
-        if not args.json:
-            if "skipped" in row:
-                print(f"{row['model']} on {row['dataset']}: skipped ({row['skipped']})", file=sys.stderr)
-            else:
-                print(f"{row['model']} on {row['dataset']} ({len(seeds)} seed(s)): test AUC {row['test_auc']:.4f}"
-                      f" ± {row['test_auc_std']:.4f}, logloss {row['test_logloss']:.4f}, valid AUC "
-                      f"{row['valid_auc']:.4f}, {row['params']:,} params, {row['train_seconds']:.0f}s",
-                      file=sys.stderr)
+    rows = bench_ctr(args.dataset, args.model, seeds, CONFIG_DIR, args.runs, ArtifactRegistry(args.registry),
+                     None if args.no_save else args.out, overrides=args.set)
+    for row in _summarised(rows, args.json, lambda r: (
+            f"{r['model']} on {r['dataset']} ({len(seeds)} seed(s)): test AUC {r['test_auc']:.4f}"
+            f" ± {r['test_auc_std']:.4f}, logloss {r['test_logloss']:.4f}, valid AUC "
+            f"{r['valid_auc']:.4f}, {r['params']:,} params, {r['train_seconds']:.0f}s")):
         flat = {k: v for k, v in row.items() if k != "per_seed"}
         if row.get("per_seed") and len(row["per_seed"]) == 1:  # the single-seed form of the foundation issue
             only = row["per_seed"][0]
             flat.update(seed=only["seed"], best_epoch=only["best_epoch"], version=only["version"])
         _print_json(flat)
     return 0
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from muxrec.benchmarks.train import bench_train
+
+    rows = bench_train(args.dataset, args.model, CONFIG_DIR, args.runs, None if args.no_save else args.out,
+                       overrides=args.set, epochs=args.epochs, threads=args.threads)
+    for row in _summarised(rows, args.json, lambda r: (
+            f"{r['model']}: floor {r['floor_samples_per_s']:,}/s, loop {r['loop_samples_per_s']:,}/s "
+            f"({r['loop_vs_floor']:.2f}x floor), muxrec train {r['command_samples_per_s']:,}/s "
+            f"({r['command_vs_loop']:.2f}x the loop's epoch), start-up {r['startup_s']:.1f}s, "
+            f"tear-down {r['teardown_s']:.1f}s")):
+        _print_json(row)
+    return 0
+
+
+def _summarised(rows: Iterable[dict[str, Any]], quiet: bool,
+                summary: Callable[[dict[str, Any]], str]) -> Iterator[dict[str, Any]]:
+    """Benchmark rows, each summarised in one line on stderr first unless `quiet` (--json)."""
+    for row in rows:
+        if not quiet:
+            skipped = f"{row['model']} on {row['dataset']}: skipped ({row['skipped']})" if "skipped" in row else None
+            print(skipped or summary(row), file=sys.stderr)
+        yield row
 
 
 def cmd_bench_hiformer(args: argparse.Namespace) -> int:
@@ -170,6 +190,23 @@ def _seeds(text: str) -> list[int]:
     if not seeds:
         raise MuxrecError("--seeds: give at least one seed")
     return seeds
+
+
+def cmd_ray(args: argparse.Namespace) -> int:
+    from muxrec.log import say
+    from muxrec.ray_env import kept_ray_address, ray_down, ray_up
+
+    if args.ray_command == "up":
+        running = kept_ray_address()
+        address = ray_up(args.num_cpus)
+        say(f"Ray {'is already running' if running else 'started'} at {address}; muxrec commands join it "
+            "(`muxrec ray down` stops it)")
+    elif args.ray_command == "down":
+        say("Ray stopped" if ray_down() else "no Ray kept by `muxrec ray up` is running")
+    else:
+        address = kept_ray_address()
+        print(address or "not running")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -240,13 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--runs", type=Path, default=_default("MUXREC_RUNS", "runs"),
                         help="prepared data and Ray Train runs (env MUXREC_RUNS; default ./runs)")
 
-    def saved_bench(sp: argparse.ArgumentParser) -> None:
-        """--json, --out, --no-save and the paths: a benchmark that writes its table under docs/benchmarks."""
-        sp.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
-        sp.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
-        sp.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")
-        paths(sp)
-
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     dl = data_sub.add_parser("download", help="download a dataset and verify its checksum")
@@ -294,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     paths(mo)
     mo.set_defaults(func=cmd_models)
 
+    def bench_output(sp: argparse.ArgumentParser, json_help: str = "print only the JSON line on stdout") -> None:
+        """--json, --out, --no-save and the paths: a benchmark that writes its table under docs/benchmarks."""
+        sp.add_argument("--json", action="store_true", help=json_help)
+        sp.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
+        sp.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")
+        paths(sp)
+
     be = sub.add_parser("bench", help="benchmarks (print one JSON object as the last line)")
     be_sub = be.add_subparsers(dest="bench_command", required=True, parser_class=_Parser)
     ctr = be_sub.add_parser("ctr", help="fixed CTR protocol: prepare + train + evaluate")
@@ -304,11 +341,19 @@ def build_parser() -> argparse.ArgumentParser:
     ctr.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 2026,2027,2028 (overrides --seed)")
     ctr.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                      help="override every model's YAML, e.g. --set train.lr=3e-3 (repeatable; recorded in the results)")
-    ctr.add_argument("--json", action="store_true", help="print only the JSON lines (one per model) on stdout")
-    ctr.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
-    ctr.add_argument("--no-save", action="store_true", help="do not write under docs/benchmarks")
-    paths(ctr)
+    bench_output(ctr, "print only the JSON lines (one per model) on stdout")
     ctr.set_defaults(func=cmd_bench_ctr)
+
+    bt = be_sub.add_parser("train", help="training speed: plain PyTorch floor, muxrec's loop, `muxrec train`")
+    bt.add_argument("--dataset", default="ml-100k", help="a spec under configs/, e.g. ml-100k, ml-100k-history")
+    bt.add_argument("--model", required=True, help="configs/models/<model>.yaml names, comma-separated, or `all`")
+    bt.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="override every model's YAML, e.g. --set model.hidden_units=[256,128] (repeatable)")
+    bt.add_argument("--epochs", type=int, default=3, help="epochs per measurement (at least 2)")
+    bt.add_argument("--threads", type=int, default=None,
+                    help="torch threads in-process (default: all CPUs, what one Ray Train worker gets on a local Ray)")
+    bench_output(bt, "print only the JSON lines (one per model) on stdout")
+    bt.set_defaults(func=cmd_bench_train)
 
     hf = be_sub.add_parser("hiformer", help="Hiformer's low-rank and pruning tricks: speed-up and AUC cost")
     hf.add_argument("--dataset", default="ml-100k", help="the dataset `bench ctr` ran hiformer and hiformer-fast on")
@@ -323,14 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--users", type=_positive, default=2_000_000, help="distinct user ids to draw from")
     pl.add_argument("--items", type=_positive, default=1_000_000, help="distinct item ids to draw from")
     pl.add_argument("--score-rows", type=_positive, default=2_000_000, help="rows to score (at most --rows)")
-    saved_bench(pl)
+    bench_output(pl)
     pl.set_defaults(func=cmd_bench_pipeline)
 
     sv = be_sub.add_parser("serve", help="latency / QPS of the running stack against the model-forward floor")
     sv.add_argument("--name", default=os.environ.get("MUXREC_MODEL", "ml-100k-deepfm"),
                     help="registry name to serve (trained on ML-100K first if missing)")
     sv.add_argument("--requests", type=int, default=400, help="rank requests per concurrency level")
-    saved_bench(sv)
+    bench_output(sv)
     sv.set_defaults(func=cmd_bench_serve)
 
     se = sub.add_parser("serve", help="start the Ray Serve app locally and print its URL (Ctrl-C stops it)")
@@ -353,6 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     paths(sc)
     sc.set_defaults(func=cmd_score)
 
+    ry = sub.add_parser("ray", help="keep a local Ray (127.0.0.1) running so commands skip its start-up")
+    ry_sub = ry.add_subparsers(dest="ray_command", required=True, parser_class=_Parser)
+    up = ry_sub.add_parser("up", help="start it (no-op when running); RAY_ADDRESS still takes precedence")
+    up.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default: all)")
+    up.set_defaults(func=cmd_ray)
+    ry_sub.add_parser("down", help="stop the Ray `muxrec ray up` started").set_defaults(func=cmd_ray)
+    ry_sub.add_parser("status", help="print its address, or `not running`").set_defaults(func=cmd_ray)
+
     de = sub.add_parser("demo", help="train DeepFM on ML-100K (or synthetic data), serve it, query it, stop")
     paths(de)
     de.set_defaults(func=cmd_demo)
@@ -361,11 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from muxrec import log
+    from muxrec.ray_env import use_kept_ray
 
     args = build_parser().parse_args(argv)
     log.set_verbose(args.verbose)
+    log.quiet_libraries()
     if args.address:
         os.environ["RAY_ADDRESS"] = args.address  # muxrec.ray_env.ensure_ray joins it
+    use_kept_ray()  # before any command imports Ray (it sets the kept Ray's auth mode)
     try:
         return args.func(args)
     except MuxrecError as err:

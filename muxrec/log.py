@@ -6,8 +6,10 @@ The level travels in the environment, so Ray workers started from this process s
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 
 ENV = "MUXREC_LOG_LEVEL"
 
@@ -25,3 +27,13 @@ def set_verbose(on: bool) -> None:
 def say(message: str) -> None:
     """One progress line for people, on stderr (stdout is kept for results and JSON)."""
     print(f"[muxrec] {message}", file=sys.stderr, flush=True)
+
+
+def quiet_libraries() -> None:
+    """Unless verbose: hide library chatter that is not ours (warnings about other libraries' APIs,
+    torch's notes on torchrec's tracing helpers). Errors and exceptions are untouched."""
+    if verbose():
+        return
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)

@@ -9,25 +9,37 @@ spec declares `grades:` for its label.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from muxrec.config import TrainConfig
 from muxrec.metrics import binary_metrics
-from muxrec.models import EncodedRows
-from muxrec.models.serialization import predict_proba
+from muxrec.models import Batch, EncodedRows
 from muxrec.spec import ModelInputs
 
 
+class Rows(Protocol):
+    """What the loop trains on: rows in memory (`EncodedRows`) or a streamed shard of them."""
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Batches in order, or shuffled by `generator` (a replayable order)."""
+        ...
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam; embedding tables get embedding_l2, everything else weight_decay."""
+    """Adam; embedding tables get embedding_l2, everything else weight_decay.
+
+    The fused kernel updates every parameter in one pass; torch's default on CPU loops over tensors
+    in Python (measured on DeepFM [256, 128]: a third of the time of a training step's backward).
+    """
     tables = {id(p) for m in model.modules() if isinstance(m, (nn.EmbeddingBag, nn.Embedding)) for p in m.parameters()}
     embedding = [p for p in model.parameters() if id(p) in tables]
     other = [p for p in model.parameters() if id(p) not in tables]
     return torch.optim.Adam([{"params": embedding, "weight_decay": cfg.embedding_l2},
-                             {"params": other, "weight_decay": cfg.weight_decay}], lr=cfg.lr)
+                             {"params": other, "weight_decay": cfg.weight_decay}], lr=cfg.lr, fused=True)
 
 
 class Objective:
@@ -75,7 +87,7 @@ class Objective:
         return nn.functional.binary_cross_entropy_with_logits(torch.cat(scores, 1), torch.cat(targets, 1))
 
 
-def train_epoch(net: nn.Module, model: nn.Module, rows: EncodedRows, cfg: TrainConfig, epoch: int,
+def train_epoch(net: nn.Module, model: nn.Module, rows: Rows, cfg: TrainConfig, epoch: int,
                 optimizer: torch.optim.Optimizer, max_batches: int | None = None,
                 on_batch: Callable[[], None] | None = None, objective: Objective | None = None) -> float:
     """One pass over `rows` in a seeded order; returns the mean loss.
@@ -106,13 +118,19 @@ def train_epoch(net: nn.Module, model: nn.Module, rows: EncodedRows, cfg: TrainC
     return float(sum(losses) / max(len(losses), 1))
 
 
-def evaluate_rows(model: nn.Module, rows: EncodedRows, tasks: tuple[str, ...], batch_size: int) -> dict[str, Any]:
+def evaluate_rows(model: nn.Module, rows: Rows, tasks: tuple[str, ...], batch_size: int) -> dict[str, Any]:
     """Metrics per task, keyed "<task>_auc" etc.; the first task's also as plain "auc"/"logloss"."""
-    probs = predict_proba(model, rows, batch_size)  # (N, T_out)
-    labels = rows.labels.numpy()
+    model.eval()
+    probs, labels = [], []
+    with torch.no_grad():
+        for batch in rows.batches(batch_size):
+            probs.append(torch.sigmoid(model(batch)))  # (B, T_out)
+            labels.append(batch.labels)  # (B, T + G)
+    probs_np = torch.cat(probs).numpy() if probs else np.zeros((0, len(tasks)), np.float32)  # (N, T_out)
+    labels_np = torch.cat(labels).numpy() if labels else np.zeros((0, len(tasks)), np.float32)
     out: dict[str, Any] = {}
-    for t in range(probs.shape[1]):
-        m = binary_metrics(labels[:, t], probs[:, t])
+    for t in range(probs_np.shape[1]):
+        m = binary_metrics(labels_np[:, t], probs_np[:, t])
         out.update({f"{tasks[t]}_{k}": v for k, v in m.items()})
         if t == 0:
             out.update(m)

@@ -8,22 +8,32 @@ A run resumed after epoch k continues exactly as the uninterrupted run would hav
 shuffling and dropout are seeded per epoch.
 
 The driver then loads the best weights, evaluates valid and test, and publishes a model version.
+
+How a worker gets its data is chosen by size: a split whose Parquet files total at most
+`TrainJob.in_memory_bytes` (default `IN_MEMORY_BYTES`, 64 MiB on disk; env MUXREC_IN_MEMORY_BYTES)
+is read straight from the prepared folder into memory by each worker (its slice of train, all of
+valid), which skips Ray Data's start-up; a larger one is streamed from Ray Data in batches through a
+local shuffle buffer (`iter_batches`), so no worker ever holds its whole shard.
+
+Progress is the driver's: rank 0 appends events to `progress.jsonl` in the run folder and the
+driver draws them (a tqdm bar per epoch on a terminal, one line per epoch), so Ray's own worker
+output can stay off unless --verbose.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
+import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-import pyarrow as pa
 import ray
 import ray.train
 import torch
@@ -31,11 +41,13 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, DataConfig, RunConfig, ScalingConfig
 from ray.data import DataContext
 from ray.train.torch import TorchTrainer
+from tqdm import tqdm
 
 from muxrec.artifacts import ArtifactRegistry, ModelVersion
 from muxrec.config import TrainConfig, to_dict
 from muxrec.errors import ConfigError, MuxrecError, find_muxrec_error
-from muxrec.models import EncodedRows, build_model
+from muxrec.log import say
+from muxrec.models import Batch, EncodedRows, build_model
 from muxrec.models.registry import entry
 from muxrec.models.serialization import load_state, model_files, state_bytes
 from muxrec.pipelines.importance import permutation_importance
@@ -49,6 +61,20 @@ _STATE = "state.json"
 _CURRENT = "model.safetensors"
 _BEST = "best.safetensors"
 _OPTIMIZER = "optimizer.pt"
+_PROGRESS = "progress.jsonl"
+IN_MEMORY_BYTES = 64 * 2**20  # a split up to this many Parquet bytes is held in memory, not streamed
+SHUFFLE_BUFFER_ROWS = 50_000  # streamed training rows are shuffled within a buffer of this many rows
+
+
+def default_in_memory_bytes() -> int:
+    """IN_MEMORY_BYTES, or MUXREC_IN_MEMORY_BYTES when set (0 streams every split)."""
+    value = os.environ.get("MUXREC_IN_MEMORY_BYTES")
+    if value is None:
+        return IN_MEMORY_BYTES
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"MUXREC_IN_MEMORY_BYTES: expected a number of bytes, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -61,7 +87,9 @@ class TrainJob:
     train: TrainConfig = TrainConfig()
     # How to run, not what to learn: never part of the fingerprint.
     threads: int = 1  # torch threads per worker
-    progress_bars: bool = False  # draw per-batch bars (the driver has a terminal)
+    in_memory_bytes: int | None = None  # splits up to this many Parquet bytes are held in memory; None: default
+    streamed: tuple[str, ...] = ()  # splits the driver hands over as Ray datasets (set by `fit`)
+    progress_file: str = ""  # where rank 0 appends progress events (set by `fit`)
 
     def __post_init__(self) -> None:
         expected = entry(self.model).config_cls
@@ -72,7 +100,8 @@ class TrainJob:
     def to_dict(self) -> dict[str, Any]:
         """As JSON (the published train.json)."""
         return {"prepared": self.prepared, "model": self.model, "model_config": to_dict(self.model_config),
-                "train": to_dict(self.train), "threads": self.threads, "progress_bars": self.progress_bars}
+                "train": to_dict(self.train), "threads": self.threads, "in_memory_bytes": self.in_memory_bytes,
+                "streamed": list(self.streamed), "progress_file": self.progress_file}
 
     def fingerprint(self, spec_fingerprint: str) -> str:
         """What must not change between a run and its resumption (epochs and workers may)."""
@@ -91,11 +120,46 @@ class TrainResult:
 # ---- worker side ----------------------------------------------------------------------------
 
 
-def _shard_rows(name: str, inputs: ModelInputs) -> EncodedRows:
-    """Pull this worker's shard of a Ray dataset into memory, once."""
-    shard = ray.train.get_dataset_shard(name)
-    tables = list(shard.iter_batches(batch_format="pyarrow", batch_size=None))
-    return EncodedRows(pa.concat_tables(tables) if tables else pa.table({}), inputs)
+class StreamedRows:
+    """A worker's shard of a Ray dataset, read batch by batch (never all at once).
+
+    Shuffling is local: rows pass through a buffer of `SHUFFLE_BUFFER_ROWS` seeded from the epoch's
+    generator, so an epoch's order is replayable on the same shard layout.
+    """
+
+    def __init__(self, name: str, inputs: ModelInputs, rows: int):
+        self.shard = ray.train.get_dataset_shard(name)
+        self.inputs = inputs
+        self.rows = rows  # this worker's share (Ray splits the train split into equal shards)
+        self.seen = 0  # rows delivered by the latest pass
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        shuffle = {} if generator is None else {"local_shuffle_buffer_size": SHUFFLE_BUFFER_ROWS,
+                                                "local_shuffle_seed": generator.initial_seed() % 2**32}
+        self.seen = 0
+        for table in self.shard.iter_batches(batch_size=batch_size, batch_format="pyarrow", **shuffle):
+            rows = EncodedRows(table, self.inputs)
+            self.seen += len(rows)
+            yield rows.take(torch.arange(len(rows)))
+
+
+def _worker_rows(job: TrainJob, prepared: PreparedData, split: str, rank: int, world: int) -> EncodedRows | StreamedRows:
+    """This worker's rows of `split`: streamed when the driver made it a Ray dataset, else read here.
+
+    A split held in memory is read from the prepared folder directly (train: this rank's contiguous
+    slice; valid: all of it, every rank evaluates the same rows).
+    """
+    if split in job.streamed:
+        total = prepared.stats["splits"][split]["rows"]
+        return StreamedRows(split, prepared.inputs, total // world if split == "train" else total)
+    table = prepared.read(split)
+    if split == "train" and world > 1:
+        lo, hi = table.num_rows * rank // world, table.num_rows * (rank + 1) // world
+        table = table.slice(lo, hi - lo)
+    return EncodedRows(table, prepared.inputs)
 
 
 def _equal_batch_count(n_batches: int) -> int:
@@ -107,26 +171,33 @@ def _equal_batch_count(n_batches: int) -> int:
     return int(t.item())
 
 
-def _worker_log() -> logging.Logger:
-    """Worker-side log lines reach the driver once (print() output is forwarded twice by Ray Train)."""
-    log = logging.getLogger("muxrec.train")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[muxrec] %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-    return log
+class _Progress:
+    """Rank 0's progress events, one JSON object per line, appended to a file the driver follows.
+
+    Each event carries `t`, its wall-clock time (benchmarks read start-up and per-epoch time from it).
+    """
+
+    def __init__(self, path: str, enabled: bool):
+        self.file = open(path, "a", encoding="utf-8") if enabled and path else None
+
+    def emit(self, **event: Any) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps({**event, "t": time.time()}) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     job: TrainJob = config["job"]
-    log = _worker_log()
     cfg = job.train
     prepared = PreparedData.load(job.prepared)
     inputs = prepared.inputs
     ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    progress = _Progress(job.progress_file, rank == 0)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(job.model, job.model_config, inputs)
@@ -149,29 +220,36 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             load_state(model, (d / _CURRENT).read_bytes())
             best_weights = (d / _BEST).read_bytes()
             optimizer.load_state_dict(torch.load(d / _OPTIMIZER, weights_only=True))
-        if rank == 0:
-            log.info(f"resuming after epoch {state['epoch'] + 1} (best valid AUC "
-                     f"{state['best_valid_auc']:.4f} at epoch {state['best_epoch'] + 1})")
+        progress.emit(kind="resume", epoch=state["epoch"] + 1, best_valid_auc=state["best_valid_auc"],
+                      best_epoch=state["best_epoch"] + 1)
 
-    net = ray.train.torch.prepare_model(model) if ctx.get_world_size() > 1 else model
-    DataContext.get_current().enable_progress_bars = False  # the shards are small; bars would be noise
-    train_rows = _shard_rows("train", inputs)
-    valid_rows = _shard_rows("valid", inputs)
-    # Each worker holds one Ray CPU so that Ray Data can stream the shards in; once they are in
-    # memory, let torch use this worker's share of the machine.
+    net = ray.train.torch.prepare_model(model) if world > 1 else model
+    DataContext.get_current().enable_progress_bars = False  # progress is drawn by the driver
+    train_rows = _worker_rows(job, prepared, "train", rank, world)
+    valid_rows = _worker_rows(job, prepared, "valid", rank, world)
+    # Each worker holds at most one Ray CPU (Ray Data may need the rest to stream shards in); torch
+    # uses this worker's share of the machine.
     torch.set_num_threads(job.threads)
-    state["world_size"] = ctx.get_world_size()
+    state["world_size"] = world
     state["train_rows"] = len(train_rows)  # this rank's shard
+    state["streamed"] = list(job.streamed)
     start = state["epoch"] + 1
     if state["stopped"]:
         start = cfg.epochs  # early-stopped before: nothing left to do
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         n_batches = _equal_batch_count((len(train_rows) + cfg.batch_size - 1) // cfg.batch_size)
-        progress = _progress(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", rank == 0 and job.progress_bars)
+        progress.emit(kind="start", epoch=epoch + 1, epochs=cfg.epochs, batches=n_batches)
+        every = max(1, n_batches // 50)
+        done = iter(range(1, n_batches + 1))
+
+        def on_batch() -> None:
+            step = next(done)
+            if step % every == 0 or step == n_batches:
+                progress.emit(kind="batch", done=step)
+
         train_loss = train_epoch(net, model, train_rows, cfg, epoch, optimizer, n_batches,
-                                 on_batch=lambda: progress.update(1), objective=objective)
-        progress.close()
+                                 on_batch=on_batch, objective=objective)
         valid = evaluate_rows(model, valid_rows, inputs.tasks, cfg.eval_batch_size)
         seconds = time.perf_counter() - t0
         state["train_seconds"] += seconds
@@ -186,9 +264,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                    "valid_logloss": valid["logloss"], "best_valid_auc": state["best_valid_auc"],
                    "epoch_seconds": seconds}
         state["history"].append(metrics)
-        if rank == 0:
-            log.info(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f}  valid AUC {valid['auc']:.4f}  "
-                     f"logloss {valid['logloss']:.4f}  ({seconds:.1f}s)")
+        if isinstance(train_rows, StreamedRows):
+            state["train_rows"] = train_rows.seen
+        progress.emit(kind="epoch", **metrics)
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
@@ -200,26 +278,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 checkpoint = Checkpoint.from_directory(str(d))
             ray.train.report(metrics, checkpoint=checkpoint)
         if state["stopped"]:
-            if rank == 0:
-                log.info(f"early stop: no better valid AUC for {cfg.patience} epoch(s)")
+            progress.emit(kind="stop", patience=cfg.patience)
             break
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    """A per-epoch progress bar drawn by Ray on the driver's terminal; a no-op when disabled."""
-    if not enabled:
-        return _NoProgress()
-    from ray.experimental.tqdm_ray import tqdm
-
-    return tqdm(total=total, desc=desc, unit="batch")
-
-
-class _NoProgress:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    progress.close()
 
 
 # ---- driver side ----------------------------------------------------------------------------
@@ -241,11 +302,17 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
     ensure_ray()
     prepared = PreparedData.load(job.prepared)
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    job = replace(job, threads=max(1, cpus // job.train.num_workers), progress_bars=sys.stderr.isatty())
-    # Workers must leave a CPU free: Ray Data streams their shards in with tasks of its own, and a
-    # cluster whose CPUs are all held by workers would wait for them forever.
+    limit = job.in_memory_bytes if job.in_memory_bytes is not None else default_in_memory_bytes()
+    streamed = tuple(s for s in ("train", "valid") if _split_bytes(prepared, s) > limit)
+    folder.mkdir(parents=True, exist_ok=True)
+    progress_file = folder / _PROGRESS
+    progress_file.unlink(missing_ok=True)
+    job = replace(job, threads=max(1, cpus // job.train.num_workers), in_memory_bytes=limit, streamed=streamed,
+                  progress_file=str(progress_file))
+    # Workers leave a CPU free: Ray Data feeds streamed shards with tasks of its own, and a cluster
+    # whose CPUs are all held by workers would wait for them forever.
     worker_cpus = min(1.0, max(0.1, (cpus - 1) / job.train.num_workers))
-    datasets = {split: ray.data.read_parquet(str(prepared.split_dir(split))) for split in ("train", "valid")}
+    datasets = {split: ray.data.read_parquet(str(prepared.split_dir(split))) for split in streamed}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job},
@@ -254,9 +321,12 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
         run_config=RunConfig(name=name, storage_path=str(Path(storage).resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=[s for s in streamed if s == "train"]),
     )
+    how = ", ".join(f"{s} {'streamed' if s in streamed else 'in memory'}" for s in ("train", "valid"))
+    say(f"training {job.model} on {job.train.num_workers} Ray worker(s) ({how})")
     t0 = time.perf_counter()
+    follower = _ProgressFollower(progress_file)
     try:
         result = trainer.fit()
     except Exception as err:
@@ -266,6 +336,8 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
             if cause is not None and cause is not err:
                 raise cause from None
         raise
+    finally:
+        follower.stop()
     wall = time.perf_counter() - t0
     if result.checkpoint is None:
         raise MuxrecError(f"training run {name} produced no checkpoint")
@@ -273,6 +345,67 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
         state = json.loads((Path(d) / _STATE).read_text())
         best = (Path(d) / _BEST).read_bytes()
     return state, best, wall
+
+
+def _split_bytes(prepared: PreparedData, split: str) -> int:
+    """Bytes of the split's Parquet files on disk (what decides streaming vs in memory)."""
+    return sum(f.stat().st_size for f in prepared.split_dir(split).glob("*.parquet"))
+
+
+class _ProgressFollower:
+    """Follows rank 0's progress file from a driver thread: a tqdm bar per epoch (terminals only)
+    and one line per epoch, so the user sees progress without Ray's worker logs."""
+
+    def __init__(self, path: Path, poll_seconds: float = 0.2):
+        self.path, self.poll = path, poll_seconds
+        self.bar: tqdm | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="muxrec-progress", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+        self._close_bar()
+
+    def _run(self) -> None:
+        offset, pending = 0, ""
+        while True:
+            finished = self.done.is_set()  # read once more after stop() so no event is lost
+            if self.path.exists():
+                with self.path.open(encoding="utf-8") as f:
+                    f.seek(offset)
+                    pending += f.read()
+                    offset = f.tell()
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    self._show(json.loads(line))
+            if finished:
+                return
+            self.done.wait(self.poll)
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _show(self, event: dict[str, Any]) -> None:
+        kind = event["kind"]
+        if kind == "start":
+            self._close_bar()
+            self.bar = tqdm(total=event["batches"], desc=f"epoch {event['epoch']}/{event['epochs']}",
+                            unit="batch", leave=False, disable=None, file=sys.stderr)
+        elif kind == "batch" and self.bar is not None:
+            self.bar.update(event["done"] - self.bar.n)
+        elif kind == "epoch":
+            self._close_bar()
+            say(f"epoch {event['epoch']}: loss {event['train_loss']:.4f}  valid AUC {event['valid_auc']:.4f}  "
+                f"logloss {event['valid_logloss']:.4f}  ({event['epoch_seconds']:.1f}s)")
+        elif kind == "resume":
+            say(f"resuming after epoch {event['epoch']} (best valid AUC {event['best_valid_auc']:.4f} "
+                f"at epoch {event['best_epoch']})")
+        elif kind == "stop":
+            say(f"early stop: no better valid AUC for {event['patience']} epoch(s)")
 
 
 def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: str | Path,
@@ -328,8 +461,8 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
         "test_auc": metrics["test"]["auc"], "run": runs[-1]})
     for name in runs:
         (run_dir(storage, name) / DONE_MARKER).write_text(json.dumps({"version": version.ref}))
-    print(f"[muxrec] published {version.ref}: valid AUC {metrics['valid']['auc']:.4f}, "
-          f"test AUC {metrics['test']['auc']:.4f} (best epoch {metrics['best_epoch']})", file=sys.stderr, flush=True)
+    say(f"published {version.ref}: valid AUC {metrics['valid']['auc']:.4f}, "
+        f"test AUC {metrics['test']['auc']:.4f} (best epoch {metrics['best_epoch']})")
     return TrainResult(version, metrics, run_dir(storage, runs[-1]))
 
 

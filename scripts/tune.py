@@ -34,7 +34,7 @@ def run(prepared: PreparedData, model_name: str, model_cfg: Any, train_cfg: Trai
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_name, model_cfg, prepared.inputs)
     optimizer = make_optimizer(model, train_cfg)
-    best, best_epoch, bad, t0, history = -1.0, -1, 0, time.perf_counter(), []
+    best, best_epoch, bad, t0, cpu0, history = -1.0, -1, 0, time.perf_counter(), time.process_time(), []
     for epoch in range(train_cfg.epochs):
         train_epoch(model, model, train_rows, train_cfg, epoch, optimizer)
         auc = evaluate_rows(model, valid_rows, prepared.inputs.tasks, train_cfg.eval_batch_size)["auc"]
@@ -46,7 +46,8 @@ def run(prepared: PreparedData, model_name: str, model_cfg: Any, train_cfg: Trai
             if bad >= train_cfg.patience:
                 break
     return {"valid_auc": round(best, 5), "best_epoch": best_epoch + 1, "epochs": len(history),
-            "seconds": round(time.perf_counter() - t0, 1), "history": history}
+            "seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(time.process_time() - cpu0, 1),
+            "history": history}
 
 
 def main() -> int:

@@ -67,6 +67,7 @@ def test_train_resume_and_evaluate(prepared, tmp_path):
     job = TrainJob(str(prepared.root), "deepfm", DEEPFM, replace(SMALL, epochs=2))
     first, _, _ = fit(job, storage, "interrupted")
     assert first["epoch"] == 1 and len(first["history"]) == 2
+    assert first["streamed"] == []  # a split this small is held in memory
     resumed, resumed_best, _ = fit(replace(job, train=replace(job.train, epochs=3)), storage, "interrupted")
     assert resumed["epoch"] == 2 and resumed["history"][:2] == first["history"]
 
@@ -95,6 +96,16 @@ def test_two_workers_train_with_ddp(prepared, tmp_path):
     assert state["world_size"] == 2
     total = prepared.stats["splits"]["train"]["rows"]
     assert abs(state["train_rows"] - total / 2) <= total * 0.1  # each rank saw about half
+    assert state["best_valid_auc"] > 0.6 and best
+
+
+def test_a_split_over_the_in_memory_threshold_is_streamed(prepared, tmp_path):
+    """Train over the threshold streams through Ray Data; valid, at it, stays in memory; both learn."""
+    valid_bytes = sum(f.stat().st_size for f in prepared.split_dir("valid").glob("*.parquet"))
+    job = TrainJob(str(prepared.root), "deepfm", DEEPFM, replace(SMALL, epochs=2), in_memory_bytes=valid_bytes)
+    state, best, _ = fit(job, tmp_path / "ray", "streamed")
+    assert state["streamed"] == ["train"]
+    assert state["train_rows"] == prepared.stats["splits"]["train"]["rows"]  # every row came through the stream
     assert state["best_valid_auc"] > 0.6 and best
 
 

@@ -94,7 +94,7 @@ def test_overrides_apply_to_model_and_train_sections():
     mf = load_model_file(CONFIGS / "models" / "deepfm.yaml")
     changed = with_overrides(mf, ["train.lr=3e-3", "train.patience=4", "model.hidden_units=[64, 32]"])
     assert changed.train.lr == 3e-3 and changed.train.patience == 4  # "3e-3" is a number, not a string
-    assert changed.model["hidden_units"] == [64, 32] and mf.model["hidden_units"] == [400, 400, 400]
+    assert changed.model["hidden_units"] == [64, 32] and mf.model["hidden_units"] == [256, 128]
     with pytest.raises(ConfigError, match=r"--set 'lr=3': use model.<field>=<value> or train.<field>=<value>"):
         with_overrides(mf, ["lr=3"])
     with pytest.raises(ConfigError, match="patience"):
