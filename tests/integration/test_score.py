@@ -43,11 +43,13 @@ def test_score_matches_the_model_and_reruns_identically(small_models, rows_dir, 
     report = score(registry, MODEL, "v0001", folder, out, batch_size=200)
     assert report == {"output": str(out), "rows": raw.num_rows, "model_version": v1.ref}
     scored = pq.read_table(out)
-    assert scored.column_names == ["user_id", "item_id", "score", "model_version"]  # DeepFM: one task
+    # DeepFM's head has one logit per label of the spec: click (the first task) and conversion.
+    assert scored.column_names == ["user_id", "item_id", "score", "score_conversion", "model_version"]
     assert scored["user_id"].to_pylist() == raw["user_id"].to_pylist()  # input order and keys kept
     assert set(scored["model_version"].to_pylist()) == {v1.ref}
-    offline = load_model(v1).predict_raw(raw)[:, 0]
-    np.testing.assert_allclose(scored["score"].to_numpy(), offline, atol=1e-6)
+    offline = load_model(v1).predict_raw(raw)  # (N, 2)
+    np.testing.assert_allclose(scored["score"].to_numpy(), offline[:, 0], atol=1e-6)
+    np.testing.assert_allclose(scored["score_conversion"].to_numpy(), offline[:, 1], atol=1e-6)
 
     names = sorted(p.name for p in out.iterdir())
     assert names and all(n.startswith("part-") for n in names)
