@@ -206,8 +206,10 @@ def _bench_train_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def _result_name(row: dict[str, Any]) -> str:
+    """One file per dataset, model, overrides and start kind (Ray started by the command, or already up)."""
     tag = hashlib.sha256(json.dumps(row.get("overrides", [])).encode()).hexdigest()[:6]
-    return f"train-{row['dataset']}-{row['model']}-{tag}.json"
+    start = "warm" if row.get("ray_running") else "cold"
+    return f"train-{row['dataset']}-{row['model']}-{tag}-{start}.json"
 
 
 def save_result(row: dict[str, Any], out_dir: Path) -> None:
