@@ -68,3 +68,28 @@ def test_bench_hiformer_times_the_serving_tricks(ray_cluster, tmp_path):
     assert variants["lowrank"]["params"] < variants["full"]["params"]
     assert result["prune_max_abs_logit_change"] < 1e-4  # pruning is exact up to float rounding
     assert "| lowrank+prune |" in (out / "hiformer-tiny.md").read_text()
+
+
+def test_bench_train_times_floor_loop_and_command(ray_cluster, tmp_path, monkeypatch):
+    """`muxrec bench train` on tiny data: the floor, our loop and a real `muxrec train` process, one row."""
+    from muxrec.benchmarks.train import bench_train
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no Ray kept by `muxrec ray up`: a cold start
+
+    configs = tmp_path / "configs"
+    (configs / "models").mkdir(parents=True)
+    spec = synthetic_spec(rows=3000, seed=4).model_dump(mode="json")
+    spec["name"] = "tiny"
+    (configs / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    (configs / "models" / "deepfm.yaml").write_text(
+        "model: {embedding_dim: 4, hidden_units: [16]}\ntrain: {batch_size: 256, lr: 0.01}\n")
+    out = tmp_path / "docs"
+
+    (row,) = bench_train("tiny", "deepfm", configs, tmp_path / "runs", out, epochs=2, threads=1)
+    assert row["model"] == "deepfm" and row["train_rows"] > 2000 and row["epochs"] == 2
+    assert row["floor_samples_per_s"] > 0 and row["loop_samples_per_s"] > 0 and row["command_samples_per_s"] > 0
+    assert row["loop_vs_floor"] == pytest.approx(row["loop_samples_per_s"] / row["floor_samples_per_s"], rel=0.01)
+    assert row["startup_s"] > 0 and row["teardown_s"] > 0 and row["ray_running"] is False
+    assert len(list((out / "results").glob("train-tiny-deepfm-*-cold.json"))) == 1
+    report = (out / "train.md").read_text()
+    assert "| tiny | deepfm |" in report and (out / "train.png").stat().st_size > 5_000
