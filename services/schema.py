@@ -125,7 +125,7 @@ class RequestSchema:
             for c in self.columns:
                 if c.required and c.name not in row:
                     errors.append({"loc": ("body", "candidates", i, c.name), "type": "missing",
-                                   "msg": f"field required (in the candidate or in context)", "input": None})
+                                   "msg": "field required (in the candidate or in context)", "input": None})
             rows.append(row)
         if errors:
             raise RequestValidationError(errors[:50])
