@@ -7,6 +7,12 @@ Which Ray: RAY_ADDRESS when set; else the local one `muxrec ray up` keeps runnin
 127.0.0.1; its address is in `$XDG_CACHE_HOME/muxrec/ray.json`), which saves every later command
 Ray's start-up; else a new local instance for this process alone.
 
+Local means loopback: a Ray that muxrec starts or joins on this machine (not RAY_ADDRESS) takes
+127.0.0.1 as its node address, so that GCS, raylet, workers, agents and the metrics exporter all
+listen on 127.0.0.1 only (by default Ray takes the machine's outward address and binds to it or to
+every interface). The dashboard stays off. A cluster address (RAY_ADDRESS / --address) is left to
+that cluster's own settings.
+
 Quiet by default: Ray's own log lines and the output of its worker processes (placement-group
 notices, library loads, deprecation warnings, Ray Data / Train progress tables) reach the terminal
 only with --verbose / MUXREC_LOG_LEVEL=debug. Errors still do: a failed task or training worker is
@@ -22,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -74,11 +81,30 @@ def use_kept_ray() -> str | None:
     return kept
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
+# Ray takes 127.0.0.1 as the node address when "clusters" are off (its setting for Windows / macOS,
+# read from this variable when Ray is imported); muxrec's local Ray is one node, so it sets it.
+_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def _use_loopback_node() -> None:
+    """Make this process's Ray take 127.0.0.1 as its node address when it starts or joins a local Ray.
+
+    Ray resolves 127.0.0.1 given as `_node_ip_address` back to the machine's outward address; only
+    the single-node switch above keeps it. Ray reads that variable at import, which may have happened
+    (a test session, a library): set the module's value too. The process's environment is left alone
+    so that children (e.g. a multi-node test cluster) keep Ray's defaults.
+    """
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def ensure_ray(num_cpus: int | None = None) -> bool:
     """Join RAY_ADDRESS or the kept local Ray, else start a local one; no-op if Ray is running.
 
-    The dashboard stays off (it would listen on a public interface by default), and Ray Data keeps
-    row order so that a rerun over the same input writes the same files.
+    Returns True when this call started a new local Ray (which the caller then owns and shuts down).
+    A local Ray listens on 127.0.0.1 only (see the module docstring), and Ray Data keeps row order so
+    that a rerun over the same input writes the same files.
     """
     kept = use_kept_ray()
     import ray
@@ -91,15 +117,26 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         # Ray Data logs a failed task's error with its whole traceback before raising it, and the
         # caller prints that error as one line; --verbose shows all of it.
         logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    started = False
     if not ray.is_initialized():
         quiet = {"log_to_driver": loud,
                  "logging_config": ray.LoggingConfig(log_level="INFO" if loud else "ERROR")}
-        address = os.environ.get("RAY_ADDRESS") or kept
-        if address:
-            ray.init(address=address, **quiet)
+        cluster = os.environ.get("RAY_ADDRESS")
+        if not cluster:
+            _use_loopback_node()
+        # Ray's core installs a SIGTERM handler that aborts the process (leaving Ray's own processes
+        # behind); the handlers this process had (e.g. `muxrec serve`'s clean stop) are put back.
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if cluster or kept:
+            ray.init(address=cluster or kept, **quiet)
         else:
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                      dashboard_host=HOST, **quiet)
+            started = True
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
     ctx = DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.raise_original_map_exception = True  # a DataError from derive() reaches the user as itself
@@ -108,6 +145,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         ctx.enable_progress_bars = False
         if loud:
             logging.getLogger("ray.data").setLevel(logging.WARNING)
+    return started
 
 
 def ray_up(num_cpus: int | None = None, timeout: float = 120.0) -> str:
@@ -118,10 +156,13 @@ def ray_up(num_cpus: int | None = None, timeout: float = 120.0) -> str:
     port = _free_port()
     log_path = kept_ray_file().with_name("ray-up.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    # Every server of this Ray on 127.0.0.1 (see _LOOPBACK_ENV); the Ray Client server on a free port,
+    # not the fixed 10001 that a second Ray on the machine would also want.
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--node-ip-address={HOST}",
-               f"--port={port}", f"--num-cpus={num_cpus or os.cpu_count()}", "--include-dashboard=false",
-               "--disable-usage-stats"]
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # a token in ~/.ray (made if missing) guards the cluster
+               f"--port={port}", f"--ray-client-server-port={_free_port()}", f"--num-cpus={num_cpus or os.cpu_count()}",
+               "--include-dashboard=false", "--disable-usage-stats"]
+    # A token in ~/.ray (made if missing) guards the cluster.
+    env = {**os.environ, **_LOOPBACK_ENV, "RAY_AUTH_MODE": "token"}
     with log_path.open("w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     deadline = time.monotonic() + timeout
@@ -164,3 +205,58 @@ def _stop_group(pid: int, timeout: float = 30.0) -> bool:
     return True
 
 
+
+
+def _process_tree(root: int) -> dict[int, str]:
+    """{pid: start time} of `root`'s descendants, from /proc (empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    started: dict[int, str] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)  # fields[1]: the parent's pid
+        started[pid] = fields[19]  # start time: tells a reused pid apart
+    out, todo = {}, list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        out[pid] = started[pid]
+        todo += children.get(pid, [])
+    return out
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z" and fields[19] == start
+
+
+def shutdown_started_ray(timeout: float = 10.0) -> int:
+    """Shut down the Ray this process started (ensure_ray returned True) and every process it spawned.
+
+    ray.shutdown() stops GCS and raylet, but the raylet's agents (dashboard agent, runtime-env agent)
+    and idle workers can outlive it for a while; whatever is left after `timeout` gets SIGTERM, then
+    SIGKILL. Returns the number of processes that had to be signalled.
+    """
+    import ray
+
+    tree = _process_tree(os.getpid())  # before shutdown: afterwards the orphans belong to init
+    ray.shutdown()
+    deadline = time.monotonic() + timeout
+    while any(_alive(p, s) for p, s in tree.items()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p for p, s in tree.items() if _alive(p, s)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        end = time.monotonic() + 3
+        while any(_alive(p, tree[p]) for p in left) and time.monotonic() < end:
+            time.sleep(0.1)
+    return len(left)

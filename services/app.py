@@ -6,7 +6,7 @@
 deploy/serve.yaml is a Ray Serve config file (the schema of `serve run` / KubeRay's serveConfigV2):
 http_options, and per application an import_path (this module's `app_builder`), its `args`
 (ServeSettings fields), and per-deployment options (replicas, max_ongoing_requests,
-max_queued_requests, ray_actor_options, user_config with the Ranker's batching knobs).
+max_queued_requests, backpressure_config, ray_actor_options, user_config with the Ranker's batching knobs).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from muxrec.services.selector import FeatureSelector
 from muxrec.services.settings import ServeSettings
 
 DEPLOYMENTS = {"Gateway": Gateway, "Ranker": Ranker, "Embedder": Embedder, "FeatureSelector": FeatureSelector}
-_DEPLOYMENT_OPTIONS = {"num_replicas", "max_ongoing_requests", "max_queued_requests", "ray_actor_options",
-                       "user_config", "graceful_shutdown_timeout_s", "health_check_period_s",
+_DEPLOYMENT_OPTIONS = {"num_replicas", "max_ongoing_requests", "max_queued_requests", "backpressure_config",
+                       "ray_actor_options", "user_config", "graceful_shutdown_timeout_s", "health_check_period_s",
                        "health_check_timeout_s"}
 
 

@@ -9,13 +9,15 @@ cache, metrics and the handles to the model deployments); the app keeps it in `a
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Awaitable
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from ray.serve.exceptions import BackPressureError
+from ray.exceptions import ActorDiedError, ActorUnavailableError
+from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from muxrec.artifacts import WEIGHTS, ArtifactRegistry
@@ -86,17 +88,43 @@ class Unavailable(Exception):
     """A dependency cannot answer now: 503 with Retry-After."""
 
 
-async def result_of(call: Awaitable[Any]) -> Any:
-    """Await a deployment call; overload becomes 503 and a user error its own 4xx, never 500."""
-    try:
-        return await call
-    except BackPressureError:
-        raise Unavailable("the model is overloaded; retry shortly") from None
-    except Exception as err:
-        ours = find_muxrec_error(err)
-        if ours is not None:
-            raise ours from None  # without Ray's wrapper and its remote traceback
-        raise
+# A replica that died or cannot be reached: the call never ran to completion there, and every call
+# the gateway makes is idempotent (scoring, embedding, reading), so it is sent again; Serve's router
+# has by then marked that replica dead and picks another one.
+_REPLICA_LOST = (ActorDiedError, ActorUnavailableError)
+RETRIES = 2  # after the first attempt; bounded so that a deployment with no live replica fails fast
+RETRY_BACKOFF_S = 0.05  # doubled per retry
+
+
+async def result_of(method: Any, *args: Any, timeout_s: float | None = None) -> Any:
+    """`method.remote(*args)` on a deployment handle, awaited: never a 500 for a fault of the platform.
+
+    A lost replica is retried on another one (RETRIES times); still lost, or overloaded (the
+    handle's queue is full), or no answer within `timeout_s` (no replica running) is `Unavailable`,
+    a 503 with Retry-After. A user error raised in the deployment is its own 4xx and never retried.
+    """
+    delay = RETRY_BACKOFF_S
+    for attempt in range(RETRIES + 1):
+        response = method.remote(*args)
+        try:
+            return await asyncio.wait_for(response, timeout_s) if timeout_s else await response
+        except BackPressureError:
+            raise Unavailable("the model is overloaded; retry shortly") from None
+        except asyncio.TimeoutError:
+            response.cancel()
+            raise Unavailable("the model did not answer in time; retry shortly") from None
+        except _REPLICA_LOST:
+            if attempt == RETRIES:
+                raise Unavailable("no model replica could answer; retry shortly") from None
+        except Exception as err:
+            ours = find_muxrec_error(err)
+            if ours is not None:
+                raise ours from None  # without Ray's wrapper and its remote traceback
+            if isinstance(err, RayServeException) and isinstance(getattr(err, "__cause__", None), _REPLICA_LOST):
+                raise Unavailable("a model replica failed; retry shortly") from None
+            raise
+        await asyncio.sleep(delay)
+        delay *= 2
 
 
 def _context(request: Request) -> GatewayContext:

@@ -39,26 +39,30 @@ def wait_ready(url: str, timeout_s: float = 120.0) -> dict:
 @contextmanager
 def serving(config_path: Path, overrides: dict[str, Any] | None = None, host: str | None = None,
             port: int | None = None) -> Iterator[str]:
-    """Start Ray (if needed) and the Serve app; yield its URL once /readyz answers; shut Serve down."""
+    """Start Ray (if needed) and the Serve app; yield its URL once /readyz answers; then shut Serve down,
+    and Ray with every process it started when this call started it (a joined cluster or the Ray of
+    `muxrec ray up` is left running)."""
     from ray import serve
 
-    from muxrec.ray_env import ensure_ray
+    from muxrec.ray_env import ensure_ray, shutdown_started_ray
     from muxrec.services.app import load_serve_config, start
 
     config = load_serve_config(config_path)
     config = replace(config, host=host or config.host, port=port or config.port)
-    ensure_ray()
+    started = ensure_ray()
     try:
         url = start(config, overrides)
         wait_ready(url)
         yield url
     finally:
         serve.shutdown()
+        if started:
+            shutdown_started_ray()
 
 
 def serve_until_stopped(config_path: Path, overrides: dict[str, Any], host: str | None, port: int | None) -> None:
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # kept by ensure_ray when Ray starts
         signal.signal(sig, lambda *_: stop.set())
     with serving(config_path, overrides, host, port) as url:
         print(f"muxrec is serving at {url}  (OpenAPI docs: {url}/docs, metrics: {url}/metrics); Ctrl-C stops it",

@@ -25,9 +25,9 @@ async def reload(body: ReloadRequest, context: Context, version: LiveVersionDep,
     if spec.request_columns() != context.spec.request_columns():
         raise HTTPException(409, f"{target.ref} expects other request fields than the live model; redeploy instead")
     # Load everywhere first, then move the alias: no request ever waits on a cold model.
-    await asyncio.gather(result_of(context.ranker.prepare.remote(target.version)),
-                         result_of(context.embedder.prepare.remote(target.version)),
-                         result_of(context.selector.prepare.remote(target.version)))
+    await asyncio.gather(result_of(context.ranker.prepare, target.version),
+                         result_of(context.embedder.prepare, target.version),
+                         result_of(context.selector.prepare, target.version))
     try:
         await asyncio.to_thread(context.live.set, target.version)
     except OSError as err:

@@ -25,7 +25,8 @@ def build_router(schema: RequestSchema) -> APIRouter:
         missing = sorted({i for i, v in zip(ids, cached) if v is None})
         fresh: dict[str, tuple[np.ndarray, bool]] = {}
         if missing:
-            result = await result_of(context.embedder.embed.remote(EmbedCall(version, body.entity, tuple(missing))))
+            result = await result_of(context.embedder.embed, EmbedCall(version, body.entity, tuple(missing)),
+                                     timeout_s=context.settings.call_timeout_s)
             context.dims[(tag, body.entity)] = result.vectors.shape[1]  # (N, D)
             fresh = {i: (v, bool(k)) for i, v, k in zip(missing, result.vectors, result.known)}
             # Known ids only; a malformed cached value was a miss and is overwritten here.

@@ -14,4 +14,4 @@ router = APIRouter(tags=["features"])
 @router.get("/v1/features/importance", summary="Feature-importance ranking stored with the live model version")
 async def importance(context: Context, version: LiveVersionDep,
                      top_k: Annotated[int | None, Query(ge=1, le=10_000)] = None) -> dict:
-    return await result_of(context.selector.ranking.remote(version, top_k))
+    return await result_of(context.selector.ranking, version, top_k, timeout_s=context.settings.call_timeout_s)

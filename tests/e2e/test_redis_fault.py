@@ -52,7 +52,9 @@ def _extra_app(served, name: str, overrides: dict) -> str:
     from muxrec.services.app import build_app, load_serve_config, make_settings
 
     config = load_serve_config(REPO / "deploy" / "serve.yaml")
-    small = {n: {**opts, "ray_actor_options": {"num_cpus": 0.05}} for n, opts in config.deployments.items()}
+    # One replica each (these apps test other things): fewer processes to start on a 2-core box.
+    small = {n: {**opts, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}}
+             for n, opts in config.deployments.items()}
     settings = make_settings({"registry": str(served.registry.root), "model": MODEL, "version": served.v1.version,
                               "serving_alias": f"serving-{name}", **overrides})
     serve.run(build_app(settings, small), name=name, route_prefix=f"/{name}")
