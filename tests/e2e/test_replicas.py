@@ -20,6 +20,7 @@ from muxrec.services.app import load_serve_config
 
 from tests.conftest import REPO, require
 from tests.e2e.test_gateway import _rows
+from tests.e2e.test_redis_fault import _extra_app
 
 pytestmark = pytest.mark.e2e
 SERVE = load_serve_config(REPO / "deploy" / "serve.yaml")
@@ -33,8 +34,8 @@ class Answer:
     retry_after: str | None
 
 
-def _replica_pids(deployment: str) -> list[int]:
-    """Processes of this session's `deployment` replicas (app `muxrec`): those under this process whose
+def _replica_pids(deployment: str, app: str = SERVE.app_name) -> list[int]:
+    """Processes of this session's `deployment` replicas of `app`: those under this process whose
     title Ray sets to ray::ServeReplica:<app>:<deployment>."""
     from muxrec.ray_env import _process_tree
 
@@ -44,15 +45,15 @@ def _replica_pids(deployment: str) -> list[int]:
             title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if title.startswith(f"ray::ServeReplica:{SERVE.app_name}:{deployment}"):
+        if title.startswith(f"ray::ServeReplica:{app}:{deployment}"):
             out.append(pid)
     return out
 
 
-def _running_replicas(deployment: str) -> int:
+def _running_replicas(deployment: str, app: str = SERVE.app_name) -> int:
     from ray import serve
 
-    states = serve.status().applications[SERVE.app_name].deployments[deployment].replica_states
+    states = serve.status().applications[app].deployments[deployment].replica_states
     return states.get("RUNNING", 0)
 
 
@@ -109,6 +110,36 @@ def test_a_killed_ranker_replica_costs_no_request(served):
     assert all(a.start < killed_at + 0.5 for a in failed), "a request sent after the kill failed"
     # The other replica answers at once; nobody waits for the restart (the issue saw 14 s, then 408s).
     assert first_ok - killed_at < 5.0 and slowest < SERVE.request_timeout_s / 2
+
+
+def test_with_its_only_ranker_replica_dead_requests_get_a_503_with_retry_after(served):
+    from ray import serve
+
+    # An app of one replica each, whose model calls give up after 2 s (call_timeout_s; 5 s by default).
+    url = _extra_app(served, "one", {"call_timeout_s": 2.0, "redis_url": ""})
+    try:
+        (pid,) = _replica_pids("Ranker", app="one")
+        body = {"candidates": _rows(5)}
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert http.post("/v1/rank", json=body).status_code == 200
+            os.kill(pid, signal.SIGKILL)
+            killed_at, answers = time.monotonic(), []
+            while time.monotonic() < killed_at + 90:
+                start = time.monotonic()
+                r = http.post("/v1/rank", json=body)
+                answers.append(Answer(start, time.monotonic(), r.status_code, r.headers.get("retry-after")))
+                if r.status_code == 200:
+                    break
+        failed = [a for a in answers if a.status != 200]
+        print(f"the only Ranker replica killed: {len(failed)} requests answered "
+              f"{sorted({a.status for a in failed})} with Retry-After {sorted({a.retry_after for a in failed})} "
+              f"in at most {max(a.end - a.start for a in failed):.1f} s each; 200 again after "
+              f"{answers[-1].end - killed_at:.1f} s")
+        assert answers[-1].status == 200, "the Ranker was not restarted within 90 s"
+        assert failed and all(a.status == 503 and a.retry_after == "1" for a in failed), failed
+        assert max(a.end - a.start for a in failed) < SERVE.request_timeout_s  # before the proxy's 408
+    finally:
+        serve.delete("one")
 
 
 async def _overload(url: str, clients: int, seconds: float) -> list[Answer]:
