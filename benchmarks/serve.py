@@ -115,6 +115,19 @@ def _route_p50(url: str, path: str, reps: int = 200, body: dict | None = None) -
     return _percentiles(samples)["p50_ms"]
 
 
+def _batch_counter(url: str) -> tuple[float, float]:
+    """(sum, count) of the gateway's muxrec_ranker_batch_requests histogram: requests per Ranker call,
+    as each request saw it."""
+    import httpx
+
+    values = {}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith(("muxrec_ranker_batch_requests_sum", "muxrec_ranker_batch_requests_count")):
+            name, value = line.rsplit(" ", 1)
+            values[name.split("{")[0].rsplit("_", 1)[1]] = float(value)
+    return values.get("sum", 0.0), values.get("count", 0.0)
+
+
 def _hops(url: str, trivial_url: str, rank_body: dict, embed_body: dict) -> dict[str, float]:
     """p50 of the trivial routes (Serve's own cost) and of the product's own light routes, interleaved
     in rounds so that a change of machine load hits them alike."""
@@ -236,12 +249,16 @@ def bench_serve(config_dir: Path, serve_config: Path, runs: Path, registry_root:
         asyncio.run(_load(url, body, 30, 1))  # warm-up
         levels = {}
         for concurrency in (1, 8):
+            before = _batch_counter(url)
             latencies, wall, errors = asyncio.run(_load(url, body, requests, concurrency))
+            after = _batch_counter(url)
             levels[f"c{concurrency}"] = {**_percentiles(latencies), "qps": round(len(latencies) / wall, 1),
                                          "candidates_per_s": round(CANDIDATES * len(latencies) / wall),
                                          "candidates_per_s_per_core": round(CANDIDATES * len(latencies) / wall
                                                                             / (os.cpu_count() or 1)),
-                                         "errors": errors}
+                                         "errors": errors,
+                                         "requests_per_ranker_call": round((after[0] - before[0])
+                                                                           / max(after[1] - before[1], 1), 2)}
             levels[f"c{concurrency}"]["_samples"] = latencies
         users = [str(u) for u in dict.fromkeys(raw[spec.keys["user"]].to_pylist())][:100]
         # What Serve itself costs (trivial routes) beside the product's light routes, same instance.
@@ -331,10 +348,15 @@ def _write(result: dict[str, Any], samples: dict[str, list[float]], out_dir: Pat
         "",
         "## /v1/rank",
         "",
-        "| /v1/rank | p50 ms | p95 ms | p99 ms | QPS | candidates / s | candidates / s / core | errors |",
-        "|---|---|---|---|---|---|---|---|",
+        "| /v1/rank | p50 ms | p95 ms | p99 ms | QPS | candidates / s | candidates / s / core | errors "
+        "| requests per Ranker call |",
+        "|---|---|---|---|---|---|---|---|---|",
         *[f"| concurrency {k[1:]} | {v['p50_ms']} | {v['p95_ms']} | {v['p99_ms']} | {v['qps']} | "
-          f"{v['candidates_per_s']} | {v['candidates_per_s_per_core']} | {v['errors']} |" for k, v in r.items()],
+          f"{v['candidates_per_s']} | {v['candidates_per_s_per_core']} | {v['errors']} | "
+          f"{v.get('requests_per_ranker_call', '-')} |" for k, v in r.items()],
+        "",
+        "Requests per Ranker call: the mean, over requests, of how many requests shared the forward pass "
+        "(from the gateway's `muxrec_ranker_batch_requests` histogram).",
         "",
         f"Floor, same 100 rows in this process on one thread (as in the Ranker replica): encode + forward "
         f"{f['encode_forward_p50_ms']} ms p50, forward alone {f['forward_p50_ms']} ms. Overhead (p50 - floor): "

@@ -685,17 +685,22 @@ class Vocabulary:
 # ---- encode ------------------------------------------------------------------------------------
 
 
-def encode(derived: pa.Table, spec: FeatureSpec, vocab: Vocabulary) -> pa.Table:
-    """Typed feature values -> ids and normalised floats. Labels, keys and split pass through."""
+EncodedArrays = dict[str, "np.ndarray | tuple[np.ndarray, np.ndarray]"]
+
+
+def encode_arrays(derived: pa.Table, spec: FeatureSpec, vocab: Vocabulary) -> EncodedArrays:
+    """`encode`'s feature columns as numpy, for a caller that wants tensors rather than Arrow (the
+    Ranker): int64 (N,) ids, float32 (N,) normalised numbers, and for list kinds (offsets (N+1,) int32,
+    ids (M,) int64)."""
     if vocab.spec_fingerprint != spec.fingerprint():
         raise DataError("the vocabulary was fitted for another version of the feature spec; re-run prepare")
-    columns: dict[str, pa.Array] = {}
-    lookups, listed = [], []  # vocabulary lookups, run together; (feature, offsets) of list kinds
+    columns: dict = {}
+    lookups, listed = [], []  # vocabulary lookups, run together; (feature, offsets) of id features
     for f in spec.features:
         col = _flat(derived.column(f.name))
         if f.kind == FeatureKind.NUMERIC:
             x = col.to_numpy(zero_copy_only=False).astype(np.float64)
-            columns[f.name] = pa.array(vocab.numeric[f.name].normalize(x, f.normalize).astype(np.float32))
+            columns[f.name] = vocab.numeric[f.name].normalize(x, f.normalize).astype(np.float32)
             continue
         table = vocab.tables[f.table_name]
         if f.kind in LIST_KINDS:
@@ -713,8 +718,19 @@ def encode(derived: pa.Table, spec: FeatureSpec, vocab: Vocabulary) -> pa.Table:
     found = iter(vocabulary_ids(lookups))
     for f, offsets in listed:
         ids = columns[f.name] if columns[f.name] is not None else next(found)
-        ids = pa.array(ids, pa.int64())
-        columns[f.name] = ids if offsets is None else pa.ListArray.from_arrays(pa.array(offsets), ids)
+        columns[f.name] = ids.astype(np.int64, copy=False) if offsets is None else (offsets, ids.astype(np.int64))
+    return columns
+
+
+def encode(derived: pa.Table, spec: FeatureSpec, vocab: Vocabulary) -> pa.Table:
+    """Typed feature values -> ids and normalised floats. Labels, keys and split pass through."""
+    columns: dict[str, pa.Array] = {}
+    for name, value in encode_arrays(derived, spec, vocab).items():
+        if isinstance(value, tuple):
+            offsets, ids = value
+            columns[name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids, pa.int64()))
+        else:
+            columns[name] = pa.array(value)
     labels = set(spec.label_columns)
     passthrough = [c for c in derived.column_names if c in labels or c == SPLIT_COLUMN or c.startswith("__key_")]
     for c in passthrough:

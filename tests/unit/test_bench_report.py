@@ -87,7 +87,7 @@ def test_serve_report_shows_the_trivial_routes_and_the_targets(tmp_path):
     assert "| trivial GET, constant | proxy -> ingress -> handle | 8.0 |" in text
     assert "over the trivial two-hop p50 | 1.25 | <= 1.2 | **not met** |" in text
     assert "over the trivial one-hop p50 | 1.25 | <= 1.3 | met |" in text
-    assert "| concurrency 8 | 60.0 |" in text and "| 12000 | 3500 | 0 |" in text
+    assert "| concurrency 8 | 60.0 |" in text and "| 12000 | 3500 | 0 | - |" in text
     assert "[1.0, 1.0, 1.0] at the start" in text and text.rstrip().endswith("kept across runs")
     saved = json.loads((tmp_path / "results" / "serve.json").read_text())
     assert saved["hops"]["trivial_two_hop_p50_ms"] == 8.0 and saved["targets"]["embed_hit_over_one_hop"]["met"]

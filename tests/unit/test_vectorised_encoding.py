@@ -128,3 +128,31 @@ def test_encode_of_a_request_sized_block_matches_the_per_row_meaning():
     assert any(OOV_ID in ids for ids in encoded["seen"].to_pylist())
     assert max(len(ids) for ids in encoded["seen"].to_pylist()) == 4
     assert not any(math.isnan(x) for x in encoded["stock"].to_pylist())
+
+
+def test_rows_from_encoded_arrays_equal_rows_from_the_encoded_table():
+    """The serving path (encode_arrays -> EncodedRows, no Arrow table) builds the same batch tensors
+    as the offline path (encode -> Arrow table -> EncodedRows)."""
+    import torch
+
+    from muxrec.encoding import encode_arrays
+    from muxrec.models import EncodedRows
+    from muxrec.spec import ModelInputs
+
+    spec = parse_spec(SPEC)
+    derived = derive(_raw(600, 1), spec)
+    vocab = Vocabulary.fit(spec, count_values(derived, spec), moments(derived, spec), quantile_sketch(derived, spec))
+    inputs = ModelInputs.from_spec(spec, vocab.num_embeddings())
+    request = derive(_raw(100, 2), spec, labels=False, split=False)
+    offline = EncodedRows(encode(request, spec, vocab), inputs, with_labels=False).take(torch.arange(100))
+    online = EncodedRows(encode_arrays(request, spec, vocab), inputs, with_labels=False).take(torch.arange(100))
+    assert online.sparse.keys() == offline.sparse.keys()
+    assert torch.equal(online.sparse.values(), offline.sparse.values())
+    assert torch.equal(online.sparse.lengths(), offline.sparse.lengths())
+    assert torch.equal(online.dense, offline.dense)
+    assert online.sequences.keys() == offline.sequences.keys() == {"seen"}
+    for name, (ids, lengths) in offline.sequences.items():
+        assert torch.equal(online.sequences[name][0], ids) and torch.equal(online.sequences[name][1], lengths)
+    assert int(offline.sequences["seen"][1].max()) == 4 and (offline.sparse.lengths() == 0).any()
+    with pytest.raises(ValueError, match="no labels"):
+        EncodedRows(encode_arrays(request, spec, vocab), inputs, with_labels=True)
