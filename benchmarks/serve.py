@@ -71,6 +71,13 @@ def _targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "floor_over_forward": (floor["encode_forward_p50_ms"] / floor["forward_p50_ms"], 2.0),
     }
     out = {k: {"value": round(v, 2), "limit": limit, "met": bool(v <= limit)} for k, (v, limit) in rows.items()}
+    # The same two ratios against trivial POST routes that receive the same body: Serve's replica fetches
+    # a request body from the proxy with a call of its own, which a GET route never pays.
+    twins = {"rank_overhead_over_two_hop": result["overhead_p50_ms"] / hops["trivial_two_hop_rank_body_p50_ms"],
+             "embed_hit_over_one_hop": result["embed"]["hit"]["p50_ms"] / hops["trivial_one_hop_embed_body_p50_ms"]}
+    for k, v in twins.items():
+        out[k]["value_vs_body_twin"] = round(v, 2)
+        out[k]["met_vs_body_twin"] = bool(v <= out[k]["limit"])
     share = c8["candidates_per_s"] / allowed
     out["c8_candidates_share_of_floor"] = {"value": round(share, 2), "limit": 0.5,
                                            "met": bool(share >= 0.5 and c8["errors"] == 0),
@@ -304,6 +311,7 @@ def _write(result: dict[str, Any], samples: dict[str, list[float]], out_dir: Pat
     r, f, e, h, t = result["rank"], result["floor"], result["embed"], result["hops"], result["targets"]
     verdict = {True: "met", False: "**not met**"}
     share = t["c8_candidates_share_of_floor"]
+    rk, em = t["rank_overhead_over_two_hop"], t["embed_hit_over_one_hop"]
     lines = [
         "# Serving benchmark",
         "",
@@ -316,16 +324,21 @@ def _write(result: dict[str, Any], samples: dict[str, list[float]], out_dir: Pat
         "",
         "## Targets (issue 10), all from this one run",
         "",
-        "| target | value | limit | |",
-        "|---|---|---|---|",
-        f"| /v1/rank p50 minus the floor, over the trivial two-hop p50 | {t['rank_overhead_over_two_hop']['value']} "
-        f"| <= 1.2 | {verdict[t['rank_overhead_over_two_hop']['met']]} |",
-        f"| /v1/embed p50 (100 ids, all cache hits), over the trivial one-hop p50 | "
-        f"{t['embed_hit_over_one_hop']['value']} | <= 1.3 | {verdict[t['embed_hit_over_one_hop']['met']]} |",
+        "| target | value (trivial GET) | | value (trivial POST, same body) | | limit |",
+        "|---|---|---|---|---|---|",
+        f"| /v1/rank p50 minus the floor, over the trivial two-hop p50 | {rk['value']} | {verdict[rk['met']]} | "
+        f"{rk['value_vs_body_twin']} | {verdict[rk['met_vs_body_twin']]} | <= 1.2 |",
+        f"| /v1/embed p50 (100 ids, all cache hits), over the trivial one-hop p50 | {em['value']} | "
+        f"{verdict[em['met']]} | {em['value_vs_body_twin']} | {verdict[em['met_vs_body_twin']]} | <= 1.3 |",
         f"| floor (encode + forward, 100 rows) over the forward pass alone | {t['floor_over_forward']['value']} "
-        f"| <= 2 | {verdict[t['floor_over_forward']['met']]} |",
+        f"| {verdict[t['floor_over_forward']['met']]} | | | <= 2 |",
         f"| concurrency 8: candidates / s over what the floor allows ({share['floor_allows_per_s']} / s) | "
-        f"{share['value']} ({share['errors']} errors) | >= 0.5, no errors | {verdict[share['met']]} |",
+        f"{share['value']} ({share['errors']} errors) | {verdict[share['met']]} | | | >= 0.5, no errors |",
+        "",
+        "A POST route pays one Serve call more than a GET route: the replica fetches the request body from "
+        "the HTTP proxy with a call of its own (`receive_asgi_messages` in Ray Serve's proxy). /v1/rank and "
+        "/v1/embed are POST routes, so the second column divides by trivial POST routes that receive the "
+        "same body and ignore it; the first divides by the GET routes, as the targets were written.",
         "",
         "## What Ray Serve itself costs (same Serve instance, same run)",
         "",
@@ -343,8 +356,6 @@ def _write(result: dict[str, Any], samples: dict[str, list[float]], out_dir: Pat
         f"{h['trivial_two_hop_rank_body_p50_ms']} |",
         f"| muxrec `/healthz` | proxy -> gateway | {h['healthz_p50_ms']} |",
         f"| muxrec `/v1/features/importance` | proxy -> gateway -> FeatureSelector | {h['importance_p50_ms']} |",
-        "",
-        "The targets divide by the GET routes (the stricter denominators).",
         "",
         "## /v1/rank",
         "",
