@@ -237,7 +237,11 @@ def bench_serve(config_dir: Path, serve_config: Path, runs: Path, registry_root:
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
     loaded = load_model(version)
-    rows = pa.Table.from_pylist([{**body["context"], **c} for c in body["candidates"]])
+    from muxrec.services.schema import RequestSchema
+    from muxrec.services.settings import ServeSettings
+
+    schema = RequestSchema(spec, ServeSettings())
+    rows, _ = schema.to_table(schema.Request.model_validate(body))  # the table the gateway sends the Ranker
     floor = _floor(loaded, rows)
 
     result: dict[str, Any] = {"bench": "serve", "model_version": version.ref, "candidates": CANDIDATES,
@@ -369,7 +373,8 @@ def _write(result: dict[str, Any], samples: dict[str, list[float]], out_dir: Pat
         "Requests per Ranker call: the mean, over requests, of how many requests shared the forward pass "
         "(from the gateway's `muxrec_ranker_batch_requests` histogram).",
         "",
-        f"Floor, same 100 rows in this process on one thread (as in the Ranker replica): encode + forward "
+        "Floor: the table the gateway sends the Ranker for this request, scored in this process on one thread "
+        "(as in the Ranker replica): encode + forward "
         f"{f['encode_forward_p50_ms']} ms p50, forward alone {f['forward_p50_ms']} ms. Overhead (p50 - floor): "
         f"**{result['overhead_p50_ms']} ms**; p50 / floor = {result['p50_over_floor']}.",
         "",

@@ -426,7 +426,8 @@ class TableVocab:
         the vocabulary cannot be held that way (built once, on first use)."""
         if self._sortable is None:
             width = int(pc.max(pc.utf8_length(self.values)).as_py() or 0) if len(self.values) else 0
-            self._sortable = not _has_nul(self.values) and len(self.values) * max(width, 1) * 4 <= SORTED_INDEX_MAX_BYTES
+            fits = len(self.values) * max(width, 1) * 4 <= SORTED_INDEX_MAX_BYTES  # fixed-width UTF-32
+            self._sortable = fits and not _has_nul(self.values)
             if self._sortable:
                 keys = self.values.to_numpy(zero_copy_only=False).astype(str) if len(self.values) \
                     else np.zeros(0, "<U1")  # (V,)
