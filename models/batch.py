@@ -52,10 +52,51 @@ def _padded(column: pa.ChunkedArray | pa.Array, max_len: int) -> tuple[np.ndarra
     return ids, lengths
 
 
-class EncodedRows:
-    """Encoded rows held as tensors; `take(rows)` builds a Batch, `batches()` iterates them."""
+def _padded_arrays(offsets: np.ndarray, values: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """_padded for a list column given as (offsets (N+1,), values (M,)) numpy arrays."""
+    lengths = np.minimum(np.diff(offsets).astype(np.int64), max_len)  # (N,)
+    ids = np.zeros((len(lengths), max_len), dtype=np.int64)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    ids[rows, cols] = values[np.repeat(offsets[:-1].astype(np.int64), lengths) + cols]
+    return ids, lengths
 
-    def __init__(self, table: pa.Table, inputs: ModelInputs, with_labels: bool = True):
+
+def _ids(table: "pa.Table | _Columns", name: str, max_len: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A feature column as numpy: (N,) values, or for a list column (N, max_len) padded ids and (N,) lengths."""
+    if isinstance(table, _Columns):
+        return table.ids(name, max_len)
+    col = table.column(name)
+    if pa.types.is_list(col.type):
+        return _padded(col, max_len)
+    return col.to_numpy(), None
+
+
+class _Columns:
+    """Encoded feature columns as numpy (muxrec.encoding.encode_arrays), read like a table."""
+
+    def __init__(self, arrays: dict):
+        self.arrays = arrays
+        self.column_names = list(arrays)
+        first = next(iter(arrays.values()), np.zeros(0))
+        self.num_rows = len(first[0]) - 1 if isinstance(first, tuple) else len(first)
+
+    def ids(self, name: str, max_len: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+        value = self.arrays[name]
+        if isinstance(value, tuple):
+            return _padded_arrays(*value, max_len)
+        return value, None
+
+
+class EncodedRows:
+    """Encoded rows held as tensors; `take(rows)` builds a Batch, `batches()` iterates them.
+
+    From an encoded Arrow table (muxrec.encoding.encode), or from the same columns as numpy arrays
+    (muxrec.encoding.encode_arrays: no Arrow table in between, the serving path; no labels)."""
+
+    def __init__(self, table: pa.Table | dict, inputs: ModelInputs, with_labels: bool = True):
+        if isinstance(table, dict):
+            table = _Columns(table)
         missing = [c for c in (*inputs.pooled, *inputs.numeric, *inputs.sequences) if c not in table.column_names]
         if missing:
             raise ValueError(f"encoded rows lack feature column(s) {missing}")
@@ -67,12 +108,11 @@ class EncodedRows:
         self._pooled: list[tuple[int, int, Tensor | None]] = []  # (first column, width, lengths or None)
         width = 0
         for name in inputs.pooled:
-            col = table.column(name)
-            if pa.types.is_list(col.type):
-                ids, lengths = _padded(col, inputs.max_len[name])
+            ids, lengths = _ids(table, name, inputs.max_len.get(name))
+            if lengths is not None:
                 self._pooled.append((width, ids.shape[1], torch.from_numpy(lengths)))
             else:
-                ids = col.to_numpy().astype(np.int64).reshape(-1, 1)
+                ids = ids.astype(np.int64, copy=False).reshape(-1, 1)
                 self._pooled.append((width, 1, None))
             columns.append(ids)
             width += ids.shape[1]
@@ -80,12 +120,14 @@ class EncodedRows:
                                      else np.zeros((self.num_rows, 0), np.int64))  # (N, W)
         self._sequences = {}
         for name in inputs.sequences:
-            ids, lengths = _padded(table.column(name), inputs.max_len[name])
+            ids, lengths = _ids(table, name, inputs.max_len[name])
             self._sequences[name] = (torch.from_numpy(ids), torch.from_numpy(lengths))
-        dense = [table.column(n).to_numpy().astype(np.float32) for n in inputs.numeric]
+        dense = [_ids(table, n, None)[0].astype(np.float32, copy=False) for n in inputs.numeric]
         self._dense = torch.from_numpy(np.stack(dense, axis=1) if dense else np.zeros((self.num_rows, 0), np.float32))
         self._labels = None
         if with_labels:
+            if isinstance(table, _Columns):
+                raise ValueError("encoded arrays carry no labels: build the rows from an encoded table")
             absent = [t for t in inputs.label_columns if t not in table.column_names]
             if absent:
                 raise ValueError(f"encoded rows lack label column(s) {absent}")

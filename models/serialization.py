@@ -20,7 +20,7 @@ from torch import nn
 
 from muxrec.artifacts import ModelVersion
 from muxrec.config import to_dict
-from muxrec.encoding import Vocabulary, derive, encode
+from muxrec.encoding import Vocabulary, derive, encode, encode_arrays
 from muxrec.errors import ArtifactError
 from muxrec.models.batch import EncodedRows
 from muxrec.models.registry import build_model, make_config
@@ -73,7 +73,8 @@ class LoadedModel:
 
     def predict_raw(self, raw: pa.Table, batch_size: int = 8192) -> np.ndarray:
         """(N, T) probabilities for raw rows."""
-        return self.predict(EncodedRows(self.encode(raw), self.inputs, with_labels=False), batch_size)
+        arrays = encode_arrays(derive(raw, self.spec, labels=False, split=False), self.spec, self.vocab)
+        return self.predict(EncodedRows(arrays, self.inputs, with_labels=False), batch_size)
 
 
 @torch.inference_mode()

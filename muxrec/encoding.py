@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -49,7 +49,8 @@ _TOKEN_PATTERN = r"[^a-z0-9]+"
 
 
 def _require_columns(table: pa.Table, columns: Iterable[str], what: str) -> None:
-    missing = sorted({c for c in columns if c not in table.column_names})
+    present = set(table.column_names)
+    missing = sorted({c for c in columns if c not in present})
     if missing:
         raise DataError(f"{what}: missing column(s) {missing}; the input has {table.column_names}")
 
@@ -97,7 +98,9 @@ def _where(table: pa.Table, what: str, column: str) -> _Where:
 
 
 def _flat(arr: pa.ChunkedArray | pa.Array) -> pa.Array:
-    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if isinstance(arr, pa.ChunkedArray):
+        return arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
+    return arr
 
 
 def _first(mask: np.ndarray) -> int:
@@ -121,12 +124,14 @@ def _as_string(arr: pa.ChunkedArray | pa.Array, where: _Where) -> pa.Array:
             arr = pc.cast(arr, pa.string())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise where.error(f"cannot read {arr.type} values as categories") from None
-    return pc.cast(arr, pa.string())
+    return arr if arr.type == pa.string() else pc.cast(arr, pa.string())
 
 
 def _missing_as_null(arr: pa.Array, fill: str | float | None) -> pa.Array:
     """Empty strings are missing too; missing values become `fill` when the spec gives one."""
-    arr = pc.if_else(pc.equal(arr, ""), pa.scalar(None, arr.type), arr)
+    empty = pc.equal(arr, "")
+    if empty.true_count:
+        arr = pc.if_else(empty, pa.scalar(None, arr.type), arr)
     return arr if fill is None else pc.fill_null(arr, str(fill))
 
 
@@ -360,19 +365,37 @@ def derive(table: pa.Table, spec: FeatureSpec, *, labels: bool = True, split: bo
 # ---- vocabulary --------------------------------------------------------------------------------
 
 
+SORTED_INDEX_MAX_BYTES = 256 << 20  # above this a vocabulary is probed by hashing instead (TableVocab)
+SORTED_PROBE_MIN_RATIO = 16  # a block of n values is searched when n <= max(256, V / 16), else hashed
+
+
 @dataclass
 class TableVocab:
     """Ids of one embedding table: a fitted vocabulary (id = rank + 1), hashing into buckets, or
     the bucket boundaries of a bucketized numeric feature (id = 1 + bucket; missing -> 0).
 
     Vocabulary values are one Arrow string array (compact: millions of ids cost their bytes, not a
-    Python object each).
+    Python object each). Lookups are array operations, never a Python loop over rows:
+
+      * a small block (a serving request: n <= 256 values, or n <= V / SORTED_PROBE_MIN_RATIO) is
+        looked up by binary search (numpy.searchsorted) in the vocabulary sorted once per table: a few
+        numpy calls, O(n log V), so a request's cost does not grow with the vocabulary;
+      * a larger block (offline) hashes the vocabulary once per block (pyarrow.compute.index_in), or,
+        when the vocabulary is much larger than the block, probes it with the block's distinct values
+        (per value, hashing beats the binary search over fixed-width strings once blocks are large).
+
+    Both give the same ids (the position of the value's first occurrence in `values`, plus 1; OOV_ID
+    for null and unknown values). The sorted index holds fixed-width numpy strings; a vocabulary over
+    SORTED_INDEX_MAX_BYTES that way, or one holding a NUL character (numpy strings drop trailing NULs),
+    always takes the hashing path, and so does a block holding a NUL.
     """
 
     name: str
     values: pa.Array | list[str] | None = None
     hash_buckets: int | None = None
     boundaries: list[float] | None = None
+    _sorted: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
+    _sortable: bool | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.values is not None and not isinstance(self.values, pa.Array):
@@ -392,6 +415,36 @@ class TableVocab:
             return np.where(np.isnan(x), OOV_ID, ids).astype(np.int64)
         if self.hash_buckets is not None:
             return _stable_hash(values, self.hash_buckets)
+        return vocabulary_ids([(self, values)])[0]
+
+    def _searchable(self, n: int) -> bool:
+        """Whether a block of `n` values is looked up by binary search (see the class docstring)."""
+        return n <= max(256, len(self.values) // SORTED_PROBE_MIN_RATIO) and self._sorted_index() is not None
+
+    def _sorted_index(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(keys, ids): the vocabulary as sorted fixed-width numpy strings and each key's id; None where
+        the vocabulary cannot be held that way (built once, on first use)."""
+        if self._sortable is None:
+            width = int(pc.max(pc.utf8_length(self.values)).as_py() or 0) if len(self.values) else 0
+            fits = len(self.values) * max(width, 1) * 4 <= SORTED_INDEX_MAX_BYTES  # fixed-width UTF-32
+            self._sortable = fits and not _has_nul(self.values)
+            if self._sortable:
+                keys = self.values.to_numpy(zero_copy_only=False).astype(str) if len(self.values) \
+                    else np.zeros(0, "<U1")  # (V,)
+                order = np.argsort(keys, kind="stable")  # stable: a repeated value keeps its first id
+                self._sorted = (keys[order], order.astype(np.int64) + 1)
+        return self._sorted
+
+    def _search(self, query: np.ndarray) -> np.ndarray:
+        """Ids of `query` (n,) numpy strings of their own width, by binary search in the sorted keys."""
+        keys, key_ids = self._sorted
+        if not len(keys):
+            return np.full(len(query), OOV_ID, dtype=np.int64)
+        # Cut to the keys' width for the search; a longer value matches no key and fails the check.
+        pos = np.minimum(np.searchsorted(keys, query.astype(keys.dtype)), len(keys) - 1)  # (n,)
+        return np.where(keys[pos] == query, key_ids[pos], OOV_ID)
+
+    def _hash_lookup(self, values: pa.Array) -> np.ndarray:
         if len(self.values) <= 4 * len(values):
             position = pc.index_in(values, value_set=self.values)
             return pc.fill_null(pc.add(position, 1), OOV_ID).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -403,6 +456,49 @@ class TableVocab:
         id_of_unique = np.full(len(uniques), OOV_ID, dtype=np.int64)
         id_of_unique[found.to_numpy(zero_copy_only=False)[in_vocab].astype(np.int64)] = in_vocab + 1
         return id_of_unique[pc.index_in(values, value_set=uniques).to_numpy(zero_copy_only=False)]
+
+
+def _has_nul(values: pa.Array) -> bool:
+    return bool(len(values)) and pc.match_substring(values, "\x00").true_count > 0
+
+
+def vocabulary_ids(lookups: list[tuple[TableVocab, pa.Array | pa.ChunkedArray]]) -> list[np.ndarray]:
+    """int64 ids for each (vocabulary, string values) pair; null and unknown values -> OOV_ID.
+
+    TableVocab.ids for several lookups at once: the values of every lookup that goes by binary search
+    are converted to numpy strings together (a handful of array calls for all the features of a
+    request instead of a handful per feature); the others are hashed one by one.
+    """
+    out: list[np.ndarray | None] = [None] * len(lookups)
+    searched = []
+    for k, (table, values) in enumerate(lookups):
+        values = _flat(values)
+        if values.type != pa.string():
+            values = pc.cast(values, pa.string())
+        if table._searchable(len(values)):
+            searched.append((k, table, values))
+        else:
+            out[k] = table._hash_lookup(values)
+    if searched:
+        values = pa.concat_arrays([v for _, _, v in searched]) if len(searched) > 1 else searched[0][2]
+        if _has_nul(values):  # numpy strings drop trailing NULs: such values take the exact hashing path
+            for k, table, v in searched:
+                out[k] = table._hash_lookup(v)
+            return out
+        query = values.to_numpy(zero_copy_only=False)  # (n,) str or None
+        missing = None
+        if values.null_count:
+            missing = pc.is_null(values).to_numpy(zero_copy_only=False)
+            query = np.where(missing, "", query)
+        query = query.astype(str) if len(query) else np.zeros(0, "<U1")  # (n,) of their own width: exact
+        start = 0
+        for k, table, v in searched:
+            ids = table._search(query[start:start + len(v)])
+            if missing is not None:
+                ids[missing[start:start + len(v)]] = OOV_ID
+            out[k] = ids
+            start += len(v)
+    return out
 
 
 @dataclass(frozen=True)
@@ -590,27 +686,54 @@ class Vocabulary:
 # ---- encode ------------------------------------------------------------------------------------
 
 
-def encode(derived: pa.Table, spec: FeatureSpec, vocab: Vocabulary) -> pa.Table:
-    """Typed feature values -> ids and normalised floats. Labels, keys and split pass through."""
+EncodedArrays = dict[str, "np.ndarray | tuple[np.ndarray, np.ndarray]"]
+
+
+def encode_arrays(derived: pa.Table, spec: FeatureSpec, vocab: Vocabulary) -> EncodedArrays:
+    """`encode`'s feature columns as numpy, for a caller that wants tensors rather than Arrow (the
+    Ranker): int64 (N,) ids, float32 (N,) normalised numbers, and for list kinds (offsets (N+1,) int32,
+    ids (M,) int64)."""
     if vocab.spec_fingerprint != spec.fingerprint():
         raise DataError("the vocabulary was fitted for another version of the feature spec; re-run prepare")
-    columns: dict[str, pa.Array] = {}
+    columns: dict = {}
+    lookups, listed = [], []  # vocabulary lookups, run together; (feature, offsets) of id features
     for f in spec.features:
-        col = derived.column(f.name).combine_chunks()
+        col = _flat(derived.column(f.name))
         if f.kind == FeatureKind.NUMERIC:
             x = col.to_numpy(zero_copy_only=False).astype(np.float64)
-            columns[f.name] = pa.array(vocab.numeric[f.name].normalize(x, f.normalize).astype(np.float32))
+            columns[f.name] = vocab.numeric[f.name].normalize(x, f.normalize).astype(np.float32)
             continue
         table = vocab.tables[f.table_name]
         if f.kind in LIST_KINDS:
             lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
             offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-            ids = table.ids(pc.list_flatten(col))
-            columns[f.name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids, pa.int64()))
+            listed.append((f, offsets))
+            col = pc.list_flatten(col)
         else:
-            columns[f.name] = pa.array(table.ids(col), pa.int64())
-    passthrough = [c for c in derived.column_names
-                   if c in spec.label_columns or c == SPLIT_COLUMN or c.startswith("__key_")]
+            listed.append((f, None))
+        if table.values is None:  # hashed or bucketized: no vocabulary to search
+            columns[f.name] = table.ids(col)
+        else:
+            lookups.append((table, col))
+            columns[f.name] = None
+    found = iter(vocabulary_ids(lookups))
+    for f, offsets in listed:
+        ids = columns[f.name] if columns[f.name] is not None else next(found)
+        columns[f.name] = ids.astype(np.int64, copy=False) if offsets is None else (offsets, ids.astype(np.int64))
+    return columns
+
+
+def encode(derived: pa.Table, spec: FeatureSpec, vocab: Vocabulary) -> pa.Table:
+    """Typed feature values -> ids and normalised floats. Labels, keys and split pass through."""
+    columns: dict[str, pa.Array] = {}
+    for name, value in encode_arrays(derived, spec, vocab).items():
+        if isinstance(value, tuple):
+            offsets, ids = value
+            columns[name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids, pa.int64()))
+        else:
+            columns[name] = pa.array(value)
+    labels = set(spec.label_columns)
+    passthrough = [c for c in derived.column_names if c in labels or c == SPLIT_COLUMN or c.startswith("__key_")]
     for c in passthrough:
         columns[c] = derived.column(c)
     return pa.table(columns)

@@ -60,6 +60,19 @@ def decode_vector(data: bytes, dim: int | None = None) -> np.ndarray | None:
     return vector if np.isfinite(vector).all() else None
 
 
+def decode_vectors(values: list[bytes | None], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Many cached values at once: (N, dim) float32 and (N,) bool, True where the value is a well-formed
+    vector of `dim` finite float32s (decode_vector's checks, as array operations over all N)."""
+    size = _HEADER.size + 4 * dim
+    ok = np.fromiter((isinstance(v, bytes) and len(v) == size for v in values), bool, len(values))  # (N,)
+    raw = np.frombuffer(b"".join(v if good else bytes(size) for v, good in zip(values, ok)), np.uint8)
+    raw = raw.reshape(len(values), size)  # (N, 8 + 4 dim)
+    header = np.frombuffer(_HEADER.pack(_MAGIC, dim), np.uint8)
+    vectors = raw[:, _HEADER.size:].view("<f4")  # (N, dim)
+    ok &= (raw[:, :_HEADER.size] == header).all(axis=1) & np.isfinite(vectors).all(axis=1)
+    return vectors, ok
+
+
 @dataclass
 class CacheStats:
     hits: int = 0
@@ -158,7 +171,11 @@ class RedisEmbeddingCache:
             self.breaker.failure()
             return [None] * len(ids)
         self.breaker.success()
-        out = [None if r is None else decode_vector(r, dim) for r in raw]
+        if dim is None:
+            out = [None if r is None else decode_vector(r) for r in raw]
+        else:
+            vectors, ok = decode_vectors(raw, dim)  # (N, D), (N,)
+            out = [v if good else None for v, good in zip(vectors, ok)]
         self.stats.count(out, sum(r is not None and v is None for r, v in zip(raw, out)))
         return out
 

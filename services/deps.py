@@ -127,21 +127,23 @@ async def result_of(method: Any, *args: Any, timeout_s: float | None = None) -> 
         delay *= 2
 
 
-def _context(request: Request) -> GatewayContext:
+# The dependencies are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread
+# hand-off per dependency per request (the largest cost of an embed cache hit when measured).
+async def _context(request: Request) -> GatewayContext:
     return request.app.state.context
 
 
 Context = Annotated[GatewayContext, Depends(_context)]
 
 
-def _cache(context: Context) -> EmbeddingCache:
+async def _cache(context: Context) -> EmbeddingCache:
     return context.cache
 
 
 Cache = Annotated[EmbeddingCache, Depends(_cache)]
 
 
-def _live_version(context: Context) -> str:
+async def _live_version(context: Context) -> str:
     return context.live.get()
 
 
@@ -150,8 +152,8 @@ LiveVersionDep = Annotated[str, Depends(_live_version)]
 _bearer = HTTPBearer(auto_error=False, description="MUXREC_ADMIN_TOKEN")
 
 
-def _require_admin(context: Context,
-                   credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]) -> None:
+async def _require_admin(context: Context,
+                         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]) -> None:
     """Bearer token check (scheme case-insensitive, constant-time compare); 403 while admin is off."""
     token = context.settings.admin_token
     if token is None:

@@ -4,6 +4,13 @@ Requests arrive as Arrow tables of raw columns (already validated by the gateway
 A batch concatenates the requests of one version, encodes them with that version's vocabulary and
 runs one forward pass: the same derive -> encode -> model path as offline evaluation, so online and
 offline scores agree.
+
+Batching does not wait (batch_wait_timeout_s 0 by default): a request that finds the Ranker idle is
+scored at once, alone. The forward pass runs on the replica's event loop (Serve runs user code on
+a loop of its own thread), so requests that arrive meanwhile queue up and the next batch takes all
+of them: under load batches grow by themselves, with no timer. A thread hand-off per batch
+(asyncio.to_thread) cost more than it saved here, and let every request form a batch of one while
+the previous batch still ran.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ class Ranker:
     def reconfigure(self, config: dict) -> None:
         """user_config from deploy/serve.yaml: batching knobs, changeable without a restart."""
         self.score.set_max_batch_size(int(config.get("max_batch_size", 16)))
-        self.score.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.002)))
+        self.score.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.0)))
 
     async def prepare(self, version: str) -> list[str]:
         """Load `version` ahead of a reload; returns the versions now loaded."""
@@ -55,12 +62,12 @@ class Ranker:
     async def loaded(self) -> list[str]:
         return self.store.versions
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         results: dict[int, ScoreResult] = {}
         for version in {r.version for r in requests}:
             group = [i for i, r in enumerate(requests) if r.version == version]
-            results.update(await asyncio.to_thread(self._score_group, version, [requests[i] for i in group], group))
+            results.update(self._score_group(version, [requests[i] for i in group], group))  # on the loop: see above
         return [results[i] for i in range(len(requests))]
 
     def _score_group(self, version: str, group: list[ScoreRequest], positions: list[int]) -> dict[int, ScoreResult]:

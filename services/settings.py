@@ -28,6 +28,8 @@ class ServeSettings(BaseSettings):
     model: RegistryName = "ml-100k-deepfm"  # registry name of the model to serve
     version: RegistryName = "latest"  # version or alias served while the serving alias does not exist yet
     serving_alias: RegistryName = "serving"  # registry alias naming the live version; reloads move it
+    # A gateway replica looks at the alias file at most this often (a reload through it applies at once).
+    alias_check_s: float = Field(0.5, ge=0, le=60)
 
     # Redis embedding cache; REDIS_URL= (empty) selects the in-process LRU instead.
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "MUXREC_REDIS_URL",

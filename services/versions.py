@@ -6,12 +6,18 @@ or is redeployed reads the alias, and `ServeSettings.version` is used only while
 exist yet (a fresh registry, or one mounted read-only). The gateway passes the version it resolved
 with every call to the Ranker / Embedder / FeatureSelector, so each call is answered by exactly the
 version the gateway chose, and replicas of any count agree without talking to each other.
+
+The gateway asks for the live version on every request; `LiveVersion` answers from memory and looks
+at the alias file (one stat, a re-read only when it changed) at most every
+`ServeSettings.alias_check_s` (0.5 s by default). A reload moves the alias through this replica's
+`LiveVersion.set`, which takes effect here at once; other gateway replicas follow within that interval.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -28,21 +34,29 @@ def serving_version(registry: ArtifactRegistry, settings: ServeSettings) -> str:
 
 
 class LiveVersion:
-    """The live version (`serving_version`), re-read only when aliases.json changes (one stat)."""
+    """The live version (`serving_version`): from memory, the alias file looked at (one stat) at most
+    every `settings.alias_check_s`, and re-read only when it changed."""
 
-    def __init__(self, registry: ArtifactRegistry, settings: ServeSettings):
+    def __init__(self, registry: ArtifactRegistry, settings: ServeSettings, clock=time.monotonic):
         self.registry, self.settings = registry, settings
         self.name, self.alias = settings.model, settings.serving_alias
         self._path = Path(registry.root) / self.name / ALIASES
         self._stamp: tuple[int, int] | None = None
         self._version: str | None = None
+        self._clock = clock
+        self._next_check = 0.0
 
     def set(self, version: str) -> None:
-        """Move the serving alias (OSError where the registry is mounted read-only)."""
+        """Move the serving alias (OSError where the registry is mounted read-only); this replica
+        serves the new version from its next request."""
         self.registry.set_alias(self.name, self.alias, version)
         self._stamp, self._version = None, None
 
     def get(self) -> str:
+        now = self._clock()
+        if self._version is not None and now < self._next_check:
+            return self._version
+        self._next_check = now + self.settings.alias_check_s
         try:
             st = os.stat(self._path)
             stamp = (st.st_mtime_ns, st.st_size)

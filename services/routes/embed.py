@@ -3,6 +3,8 @@
 # No `from __future__ import annotations`: FastAPI reads the body model from the signature.
 import numpy as np
 from fastapi import APIRouter
+from fastapi.responses import Response
+from pydantic_core import to_json
 
 from muxrec.services.deps import Cache, Context, LiveVersionDep, result_of
 from muxrec.services.embedder import EmbedRequest as EmbedCall
@@ -15,7 +17,7 @@ def build_router(schema: RequestSchema) -> APIRouter:
 
     @router.post("/v1/embed", response_model=EmbedResponse,
                  summary="User or item vectors from the live model, through the embedding cache")
-    async def embed(body: EmbedRequest, context: Context, cache: Cache, version: LiveVersionDep) -> EmbedResponse:
+    async def embed(body: EmbedRequest, context: Context, cache: Cache, version: LiveVersionDep) -> Response:
         ids = [str(i) for i in body.ids]
         tag = context.cache_tag(version)
         dim = context.dims.get((tag, body.entity))
@@ -34,9 +36,13 @@ def build_router(schema: RequestSchema) -> APIRouter:
         vectors, known = [], []
         for i, v in zip(ids, cached):
             v, k = fresh[i] if v is None else (v, True)  # only known ids are cached
-            vectors.append(v.tolist())
+            vectors.append(v)
             known.append(k)
-        return EmbedResponse(model_version=context.ref(version), entity=body.entity, dim=len(vectors[0]), ids=ids,
-                             vectors=vectors, known=known, cache_hits=[v is not None for v in cached])
+        matrix = np.stack(vectors)  # (N, D)
+        # An EmbedResponse, written straight to JSON: its fields are built here from checked values, so
+        # FastAPI's validation of the response (N x D floats, again) is skipped.
+        payload = {"model_version": context.ref(version), "entity": body.entity, "dim": matrix.shape[1], "ids": ids,
+                   "vectors": matrix.tolist(), "known": known, "cache_hits": [v is not None for v in cached]}
+        return Response(to_json(payload), media_type="application/json")
 
     return router

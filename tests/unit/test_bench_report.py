@@ -43,3 +43,54 @@ def test_model_names_all_a_list_or_a_clear_error(tmp_path):
     assert model_names(tmp_path, "lr, deepfm") == ["lr", "deepfm"]
     with pytest.raises(ConfigError, match=r"no model config configs/models/dnn\.yaml; models with configs"):
         model_names(tmp_path, "lr,dnn")
+
+
+def _serve_result():
+    rank = {"p50_ms": 14.0, "p95_ms": 20.0, "p99_ms": 25.0, "qps": 70.0, "candidates_per_s": 7000,
+            "candidates_per_s_per_core": 3500, "errors": 0}
+    result = {
+        "bench": "serve", "model_version": "m/v0001", "candidates": 100, "requests_per_level": 400,
+        "ranker_replicas": 1, "load_average_start": [1.0, 1.0, 1.0], "load_average_end": [2.0, 1.5, 1.0],
+        "hops": {"trivial_one_hop_p50_ms": 4.0, "trivial_two_hop_p50_ms": 8.0,
+                 "trivial_one_hop_embed_body_p50_ms": 4.5, "trivial_two_hop_rank_body_p50_ms": 8.5,
+                 "healthz_p50_ms": 4.2, "importance_p50_ms": 8.8},
+        "embed": {"ids": 100, "hit": {"p50_ms": 5.0, "p95_ms": 6.0, "p99_ms": 7.0},
+                  "miss": {"p50_ms": 9.0, "p95_ms": 10.0, "p99_ms": 11.0}, "miss_over_hit_p50": 1.8},
+        "rank": {"c1": rank, "c8": {**rank, "p50_ms": 60.0, "candidates_per_s": 12000}},
+        "floor": {"encode_forward_p50_ms": 4.0, "forward_p50_ms": 1.5},
+        "overhead_p50_ms": 10.0, "p50_over_floor": 3.5, "redis": None, "commit": "abc1234",
+        "machine": {"cpus": 2},
+    }
+    from muxrec.benchmarks.serve import _targets
+
+    result["targets"] = _targets(result)
+    return result
+
+
+def test_serve_targets_are_ratios_against_the_trivial_routes_of_the_same_run():
+    t = _serve_result()["targets"]
+    assert t["rank_overhead_over_two_hop"] == {"value": 1.25, "limit": 1.2, "met": False,  # 10 ms / 8 ms
+                                               "value_vs_body_twin": 1.18, "met_vs_body_twin": True}  # / 8.5 ms
+    assert t["embed_hit_over_one_hop"] == {"value": 1.25, "limit": 1.3, "met": True,  # 5 ms / 4 ms
+                                           "value_vs_body_twin": 1.11, "met_vs_body_twin": True}  # / 4.5 ms
+    assert t["floor_over_forward"] == {"value": 2.67, "limit": 2.0, "met": False}  # 4 ms / 1.5 ms
+    share = t["c8_candidates_share_of_floor"]  # the floor allows 100 x 1 replica / 4 ms = 25,000 / s
+    assert (share["floor_allows_per_s"], share["value"], share["met"]) == (25000, 0.48, False)
+
+
+def test_serve_report_shows_the_trivial_routes_and_the_targets(tmp_path):
+    from muxrec.benchmarks.serve import _write
+
+    result = _serve_result()
+    (tmp_path / "serve-notes.md").write_text("## Findings\n\nkept across runs\n")
+    _write(result, {"c1": [0.014] * 50, "c8": [0.06] * 50}, tmp_path)
+    text = (tmp_path / "serve.md").read_text()
+    assert "| trivial GET, constant | proxy -> ingress | 4.0 |" in text
+    assert "| trivial GET, constant | proxy -> ingress -> handle | 8.0 |" in text
+    assert "over the trivial two-hop p50 | 1.25 | **not met** | 1.18 | met | <= 1.2 |" in text
+    assert "over the trivial one-hop p50 | 1.25 | met | 1.11 | met | <= 1.3 |" in text
+    assert "| concurrency 8 | 60.0 |" in text and "| 12000 | 3500 | 0 | - |" in text
+    assert "[1.0, 1.0, 1.0] at the start" in text and text.rstrip().endswith("kept across runs")
+    saved = json.loads((tmp_path / "results" / "serve.json").read_text())
+    assert saved["hops"]["trivial_two_hop_p50_ms"] == 8.0 and saved["targets"]["embed_hit_over_one_hop"]["met"]
+    assert (tmp_path / "serve-latency.png").stat().st_size > 10_000

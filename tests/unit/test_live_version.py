@@ -9,7 +9,7 @@ import json
 from muxrec.artifacts import ALIASES, ArtifactRegistry
 from muxrec.services.deps import GatewayContext
 from muxrec.services.settings import ServeSettings
-from muxrec.services.versions import serving_version
+from muxrec.services.versions import LiveVersion, serving_version
 
 from tests.helpers import synthetic_spec
 
@@ -22,8 +22,9 @@ def _registry(tmp_path) -> ArtifactRegistry:
     return registry  # latest = v0003, no serving alias yet
 
 
-def _start(registry: ArtifactRegistry, version: str) -> GatewayContext:
-    settings = ServeSettings(registry=registry.root, model="m", version=version, redis_url="")
+def _start(registry: ArtifactRegistry, version: str, alias_check_s: float = 0.5) -> GatewayContext:
+    settings = ServeSettings(registry=registry.root, model="m", version=version, redis_url="",
+                             alias_check_s=alias_check_s)
     return GatewayContext.start(settings, None, None, None)
 
 
@@ -41,7 +42,7 @@ def test_a_reloaded_version_survives_restarts_and_redeploys(tmp_path):
     registry = _registry(tmp_path)
     first = _start(registry, "latest")
     first.live.set("v0002")  # what /v1/admin/reload does
-    restarts = [_start(registry, version) for version in ("latest", "v0001", "v0003", "latest")]
+    restarts = [_start(registry, version, alias_check_s=0) for version in ("latest", "v0001", "v0003", "latest")]
     live = [c.live.get() for c in restarts]
     print(f"after a reload to v0002, {live.count('v0002')}/{len(live)} restarted replicas serve v0002 "
           f"(configured: latest, v0001, v0003, latest)")
@@ -51,3 +52,22 @@ def test_a_reloaded_version_survives_restarts_and_redeploys(tmp_path):
     first.live.set("v0003")
     assert [c.live.get() for c in restarts] == ["v0003"] * 4  # every replica follows the alias
     assert json.loads((registry.root / "m" / ALIASES).read_text())["serving"] == "v0003"
+
+
+def test_the_alias_is_looked_at_at_most_every_alias_check_s_and_a_reload_here_applies_at_once(tmp_path):
+    registry = _registry(tmp_path)
+    now = [100.0]
+    settings = ServeSettings(registry=registry.root, model="m", version="latest", redis_url="", alias_check_s=0.5)
+    here, other = (LiveVersion(registry, settings, clock=lambda: now[0]) for _ in range(2))
+    assert here.get() == other.get() == "v0003"
+    here.set("v0001")  # a reload through this replica
+    assert here.get() == "v0001"  # at once
+    now[0] += 0.4
+    assert other.get() == "v0003"  # another replica: from memory until its next look at the alias file
+    now[0] += 0.2
+    assert other.get() == "v0001"
+    registry.set_alias("m", "serving", "v0002")  # moved by a process without this LiveVersion
+    now[0] += 0.49
+    assert other.get() == "v0001"
+    now[0] += 0.02
+    assert other.get() == "v0002"
