@@ -178,7 +178,7 @@ def test_a_healthy_redis_under_cpu_load_is_not_skipped(fault_app):
     """Busy CPUs make an occasional call miss the 50 ms timeout; that alone must not open the breaker
     (it needs several failures in a row) and so must not skip the cache for the following requests.
 
-    75 requests (about 0.4 s each here under this load): one opening of the breaker skips every
+    75 requests (0.4-0.8 s each here under this load): one opening of the breaker skips every
     lookup for its 1 s cool-down, 2-3 requests x 4 ids, already over the 2% allowed (6 of 300).
     """
     import multiprocessing
