@@ -45,21 +45,35 @@ def test_bench_two_seeds_and_a_skip(ray_cluster, tmp_path):
     assert (out / "tiny.png").stat().st_size > 10_000
 
 
-def test_bench_hiformer_times_the_serving_tricks(ray_cluster, tmp_path):
-    from muxrec.benchmarks.hiformer import bench_hiformer
+@pytest.fixture(scope="module")
+def tiny_bench(ray_cluster, tmp_path_factory):
+    """A configs folder with the whole synthetic spec as dataset `tiny` (3,000 rows, history included)
+    and a runs folder where it is prepared once, shared by the hiformer and train benchmark tests
+    (each adds its own model files; `bench` reuses prepared data made from the same spec)."""
+    from muxrec.pipelines.prepare import prepare_cached
+    from muxrec.spec import load_spec
 
-    configs = tmp_path / "configs"
+    root = tmp_path_factory.mktemp("tiny-bench")
+    configs = root / "configs"
     (configs / "models").mkdir(parents=True)
     spec = synthetic_spec(rows=3000, seed=4).model_dump(mode="json")
     spec["name"] = "tiny"
     (configs / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    prepare_cached(load_spec(configs / "tiny.yaml"), root / "runs" / "prepared")
+    return configs, root / "runs"
+
+
+def test_bench_hiformer_times_the_serving_tricks(tiny_bench, tmp_path):
+    from muxrec.benchmarks.hiformer import bench_hiformer
+
+    configs, runs = tiny_bench
     small = "embedding_dim: 4, num_layers: 2, head_dim: 4, ffn_dim: 8, hidden_units: [16]"
     (configs / "models" / "hiformer.yaml").write_text(f"model: {{{small}}}\ntrain: {{epochs: 1}}\n")
     (configs / "models" / "hiformer-fast.yaml").write_text(
         f"architecture: hiformer\nmodel: {{{small}, low_rank: 8, prune_last_layer: true}}\ntrain: {{epochs: 1}}\n")
     out, registry = tmp_path / "docs", ArtifactRegistry(tmp_path / "reg")
     for name in ("hiformer", "hiformer-fast"):
-        list(bench_ctr("tiny", name, [1], configs, tmp_path / "runs", registry, out))
+        list(bench_ctr("tiny", name, [1], configs, runs, registry, out))
 
     result = bench_hiformer("tiny", registry, out, reps=5)
     variants = {v["variant"]: v for v in result["variants"]}
@@ -70,22 +84,18 @@ def test_bench_hiformer_times_the_serving_tricks(ray_cluster, tmp_path):
     assert "| lowrank+prune |" in (out / "hiformer-tiny.md").read_text()
 
 
-def test_bench_train_times_floor_loop_and_command(ray_cluster, tmp_path, monkeypatch):
+def test_bench_train_times_floor_loop_and_command(tiny_bench, tmp_path, monkeypatch):
     """`muxrec bench train` on tiny data: the floor, our loop and a real `muxrec train` process, one row."""
     from muxrec.benchmarks.train import bench_train
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no Ray kept by `muxrec ray up`: a cold start
 
-    configs = tmp_path / "configs"
-    (configs / "models").mkdir(parents=True)
-    spec = synthetic_spec(rows=3000, seed=4).model_dump(mode="json")
-    spec["name"] = "tiny"
-    (configs / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    configs, runs = tiny_bench
     (configs / "models" / "deepfm.yaml").write_text(
         "model: {embedding_dim: 4, hidden_units: [16]}\ntrain: {batch_size: 256, lr: 0.01}\n")
     out = tmp_path / "docs"
 
-    (row,) = bench_train("tiny", "deepfm", configs, tmp_path / "runs", out, epochs=2, threads=1)
+    (row,) = bench_train("tiny", "deepfm", configs, runs, out, epochs=2, threads=1)
     assert row["model"] == "deepfm" and row["train_rows"] > 2000 and row["epochs"] == 2
     assert row["floor_samples_per_s"] > 0 and row["loop_samples_per_s"] > 0 and row["command_samples_per_s"] > 0
     assert row["loop_vs_floor"] == pytest.approx(row["loop_samples_per_s"] / row["floor_samples_per_s"], rel=0.01)

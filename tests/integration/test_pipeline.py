@@ -62,12 +62,18 @@ def test_prepare_writes_deterministic_parquet_fitted_on_train_only(prepared):
 
 
 def test_train_resume_and_evaluate(prepared, tmp_path):
-    """2 epochs, then resumed to 3, equals 3 straight; the published model evaluates the same offline."""
+    """2 epochs, then resumed to 3, equals 3 straight; the published model evaluates the same offline.
+    A resume with another config is refused first, and leaves the run resumable."""
+    from muxrec.errors import ConfigError
+
     storage = tmp_path / "ray"
     job = TrainJob(str(prepared.root), "deepfm", DEEPFM, replace(SMALL, epochs=2))
     first, _, _ = fit(job, storage, "interrupted")
     assert first["epoch"] == 1 and len(first["history"]) == 2
     assert first["streamed"] == []  # a split this small is held in memory
+    changed = replace(job, model_config=replace(DEEPFM, hidden_units=(8,)), train=replace(job.train, epochs=3))
+    with pytest.raises(ConfigError, match="started with another spec / model / training config"):
+        fit(changed, storage, "interrupted")
     resumed, resumed_best, _ = fit(replace(job, train=replace(job.train, epochs=3)), storage, "interrupted")
     assert resumed["epoch"] == 2 and resumed["history"][:2] == first["history"]
 
@@ -127,16 +133,6 @@ def test_search_then_retrain_publishes_the_chosen_architecture(prepared, tmp_pat
     assert loaded.config.methods == chosen and loaded.model.chosen_methods() == chosen
     assert (tmp_path / "ray" / "synthetic-optinter-seed11-retrain" / "muxrec-done.json").is_file()
     assert result.metrics["train_seconds"] > search["train_seconds"]  # both runs are counted
-
-
-def test_resume_refuses_a_changed_config(prepared, tmp_path):
-    from muxrec.errors import ConfigError
-
-    job = TrainJob(str(prepared.root), "deepfm", DEEPFM, replace(SMALL, epochs=1))
-    fit(job, tmp_path / "ray", "changing")
-    changed = replace(job, model_config=replace(DEEPFM, hidden_units=(8,)), train=replace(job.train, epochs=2))
-    with pytest.raises(ConfigError, match="started with another spec / model / training config"):
-        fit(changed, tmp_path / "ray", "changing")
 
 
 def test_a_spec_with_its_own_table_dims_trains_and_publishes(ray_cluster, tmp_path):

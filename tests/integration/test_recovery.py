@@ -30,11 +30,17 @@ def _train_cmd(spec_path, tmp_path, epochs):
             "--runs", str(tmp_path / "runs"), "--registry", str(tmp_path / "registry")]
 
 
-def test_killed_training_resumes_from_its_checkpoint(tmp_path):
+def test_killed_training_resumes_from_its_checkpoint(ray_cluster, tmp_path):
+    """The `muxrec train` process is killed (SIGKILL) after two checkpoints; a rerun resumes.
+
+    Both commands join the session's Ray (RAY_ADDRESS), as they would join a `muxrec ray up` one:
+    killing the driver ends its job, whose Ray Train actors Ray then stops. That saves two cold Ray
+    starts; a cold `muxrec train` process is run by test_bench_train_times_floor_loop_and_command.
+    """
     spec_path = tmp_path / "synthetic.yaml"
     spec_path.write_text(yaml.safe_dump(synthetic_spec(rows=12000, seed=5).model_dump(mode="json")))
     run_dir = tmp_path / "runs" / "ray" / "synthetic-deepfm-seed2026"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     proc = subprocess.Popen(_train_cmd(spec_path, tmp_path, 40), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env, start_new_session=True)
     try:
@@ -44,7 +50,7 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
             time.sleep(0.2)
         assert list(run_dir.glob("checkpoint_*")), "no checkpoint appeared"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver (its own session); Ray then ends its job
         proc.wait(timeout=60)
     assert not (run_dir / "muxrec-done.json").exists()
     assert not (tmp_path / "registry").exists() or not ArtifactRegistry(tmp_path / "registry").names()

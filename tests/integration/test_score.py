@@ -3,6 +3,7 @@ failed run leaves the previous output in place."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -23,12 +24,12 @@ from tests.helpers import synthetic_raw, synthetic_spec
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def rows_dir(tmp_path):
+@pytest.fixture(scope="module")
+def rows_dir(tmp_path_factory):
     spec = synthetic_spec(rows=6000, seed=21)
     raw = synthetic_raw(spec)
     raw = raw.filter(pc.equal(split_of(raw, spec), "test"))
-    folder = tmp_path / "rows"
+    folder = tmp_path_factory.mktemp("score") / "rows"
     folder.mkdir()
     half = raw.num_rows // 2
     pq.write_table(raw.slice(0, half), folder / "a.parquet")
@@ -36,12 +37,21 @@ def rows_dir(tmp_path):
     return folder, raw
 
 
-def test_score_matches_the_model_and_reruns_identically(small_models, rows_dir, tmp_path):
+@pytest.fixture(scope="module")
+def scored_v1(small_models, rows_dir):
+    """The rows scored once by v0001 (batch 200) and that call's report; tests copy the output to change it."""
+    registry, *_ = small_models
+    folder, _ = rows_dir
+    out = folder.parent / "scored"
+    return out, score(registry, MODEL, "v0001", folder, out, batch_size=200)
+
+
+def test_score_matches_the_model_and_reruns_identically(small_models, rows_dir, scored_v1, tmp_path):
     registry, v1, v2, _ = small_models
     folder, raw = rows_dir
     out = tmp_path / "scored"
-    report = score(registry, MODEL, "v0001", folder, out, batch_size=200)
-    assert report == {"output": str(out), "rows": raw.num_rows, "model_version": v1.ref}
+    shutil.copytree(scored_v1[0], out)
+    assert scored_v1[1] == {"output": str(scored_v1[0]), "rows": raw.num_rows, "model_version": v1.ref}
     scored = pq.read_table(out)
     # DeepFM's head has one logit per label of the spec: click (the first task) and conversion.
     assert scored.column_names == ["user_id", "item_id", "score", "score_conversion", "model_version"]
@@ -53,21 +63,23 @@ def test_score_matches_the_model_and_reruns_identically(small_models, rows_dir, 
 
     names = sorted(p.name for p in out.iterdir())
     assert names and all(n.startswith("part-") for n in names)
-    for _ in range(3):  # reruns give the same files, rows in the same order
-        score(registry, MODEL, "v0001", folder, out, batch_size=200)
-        assert sorted(p.name for p in out.iterdir()) == names
-        assert pq.read_table(out).equals(scored)
+    # A rerun gives the same files, rows in the same order (the autoscaling pool's run in
+    # test_streaming.py must equal a one-actor run too).
+    score(registry, MODEL, "v0001", folder, out, batch_size=200)
+    assert sorted(p.name for p in out.iterdir()) == names
+    assert pq.read_table(out).equals(scored)
 
     # Another version replaces the output as a whole.
     score(registry, MODEL, "v0002", folder, out, batch_size=200)
     assert set(pq.read_table(out)["model_version"].to_pylist()) == {v2.ref}
 
 
-def test_a_failed_run_leaves_the_previous_output(small_models, rows_dir, tmp_path):
+def test_a_failed_run_leaves_the_previous_output(small_models, rows_dir, scored_v1, tmp_path):
     registry, v1, _, _ = small_models
-    folder, raw = rows_dir
+    folder = tmp_path / "rows"
+    shutil.copytree(rows_dir[0], folder)  # this test spoils a file of its own copy
     out = tmp_path / "scored"
-    score(registry, MODEL, "v0001", folder, out, batch_size=200)
+    shutil.copytree(scored_v1[0], out)  # the previous output, as a run of the same model wrote it
     before = pq.read_table(out)
     # The second file turns bad: NaN in a numeric input, met only when that block is scored.
     bad = pq.read_table(folder / "b.parquet")
