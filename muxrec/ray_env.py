@@ -99,6 +99,12 @@ def _use_loopback_node() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def _is_loopback(address: str) -> bool:
+    """Whether a Ray address (host:port, ray://host:port) names this machine's loopback."""
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+    return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
+
+
 def ensure_ray(num_cpus: int | None = None) -> bool:
     """Join RAY_ADDRESS or the kept local Ray, else start a local one; no-op if Ray is running.
 
@@ -122,8 +128,8 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
         quiet = {"log_to_driver": loud,
                  "logging_config": ray.LoggingConfig(log_level="INFO" if loud else "ERROR")}
         cluster = os.environ.get("RAY_ADDRESS")
-        if not cluster:
-            _use_loopback_node()
+        if not cluster or _is_loopback(cluster):
+            _use_loopback_node()  # a Ray on 127.0.0.1 is joined from 127.0.0.1, or the join hangs
         # Ray's core installs a SIGTERM handler that aborts the process (leaving Ray's own processes
         # behind); the handlers this process had (e.g. `muxrec serve`'s clean stop) are put back.
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
