@@ -77,7 +77,16 @@ class FeatureEmbedding(nn.Module):
         return weights
 
     def forward(self, batch: Batch) -> Tensor:
+        return self.fields_and_sequences(batch)[0]  # (B, F, D)
+
+    def fields_and_sequences(self, batch: Batch) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
+        """The (B, F, D) fields, and each sequence feature's positions (B, L, D) and mask (B, L).
+
+        A model that attends over a history (DIN) reads both; getting them from one call looks each
+        history up once (its mean field and its positions share the vectors and their gradient).
+        """
         columns: dict[str, Tensor] = {}
+        sequences: dict[str, tuple[Tensor, Tensor]] = {}
         if self.inputs.pooled:
             pooled = self.bags(batch.sparse).to_dict()  # name -> (B, d), d its table's width
             columns.update({name: self._to_width(name, v) for name, v in pooled.items()})  # name -> (B, D)
@@ -85,10 +94,11 @@ class FeatureEmbedding(nn.Module):
             scaled = batch.dense[:, :, None] * self.numeric[None]  # (B, N, D)
             columns.update({name: scaled[:, i] for i, name in enumerate(self.inputs.numeric)})
         for name in self.inputs.sequences:
-            vectors, mask = self.sequence(batch, name)  # (B, L, D), (B, L)
-            total = (vectors * mask[..., None]).sum(dim=1)  # (B, D)
-            columns[name] = total / mask.sum(dim=1, keepdim=True).clamp(min=1)  # (B, D); empty history -> 0
-        return torch.stack([columns[name] for name in self.inputs.fields], dim=1)  # (B, F, D)
+            vectors, mask = sequences[name] = self.sequence(batch, name)  # (B, L, D), (B, L)
+            weights = mask.to(vectors.dtype)[:, None, :]  # (B, 1, L)
+            total = torch.bmm(weights, vectors).squeeze(1)  # (B, D): padded positions add exact zeros
+            columns[name] = total / weights.sum(dim=2).clamp(min=1)  # (B, D); empty history -> 0
+        return torch.stack([columns[name] for name in self.inputs.fields], dim=1), sequences  # (B, F, D)
 
     def sequence(self, batch: Batch, name: str) -> tuple[Tensor, Tensor]:
         """A sequence feature's per-position embeddings (B, L, D) and mask (B, L)."""

@@ -8,11 +8,44 @@ import torch
 from torch import Tensor, nn
 
 
+class _RepeatedRowsNorm(torch.autograd.Function):
+    """BatchNorm statistics (no affine) of a batch in which row i stands for counts[i] identical rows.
+
+    The same normalised values and input gradients as BatchNorm over the batch with the rows repeated,
+    without materialising the repeats. Returns (z, batch mean, biased batch variance).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, counts: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        share = counts / counts.sum()  # (N,): each row's share of the repeated batch
+        mean = share @ x  # (C,)
+        centered = x - mean  # (N, C)
+        var = share @ centered.square()  # (C,) biased, as BatchNorm normalises
+        rstd = torch.rsqrt(var + eps)  # (C,)
+        z = centered * rstd  # (N, C)
+        ctx.save_for_backward(z, share, rstd)
+        ctx.mark_non_differentiable(mean, var)
+        return z, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_z: Tensor, _mean: Tensor, _var: Tensor) -> tuple[Tensor, None, None]:
+        z, share, rstd = ctx.saved_tensors
+        # BatchNorm's input gradient, rstd (g_i - (g_mean + z_i (g z)_mean)), where the means over the
+        # repeated batch are sums over compact rows (each g_i already totals its repeats' gradients)
+        # and each compact row receives the stats' part counts[i] times.
+        total = torch.addcmul(grad_z.sum(dim=0), z, (grad_z * z).sum(dim=0))  # (N, C)
+        return torch.addcmul(grad_z, share[:, None], total, value=-1.0) * rstd, None, None  # (N, C)
+
+
 class Dice(nn.Module):
     """Data-adaptive activation from "Deep Interest Network for Click-Through Rate Prediction" (KDD 2018).
 
     f(s) = p(s) * s + (1 - p(s)) * alpha * s with p(s) = sigmoid(BN(s)): a PReLU whose rectification
     point follows the batch statistics of each unit. Input (N, C).
+
+    `forward(x, counts)`: row i of x stands for counts[i] identical rows (DIN scores one row for all of
+    a history's padded positions); in training the batch statistics, running statistics and gradients
+    are those of the batch with the rows repeated.
     """
 
     def __init__(self, dim: int, eps: float = 1e-8):
@@ -20,9 +53,26 @@ class Dice(nn.Module):
         self.norm = nn.BatchNorm1d(dim, eps=eps, affine=False)
         self.alpha = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, x: Tensor) -> Tensor:
-        p = torch.sigmoid(self.norm(x))  # (N, C)
-        return p * x + (1 - p) * self.alpha * x  # (N, C)
+    def forward(self, x: Tensor, counts: Tensor | None = None) -> Tensor:
+        if counts is None or not self.training:
+            z = self.norm(x)  # (N, C)
+        else:
+            z, mean, var = _RepeatedRowsNorm.apply(x, counts, self.norm.eps)  # (N, C), (C,), (C,)
+            self._track(mean, var, counts.sum())
+        p = torch.sigmoid(z)  # (N, C)
+        # p x + (1 - p) alpha x, written as x (alpha + p (1 - alpha)): two passes over (N, C), not five.
+        return x * torch.addcmul(self.alpha, p, 1 - self.alpha)  # (N, C)
+
+    @torch.no_grad()
+    def _track(self, mean: Tensor, var: Tensor, n: Tensor) -> None:
+        """BatchNorm1d's running-statistics update for a batch of n rows (unbiased running variance)."""
+        norm = self.norm
+        if not norm.track_running_stats:
+            return
+        norm.num_batches_tracked.add_(1)
+        momentum = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
+        norm.running_mean.lerp_(mean, momentum)
+        norm.running_var.lerp_(var * n / (n - 1), momentum)
 
 
 class Dropout(nn.Module):
