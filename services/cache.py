@@ -12,7 +12,7 @@ Redis trouble never fails a request. redis-py retries a dropped connection once 
 pings idle pooled connections before use (so a restarted Redis costs no failed call); repeated
 failures open the breaker, which skips Redis for a cool-down, then lets exactly one trial call through
 (half-open): its success closes the breaker, its failure re-opens it. Meanwhile the caller computes
-the vectors itself.
+the vectors itself. After a failed call no write is sent until a read succeeds again.
 """
 
 from __future__ import annotations
@@ -180,7 +180,9 @@ class RedisEmbeddingCache:
         return out
 
     async def put_many(self, version: str, entity: str, vectors: dict[str, np.ndarray]) -> None:
-        if not vectors or not self.breaker.allow():
+        # After a failed call, writes wait until a read succeeds: a stalled moment (a busy CPU missing the
+        # timeout) then costs one failure, not a failed read and a failed write that together open the breaker.
+        if not vectors or self.breaker.failed or not self.breaker.allow():
             return
         try:
             async with self.client.pipeline(transaction=False) as pipe:

@@ -20,9 +20,12 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await _too_large(send, self.limit)
+        if b"transfer-encoding" not in headers and (declared is None or declared == b"0"):
+            return await self.app(scope, receive, send)  # no body (a GET): nothing to read ahead
         chunks, size, more = [], 0, True
         while more:
             message = await receive()

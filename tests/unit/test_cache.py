@@ -86,3 +86,42 @@ def test_keys_and_values():
 ])
 def test_malformed_values_decode_to_a_miss(label, value):
     assert decode_vector(value, dim=4) is None, label
+
+
+def test_after_a_failed_read_writes_wait_for_a_successful_read(redis_url):
+    """A stalled moment must cost the breaker one failure, not a failed read plus a failed write (two in a
+    row opened the breaker of a healthy but CPU-starved gateway). Real Redis: one client points at a port
+    nobody listens on, the other at the shared server; both report to the same breaker."""
+    import socket
+    import uuid
+
+    from muxrec.services.cache import RedisEmbeddingCache
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    breaker = CircuitBreaker(failures=2, cooldown_s=60)
+    tag = f"test/{uuid.uuid4().hex}@000000000000"
+    vector = {"u1": np.arange(4, dtype=np.float32)}
+
+    async def scenario() -> tuple:
+        down = RedisEmbeddingCache(f"redis://127.0.0.1:{dead_port}/0", 60, 0.05, breaker, retries=0)
+        up = RedisEmbeddingCache(redis_url, 60, 1.0, breaker)
+        try:
+            assert await down.get_many(tag, "user", ["u1"]) == [None]
+            await down.put_many(tag, "user", vector)  # not sent: the read before it failed
+            after_failure = (down.stats.errors, breaker.failed, breaker.state)
+            await up.put_many(tag, "user", vector)  # still waiting for a read to succeed
+            missed = await up.get_many(tag, "user", ["u1"])  # succeeds (a miss): writes resume
+            await up.put_many(tag, "user", vector)
+            hit = await up.get_many(tag, "user", ["u1"])
+            return after_failure, missed, hit
+        finally:
+            await up.client.delete(f"muxrec:emb:{tag}:user:u1")
+            await up.close()
+            await down.close()
+
+    after_failure, missed, hit = asyncio.run(scenario())
+    assert after_failure == (1, 1, "closed")
+    assert missed == [None] and breaker.failed == 0
+    np.testing.assert_array_equal(hit[0], vector["u1"])
