@@ -271,9 +271,15 @@ def value_hashes(values: pa.Array, seed: int = 0) -> np.ndarray:
     return codes[pc.index_in(values, value_set=uniques).to_numpy(zero_copy_only=False)]
 
 
-def _stable_hash(values: pa.Array, buckets: int) -> np.ndarray:
-    """1 + blake2b(value) % buckets (value_hashes, unsalted); null -> OOV_ID."""
-    codes = value_hashes(values)
+def slot_seed(feature: str, slot: int) -> int:
+    """The hash seed of slot `slot` of `feature` in a multiplexed table: blake2b-64 of "<feature>/<slot>",
+    so every process, Python version and machine hashes a feature's values the same way."""
+    return _blake64(f"{feature}/{slot}", b"")
+
+
+def _stable_hash(values: pa.Array, buckets: int, seed: int = 0) -> np.ndarray:
+    """1 + blake2b(value) % buckets (value_hashes, salted by `seed`, 0: unsalted); null -> OOV_ID."""
+    codes = value_hashes(values, seed)
     ids = (codes % np.uint64(buckets)).astype(np.int64) + 1
     return np.where(pc.is_null(values).to_numpy(zero_copy_only=False), OOV_ID, ids) if values.null_count else ids
 
@@ -394,6 +400,7 @@ class TableVocab:
     values: pa.Array | list[str] | None = None
     hash_buckets: int | None = None
     boundaries: list[float] | None = None
+    multiplex: bool = False  # hashed per feature (slot_seed): `ids` needs the feature's name
     _sorted: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
     _sortable: bool | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -407,8 +414,18 @@ class TableVocab:
             return len(self.boundaries) + 2
         return 1 + (self.hash_buckets if self.hash_buckets is not None else len(self.values or ()))
 
-    def ids(self, values: pa.Array) -> np.ndarray:
-        """Values -> int64 ids; unknown and missing values -> OOV_ID."""
+    def ids(self, values: pa.Array, feature: str | None = None, slots: int = 1) -> np.ndarray:
+        """Values -> int64 ids (N,); unknown and missing values -> OOV_ID.
+
+        A multiplexed table hashes by `feature`'s own seeds and gives (N, slots) ids for slots > 1
+        (a missing value: OOV_ID in every slot)."""
+        if self.multiplex:
+            if feature is None:
+                raise ValueError(f"table {self.name!r} is multiplexed: ids depend on the feature that reads it")
+            ids = [_stable_hash(values, self.hash_buckets, slot_seed(feature, j)) for j in range(slots)]
+            return ids[0] if slots == 1 else np.stack(ids, axis=1)  # (N,) or (N, slots)
+        if slots != 1:
+            raise ValueError(f"table {self.name!r} is not multiplexed: one id per value")
         if self.boundaries is not None:
             x = values.fill_null(np.nan).to_numpy(zero_copy_only=False)
             ids = 1 + np.searchsorted(np.asarray(self.boundaries), x, side="right")
@@ -634,7 +651,7 @@ class Vocabulary:
                 tables[table.name] = TableVocab(table.name, boundaries=boundaries)
                 continue
             if table.hash_buckets is not None:
-                tables[table.name] = TableVocab(table.name, hash_buckets=table.hash_buckets)
+                tables[table.name] = TableVocab(table.name, hash_buckets=table.hash_buckets, multiplex=table.multiplex)
                 continue
             mine = counts.filter(pc.and_(pc.equal(counts["table"], table.name),
                                          pc.greater_equal(counts["count_sum"], table.min_count)))
@@ -659,7 +676,8 @@ class Vocabulary:
         return json.dumps({
             "spec_fingerprint": self.spec_fingerprint,
             "tables": {n: {"values": None if t.values is None else t.values.to_pylist(), "hash_buckets": t.hash_buckets,
-                           **({"boundaries": t.boundaries} if t.boundaries is not None else {})}
+                           **({"boundaries": t.boundaries} if t.boundaries is not None else {}),
+                           **({"multiplex": True} if t.multiplex else {})}
                        for n, t in self.tables.items()},
             "numeric": {n: vars(s) for n, s in self.numeric.items()},
         }, indent=1)
@@ -667,7 +685,8 @@ class Vocabulary:
     @classmethod
     def from_json(cls, text: str) -> Vocabulary:
         data = json.loads(text)
-        tables = {n: TableVocab(n, values=t["values"], hash_buckets=t["hash_buckets"], boundaries=t.get("boundaries"))
+        tables = {n: TableVocab(n, values=t["values"], hash_buckets=t["hash_buckets"], boundaries=t.get("boundaries"),
+                                multiplex=t.get("multiplex", False))
                   for n, t in data["tables"].items()}
         numeric = {n: NumericStats(**s) for n, s in data["numeric"].items()}
         return cls(data["spec_fingerprint"], tables, numeric)
@@ -709,9 +728,13 @@ def encode_arrays(derived: pa.Table, spec: FeatureSpec, vocab: Vocabulary) -> En
             offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
             listed.append((f, offsets))
             col = pc.list_flatten(col)
+        elif (f.slots or 1) > 1:  # k rows per value: a bag of exactly k ids
+            listed.append((f, np.arange(0, len(col) * f.slots + 1, f.slots, dtype=np.int32)))
         else:
             listed.append((f, None))
-        if table.values is None:  # hashed or bucketized: no vocabulary to search
+        if table.multiplex:
+            columns[f.name] = table.ids(col, f.name, f.slots or 1).reshape(-1)  # (N,) or (N * slots,)
+        elif table.values is None:  # hashed or bucketized: no vocabulary to search
             columns[f.name] = table.ids(col)
         else:
             lookups.append((table, col))

@@ -228,11 +228,31 @@ class SplitSpec(_Strict):
 
 
 class TableSpec(_Strict):
-    """An embedding table that several features may share (their vocabulary is fitted jointly)."""
+    """An embedding table that several features may share.
+
+    By default their vocabulary is fitted jointly (or, with `hash_buckets`, one hash maps a value to
+    the same row whichever feature holds it: an item id and a history of item ids meet there).
+
+    `multiplex: true` makes it a Unified Embedding table ("Unified Embedding: Battle-Tested Feature
+    Representations for Web-Scale ML Systems", Coleman et al., NeurIPS 2023): `hash_buckets` rows
+    shared by all its features, each feature reaching them through its own hash (blake2b salted per
+    feature name, `muxrec.encoding.slot_seed`), so equal strings of two features land on unrelated
+    rows. A feature's `slots: k` makes it look up k rows (k hashes) and sum them (the multi-size
+    variant: a large-vocabulary feature gets more capacity from the same table).
+    """
 
     min_count: int = Field(default=1, ge=1)
     hash_buckets: int | None = Field(default=None, gt=0)
     embedding_dim: int | None = Field(default=None, gt=0)
+    multiplex: bool = False
+
+    @model_validator(mode="after")
+    def _multiplex_is_hashed(self) -> TableSpec:
+        if self.multiplex and self.hash_buckets is None:
+            raise ValueError("a multiplexed table hashes each feature into its rows: set `hash_buckets` (its rows)")
+        if self.multiplex and self.min_count != 1:
+            raise ValueError("`min_count` does not apply to a multiplexed table (it has no vocabulary)")
+        return self
 
 
 class BucketSpec(_Strict):
@@ -278,6 +298,7 @@ class Feature(_Strict):
     min_count: int | None = Field(default=None, ge=1)
     hash_buckets: int | None = Field(default=None, gt=0)
     embedding_dim: int | None = Field(default=None, gt=0)
+    slots: int | None = Field(default=None, ge=1, le=16)  # rows looked up and summed (a multiplexed table)
     slice: tuple[int | None, int | None] | None = None  # python-style substring of the source
     # list kinds
     max_len: int | None = Field(default=None, gt=0)
@@ -301,7 +322,7 @@ class Feature(_Strict):
         kind = self.kind
         if kind == FeatureKind.NUMERIC:
             for attr in ("table", "min_count", "hash_buckets", "embedding_dim", "max_len", "pooling",
-                         "separator", "slice", "history"):
+                         "separator", "slice", "history", "slots"):
                 if getattr(self, attr) is not None:
                     raise ValueError(f"`{attr}` does not apply to a numeric feature")
             if self.fill is not None and not isinstance(self.fill, (int, float)):
@@ -333,6 +354,8 @@ class Feature(_Strict):
             raise ValueError("`history` applies to sequence features only")
         if kind == FeatureKind.TEXT and self.hash_buckets is None and self.table is None:
             raise ValueError("a text feature needs `hash_buckets` (its words are hashed)")
+        if self.slots is not None and (kind != FeatureKind.CATEGORICAL or self.bucketize is not None):
+            raise ValueError("`slots` applies to single-valued categorical features (of a multiplexed table)")
         if self.table is not None:
             inline = [a for a in ("min_count", "hash_buckets", "embedding_dim") if getattr(self, a) is not None]
             if inline:
@@ -375,6 +398,7 @@ class Table:
     hash_buckets: int | None
     embedding_dim: int | None  # None: the model's default dim
     bucketize: BucketSpec | None = None  # a bucketized numeric feature's own table
+    multiplex: bool = False  # each feature hashed into the rows by its own seed (TableSpec)
 
 
 @dataclass(frozen=True)
@@ -432,6 +456,14 @@ class FeatureSpec(_Strict):
             kinds = {self.feature(n).kind for n in table.features}
             if FeatureKind.TEXT in kinds and table.hash_buckets is None:
                 raise ValueError(f"table {table.name!r} holds text features and needs `hash_buckets`")
+            if table.multiplex and FeatureKind.SEQUENCE in kinds:
+                raise ValueError(f"table {table.name!r} is multiplexed (each feature hashed by its own seed), so a "
+                                 f"sequence feature there would not meet its items' rows; give it a table without "
+                                 f"`multiplex`")
+        for f in self.features:
+            if f.slots is not None and not (f.table is not None and self.tables[f.table].multiplex):
+                raise ValueError(f"feature {f.name!r}: `slots` needs a multiplexed shared table "
+                                 f"(`table:` naming one with `multiplex: true`)")
         return self
 
     # ---- derived views ---------------------------------------------------------------------
@@ -464,7 +496,8 @@ class FeatureSpec(_Strict):
         for name, feats in order.items():
             shared = self.tables.get(name)
             if shared is not None:
-                tables.append(Table(name, tuple(feats), shared.min_count, shared.hash_buckets, shared.embedding_dim))
+                tables.append(Table(name, tuple(feats), shared.min_count, shared.hash_buckets, shared.embedding_dim,
+                                    multiplex=shared.multiplex))
             else:
                 f = self.feature(feats[0])
                 tables.append(Table(name, (f.name,), f.min_count or 1, f.hash_buckets, f.embedding_dim, f.bucketize))
@@ -504,7 +537,8 @@ class FeatureSpec(_Strict):
         data = self.model_dump(mode="json")
         # Fields added later are left out while unused, so older specs keep their hash.
         for part, defaults in _ADDED_LATER.items():
-            for item in data[part] if isinstance(data[part], list) else [data[part]]:
+            items = data[part]
+            for item in items if isinstance(items, list) else items.values() if part == "tables" else [items]:
                 for key, default in defaults.items():
                     if item[key] == default:
                         del item[key]
@@ -519,7 +553,8 @@ class FeatureSpec(_Strict):
 _ADDED_LATER: dict[str, dict[str, Any]] = {
     "labels": {"grades": [], "positive": None, "when": None},
     "split": {"row_number": False, "seed": 0},
-    "features": {"bucketize": None, "required": None},
+    "features": {"bucketize": None, "required": None, "slots": None},
+    "tables": {"multiplex": False},
 }
 
 
@@ -566,7 +601,9 @@ class ModelInputs:
                 raise SpecError(f"no fitted size for table {t.name!r}; re-run prepare for this spec")
             feats = [spec.feature(n) for n in t.features]
             pooled = tuple(f.name for f in feats if f.kind != FeatureKind.SEQUENCE)
-            poolings = {f.effective_pooling for f in feats if f.kind != FeatureKind.CATEGORICAL and f.effective_pooling}
+            # One value pools the same either way; several slots of one value are summed.
+            poolings = {f.effective_pooling for f in feats
+                        if f.effective_pooling and (f.kind != FeatureKind.CATEGORICAL or (f.slots or 1) > 1)}
             if len(poolings) > 1:
                 raise SpecError(f"table {t.name!r}: its features ask for different pooling {sorted(poolings)}")
             tables.append(TableInput(t.name, num_embeddings[t.name], t.embedding_dim, pooled,
@@ -579,7 +616,7 @@ class ModelInputs:
                                                       FeatureKind.TEXT)),
             numeric=tuple(f.name for f in spec.of_kind(FeatureKind.NUMERIC)),
             sequences=tuple(f.name for f in spec.of_kind(FeatureKind.SEQUENCE)),
-            max_len={f.name: f.max_len for f in spec.features if f.max_len is not None},
+            max_len={f.name: f.max_len or f.slots for f in spec.features if (f.max_len or f.slots) is not None},
             table_of={f.name: f.table_name for f in spec.features if f.table_name is not None},
             tables=tuple(tables),
             tasks=tuple(spec.label_names),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import torch
 from ray import serve
 
 from muxrec.artifacts import ArtifactRegistry
@@ -20,7 +21,7 @@ from muxrec.errors import ConfigError
 from muxrec.models.serialization import LoadedModel
 from muxrec.services.settings import ServeSettings
 from muxrec.services.versions import ModelStore, serving_version
-from muxrec.spec import FeatureKind
+from muxrec.spec import Feature, FeatureKind
 
 
 @dataclass(frozen=True)
@@ -37,21 +38,23 @@ class EmbedResult:
     known: np.ndarray  # (N,) bool
 
 
-def entity_table(model: LoadedModel, entity: str) -> str:
-    """Name of the embedding table holding `entity` ids."""
+def entity_feature(model: LoadedModel, entity: str) -> Feature:
+    """The categorical feature reading `entity` ids (its table holds their vectors)."""
     column = model.spec.keys.get(entity)
     for f in model.spec.features:
         if column is not None and f.column == column and f.kind == FeatureKind.CATEGORICAL:
-            return f.table_name
+            return f
     raise ConfigError(f"the spec of {model.version.ref} has no categorical feature for {entity!r} ids "
                       f"(keys: {model.spec.keys})")
 
 
 def lookup(model: LoadedModel, entity: str, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    table = entity_table(model, entity)
-    rows = model.vocab.tables[table].ids(pa.array(ids, pa.string()))
-    weight = model.model.embedding.table_weights()[table].detach().numpy()  # (rows, D)
-    return weight[rows].astype(np.float32), rows != OOV_ID
+    f = entity_feature(model, entity)
+    rows = model.vocab.tables[f.table_name].ids(pa.array(ids, pa.string()), f.name, f.slots or 1)  # (N,) or (N, k)
+    with torch.no_grad():
+        vectors = model.model.embedding.lookup(f.name, torch.from_numpy(rows)).numpy()  # (N, d)
+    known = rows != OOV_ID if rows.ndim == 1 else (rows != OOV_ID).all(axis=1)  # (N,)
+    return vectors.astype(np.float32, copy=False), known
 
 
 @serve.deployment(name="Embedder")

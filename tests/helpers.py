@@ -37,6 +37,17 @@ def mixed_dim_spec(rows: int = 4000, seed: int = 7) -> FeatureSpec:
     return parse_spec(data)
 
 
+def unified_spec(rows: int = 1500, seed: int = 7, buckets: int = 64, slots: int = 2) -> FeatureSpec:
+    """synthetic_spec with its single-valued categorical features but item_id (which shares rows with
+    the history) in one multiplexed table of `buckets` rows, user_id on `slots` rows of it."""
+    shared = ("user_id", "site", "ad_type", "region", "device", "daypart", "slot", "noise_a", "noise_b")
+    data = synthetic_spec(rows, seed).model_dump(mode="json", exclude_defaults=True)
+    data["tables"]["unified"] = {"hash_buckets": buckets, "multiplex": True}
+    data["features"] = [{**f, "table": "unified", **({"slots": slots} if f["name"] == "user_id" else {})}
+                        if f["name"] in shared else f for f in data["features"]]
+    return parse_spec(data)
+
+
 def synthetic_raw(spec: FeatureSpec) -> pa.Table:
     return generate(SyntheticConfig(**spec.source.options))[0]
 

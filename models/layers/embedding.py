@@ -76,6 +76,13 @@ class FeatureEmbedding(nn.Module):
         weights.update({name: emb.weight for name, emb in self.sequence_only.items()})
         return weights
 
+    def lookup(self, feature: str, ids: Tensor) -> Tensor:
+        """Feature `feature`'s vectors at its table's width d: ids (N,), or (N, k) for k slots, summed.
+
+        What the Embedder serves for an entity's ids (encoded by the vocabulary for this feature)."""
+        vectors = nn.functional.embedding(ids, self.table_weights()[self.inputs.table_of[feature]])  # (N, [k,] d)
+        return vectors if ids.dim() == 1 else vectors.sum(dim=1)  # (N, d)
+
     def forward(self, batch: Batch) -> Tensor:
         return self.fields_and_sequences(batch)[0]  # (B, F, D)
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
 from muxrec.models import EncodedRows, build_model
 from muxrec.models.serialization import load_model, model_files
 from muxrec.pipelines.evaluate import split_rows
+from muxrec.spec import ModelInputs
 
 from tests.conftest import MODEL
 from tests.e2e.conftest import ADMIN_TOKEN
 from tests.e2e.test_gateway import _rows
-from tests.helpers import model_config_files, small_model
+from tests.helpers import fitted, model_config_files, small_model, synthetic_raw, unified_spec
 
 pytestmark = pytest.mark.e2e
 
@@ -62,3 +64,42 @@ def test_model_scores_the_same_online_and_offline(name, served, reload_back):
         online[item["index"]] = item["score"]
     np.testing.assert_allclose(online, offline, atol=1e-5)
     assert offline.std() > 1e-4, "scores must differ between rows for the comparison to mean anything"
+
+
+def test_a_unified_embedding_model_scores_and_embeds_the_same_online_and_offline(served, reload_back):
+    """A version whose spec multiplexes its categorical features into one hashed table (user_id on two
+    rows of it): the Ranker encodes requests by the same per-feature seeds as offline encoding, and
+    the Embedder serves a user's two rows summed."""
+    spec = unified_spec(rows=6000, seed=21, buckets=256, slots=2)  # the served model's data, re-specified
+    vocab, encoded = fitted(spec, synthetic_raw(spec))
+    architecture, cfg = small_model("deepfm")
+    torch.manual_seed(7)
+    inputs = ModelInputs.from_spec(spec, vocab.num_embeddings())
+    model = build_model(architecture, cfg, inputs).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    files = model_files(model, architecture, cfg, spec, vocab)
+    files["importance.json"] = served.v1.read_text("importance.json")
+    version = served.registry.publish(MODEL, files, aliases=())
+
+    rows = _rows(40)
+    users = sorted({str(r["user_id"]) for r in rows})[:5] + ["never-seen"]
+    with httpx.Client(base_url=served.url, timeout=60) as http:
+        http.post("/v1/admin/reload", json={"version": version.version}, headers=AUTH).raise_for_status()
+        answer = http.post("/v1/rank", json={"candidates": rows}).raise_for_status().json()
+        embedded = http.post("/v1/embed", json={"entity": "user", "ids": users}).raise_for_status().json()
+    assert answer["model_version"] == embedded["model_version"] == version.ref
+
+    loaded = load_model(version)
+    offline = loaded.predict(EncodedRows(encoded["test"], loaded.inputs))[:40, 0]
+    online = np.zeros(40)
+    for item in answer["items"]:
+        online[item["index"]] = item["score"]
+    np.testing.assert_allclose(online, offline, atol=1e-5)
+    assert offline.std() > 1e-4
+
+    ids = vocab.tables["unified"].ids(pa.array(users), "user_id", 2)  # (N, 2)
+    weight = loaded.model.embedding.table_weights()["unified"].detach().numpy()
+    np.testing.assert_allclose(np.array(embedded["vectors"]), weight[ids].sum(axis=1), atol=1e-6)
+    assert embedded["known"] == [True] * len(users)  # hashed: every non-missing id has rows
