@@ -227,6 +227,19 @@ class SplitSpec(_Strict):
         return list(self.hash or ())
 
 
+class CompressionSpec(_Strict):
+    """How a table stores its rows, when not as one dense (rows, d) matrix (models/layers/tables.py).
+
+        {method: qr, buckets: 64}   quotient-remainder ("Compositional Embeddings Using Complementary
+                                    Partitions for Memory-Efficient Recommendation Systems", Shi et al.,
+                                    KDD 2020): row i is q[i // 64] * r[i % 64], element-wise, from two
+                                    small tables of ceil(rows / 64) and 64 rows
+    """
+
+    method: Literal["qr"]
+    buckets: int = Field(ge=2)
+
+
 class TableSpec(_Strict):
     """An embedding table that several features may share.
 
@@ -245,6 +258,7 @@ class TableSpec(_Strict):
     hash_buckets: int | None = Field(default=None, gt=0)
     embedding_dim: int | None = Field(default=None, gt=0)
     multiplex: bool = False
+    compression: CompressionSpec | None = None
 
     @model_validator(mode="after")
     def _multiplex_is_hashed(self) -> TableSpec:
@@ -299,6 +313,7 @@ class Feature(_Strict):
     hash_buckets: int | None = Field(default=None, gt=0)
     embedding_dim: int | None = Field(default=None, gt=0)
     slots: int | None = Field(default=None, ge=1, le=16)  # rows looked up and summed (a multiplexed table)
+    compression: CompressionSpec | None = None  # of the feature's own table (TableSpec for a shared one)
     slice: tuple[int | None, int | None] | None = None  # python-style substring of the source
     # list kinds
     max_len: int | None = Field(default=None, gt=0)
@@ -322,7 +337,7 @@ class Feature(_Strict):
         kind = self.kind
         if kind == FeatureKind.NUMERIC:
             for attr in ("table", "min_count", "hash_buckets", "embedding_dim", "max_len", "pooling",
-                         "separator", "slice", "history", "slots"):
+                         "separator", "slice", "history", "slots", "compression"):
                 if getattr(self, attr) is not None:
                     raise ValueError(f"`{attr}` does not apply to a numeric feature")
             if self.fill is not None and not isinstance(self.fill, (int, float)):
@@ -357,7 +372,8 @@ class Feature(_Strict):
         if self.slots is not None and (kind != FeatureKind.CATEGORICAL or self.bucketize is not None):
             raise ValueError("`slots` applies to single-valued categorical features (of a multiplexed table)")
         if self.table is not None:
-            inline = [a for a in ("min_count", "hash_buckets", "embedding_dim") if getattr(self, a) is not None]
+            inline = [a for a in ("min_count", "hash_buckets", "embedding_dim", "compression")
+                      if getattr(self, a) is not None]
             if inline:
                 raise ValueError(f"feature uses shared table {self.table!r}: set {inline} on the table, not the feature")
         return self
@@ -399,6 +415,7 @@ class Table:
     embedding_dim: int | None  # None: the model's default dim
     bucketize: BucketSpec | None = None  # a bucketized numeric feature's own table
     multiplex: bool = False  # each feature hashed into the rows by its own seed (TableSpec)
+    compression: CompressionSpec | None = None  # None: one dense (rows, d) matrix
 
 
 @dataclass(frozen=True)
@@ -456,6 +473,9 @@ class FeatureSpec(_Strict):
             kinds = {self.feature(n).kind for n in table.features}
             if FeatureKind.TEXT in kinds and table.hash_buckets is None:
                 raise ValueError(f"table {table.name!r} holds text features and needs `hash_buckets`")
+            if table.compression is not None and FeatureKind.TEXT in kinds:
+                raise ValueError(f"table {table.name!r}: {table.compression.method} compression does not apply to "
+                                 f"text features (their ids are hashed words: lower `hash_buckets` instead)")
             if table.multiplex and FeatureKind.SEQUENCE in kinds:
                 raise ValueError(f"table {table.name!r} is multiplexed (each feature hashed by its own seed), so a "
                                  f"sequence feature there would not meet its items' rows; give it a table without "
@@ -497,10 +517,11 @@ class FeatureSpec(_Strict):
             shared = self.tables.get(name)
             if shared is not None:
                 tables.append(Table(name, tuple(feats), shared.min_count, shared.hash_buckets, shared.embedding_dim,
-                                    multiplex=shared.multiplex))
+                                    multiplex=shared.multiplex, compression=shared.compression))
             else:
                 f = self.feature(feats[0])
-                tables.append(Table(name, (f.name,), f.min_count or 1, f.hash_buckets, f.embedding_dim, f.bucketize))
+                tables.append(Table(name, (f.name,), f.min_count or 1, f.hash_buckets, f.embedding_dim, f.bucketize,
+                                    compression=f.compression))
         return tables
 
     def table(self, name: str) -> Table:
@@ -553,8 +574,8 @@ class FeatureSpec(_Strict):
 _ADDED_LATER: dict[str, dict[str, Any]] = {
     "labels": {"grades": [], "positive": None, "when": None},
     "split": {"row_number": False, "seed": 0},
-    "features": {"bucketize": None, "required": None, "slots": None},
-    "tables": {"multiplex": False},
+    "features": {"bucketize": None, "required": None, "slots": None, "compression": None},
+    "tables": {"multiplex": False, "compression": None},
 }
 
 
@@ -568,6 +589,7 @@ class TableInput:
     feature_names: tuple[str, ...]  # pooled features reading this table
     sequence_names: tuple[str, ...]  # sequence features reading this table (one vector per position)
     pooling: Literal["sum", "mean"]
+    compression: CompressionSpec | None = None  # None: a dense table, in the EmbeddingBagCollection
 
 
 @dataclass(frozen=True)
@@ -576,7 +598,8 @@ class ModelInputs:
 
     fields:     the F axis of (B, F, D): every feature in spec order (a sequence is mean-pooled there;
                 models that attend over its positions read them through `sequences`)
-    pooled:     id features fed to the EmbeddingBagCollection (KeyedJaggedTensor keys, in order)
+    pooled:     id features (KeyedJaggedTensor keys, in order): those of dense tables first (the
+                EmbeddingBagCollection's), then those of compressed tables
     numeric:    numeric features, the columns of the dense (B, N) tensor
     sequences:  sequence features, (B, L) padded ids looked up position by position
     tasks:      label names; a model predicts the first `num_tasks` of them
@@ -606,14 +629,20 @@ class ModelInputs:
                         if f.effective_pooling and (f.kind != FeatureKind.CATEGORICAL or (f.slots or 1) > 1)}
             if len(poolings) > 1:
                 raise SpecError(f"table {t.name!r}: its features ask for different pooling {sorted(poolings)}")
-            tables.append(TableInput(t.name, num_embeddings[t.name], t.embedding_dim, pooled,
+            rows = num_embeddings[t.name]
+            if t.compression is not None and t.compression.buckets >= rows:
+                raise SpecError(f"table {t.name!r}: qr buckets {t.compression.buckets} >= its {rows} rows, nothing "
+                                f"to compress; lower `buckets` or drop `compression`")
+            tables.append(TableInput(t.name, rows, t.embedding_dim, pooled,
                                      tuple(f.name for f in feats if f.kind == FeatureKind.SEQUENCE),
-                                     poolings.pop() if poolings else "sum"))
+                                     poolings.pop() if poolings else "sum", t.compression))
         fields = tuple(f.name for f in spec.features)
+        compressed = {n for t in tables if t.compression is not None for n in t.feature_names}
+        pooled = [f.name for f in spec.of_kind(FeatureKind.CATEGORICAL, FeatureKind.MULTI_CATEGORICAL, FeatureKind.TEXT)]
         return cls(
             fields=fields,
-            pooled=tuple(f.name for f in spec.of_kind(FeatureKind.CATEGORICAL, FeatureKind.MULTI_CATEGORICAL,
-                                                      FeatureKind.TEXT)),
+            # Features of dense tables first: the EmbeddingBagCollection reads that leading part of the KJT.
+            pooled=tuple(sorted(pooled, key=lambda name: name in compressed)),
             numeric=tuple(f.name for f in spec.of_kind(FeatureKind.NUMERIC)),
             sequences=tuple(f.name for f in spec.of_kind(FeatureKind.SEQUENCE)),
             max_len={f.name: f.max_len or f.slots for f in spec.features if (f.max_len or f.slots) is not None},

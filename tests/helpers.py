@@ -126,3 +126,14 @@ def tiny_rows(rows: int = 600) -> tuple[ModelInputs, "EncodedRows"]:
     vocab, encoded = fitted(spec, synthetic_raw(spec))
     inputs = inputs_for(spec, vocab)
     return inputs, EncodedRows(encoded["train"], inputs)
+
+
+def qr_spec(rows: int = 4000, seed: int = 7) -> FeatureSpec:
+    """synthetic_spec with three quotient-remainder tables: user_id's own (a single value), the item table
+    (item_id and the history, read position by position) and tags' own (a mean-pooled bag)."""
+    data = synthetic_spec(rows, seed).model_dump(mode="json", exclude_defaults=True)
+    data["tables"]["item"]["compression"] = {"method": "qr", "buckets": 8}
+    qr = {"user_id": 8, "tags": 3}
+    data["features"] = [{**f, "compression": {"method": "qr", "buckets": qr[f["name"]]}} if f["name"] in qr else f
+                        for f in data["features"]]
+    return parse_spec(data)

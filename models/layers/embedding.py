@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
 
 from muxrec.models.batch import Batch
+from muxrec.models.layers.tables import DenseTable, EmbeddingTable, compressed_table
 from muxrec.spec import ModelInputs
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
@@ -23,6 +24,10 @@ class FeatureEmbedding(nn.Module):
     `sequence()` gives the positions themselves for target attention (DIN). It reads its table row by
     row, sharing the weights with the pooled features of that table (item_id and the history).
 
+    A compressed table (the spec's `compression`, e.g. quotient-remainder) is an `EmbeddingTable`
+    module of its own, outside the collection; its features are pooled here. Every table, dense or
+    not, is read through `table(name)` (models/layers/tables.py), never as a raw weight matrix.
+
     A table whose spec sets its own `embedding_dim` d (e.g. a small d for a large vocabulary) is stored
     d wide, and a learned linear map (d -> D, one per such table) brings its features to the model's
     width, so every field is still D wide for the layers above.
@@ -32,6 +37,7 @@ class FeatureEmbedding(nn.Module):
         dim: D, the model's embedding size: of every field, and of every table without its own dim.
         init_std: std of the normal initialisation (small: interactions start near zero).
         table_dims: honour the tables' own dims; False makes every table D wide (first-order weights).
+        device: where the EmbeddingBagCollection's tables are created (None: TorchRec's default).
 
     Example::
 
@@ -40,47 +46,69 @@ class FeatureEmbedding(nn.Module):
         torch.Size([256, 8, 16])
     """
 
-    def __init__(self, inputs: ModelInputs, dim: int, init_std: float = 1e-4, table_dims: bool = True):
+    def __init__(self, inputs: ModelInputs, dim: int, init_std: float = 1e-4, table_dims: bool = True,
+                 device: torch.device | None = None):
         super().__init__()
         self.inputs = inputs
         self.dim = dim
         own = {t.name: t.embedding_dim for t in inputs.tables
                if table_dims and t.embedding_dim is not None and t.embedding_dim != dim}
-        pooled_tables = [t for t in inputs.tables if t.feature_names]
+        pooled_tables = [t for t in inputs.tables if t.feature_names and t.compression is None]
         self.bags = EmbeddingBagCollection(
             tables=[
                 EmbeddingBagConfig(name=t.name, embedding_dim=own.get(t.name, dim), num_embeddings=t.num_embeddings,
                                    feature_names=list(t.feature_names), pooling=_POOLING[t.pooling])
                 for t in pooled_tables
             ],
-            device=torch.device("cpu"),
+            device=device,  # None: TorchRec's default (CPU); "meta" for a sharding planner
         )
         # Tables read only by sequence features have no bag to live in.
         self.sequence_only = nn.ModuleDict({
-            t.name: nn.Embedding(t.num_embeddings, own.get(t.name, dim)) for t in inputs.tables if not t.feature_names
+            t.name: nn.Embedding(t.num_embeddings, own.get(t.name, dim))
+            for t in inputs.tables if not t.feature_names and t.compression is None
         })
+        self.compressed = nn.ModuleDict({t.name: compressed_table(t, own.get(t.name, dim), init_std)
+                                         for t in inputs.tables if t.compression is not None})
+        self._compressed_features = [f for t in inputs.tables if t.compression is not None for f in t.feature_names]
+        self._pooling = {f: t.pooling for t in inputs.tables for f in t.feature_names}
         self.projections = nn.ModuleDict({name: nn.Linear(d, dim, bias=False) for name, d in own.items()})
         self.numeric = nn.Parameter(torch.empty(len(inputs.numeric), dim))  # (N, D)
         self._field_index = {name: i for i, name in enumerate(inputs.fields)}
-        for weight in self.table_weights().values():
-            nn.init.normal_(weight, std=init_std)
+        for table in self.tables().values():
+            if isinstance(table, DenseTable):  # a compressed table initialises itself
+                nn.init.normal_(table.weight, std=init_std)
         nn.init.normal_(self.numeric, std=init_std)
 
     @property
     def num_fields(self) -> int:
         return self.inputs.num_fields
 
+    def tables(self) -> dict[str, EmbeddingTable]:
+        """Table name -> the table (ids -> d-wide vectors, d its own dim, else D), dense or compressed."""
+        views = {name: DenseTable(bag.weight) for name, bag in self.bags.embedding_bags.items()}
+        views.update({name: DenseTable(emb.weight) for name, emb in self.sequence_only.items()})
+        views.update(self.compressed.items())
+        return views
+
+    def table(self, name: str) -> EmbeddingTable:
+        if name in self.compressed:
+            return self.compressed[name]
+        owner = self.sequence_only[name] if name in self.sequence_only else self.bags.embedding_bags[name]
+        return DenseTable(owner.weight)
+
     def table_weights(self) -> dict[str, nn.Parameter]:
-        """Table name -> its (rows, d) weight, d its own dim (else D): what the Embedder service serves."""
-        weights = {name: bag.weight for name, bag in self.bags.embedding_bags.items()}
-        weights.update({name: emb.weight for name, emb in self.sequence_only.items()})
-        return weights
+        """Dense table name -> its (rows, d) weight (a compressed table has none: read it by `table`)."""
+        return {name: t.weight for name, t in self.tables().items() if isinstance(t, DenseTable)}
+
+    def num_bytes(self) -> int:
+        """Bytes of every table, by each method's formula (numeric feature vectors and projections aside)."""
+        return sum(t.num_bytes() for t in self.tables().values())
 
     def lookup(self, feature: str, ids: Tensor) -> Tensor:
         """Feature `feature`'s vectors at its table's width d: ids (N,), or (N, k) for k slots, summed.
 
         What the Embedder serves for an entity's ids (encoded by the vocabulary for this feature)."""
-        vectors = nn.functional.embedding(ids, self.table_weights()[self.inputs.table_of[feature]])  # (N, [k,] d)
+        vectors = self.table(self.inputs.table_of[feature])(ids)  # (N, [k,] d)
         return vectors if ids.dim() == 1 else vectors.sum(dim=1)  # (N, d)
 
     def forward(self, batch: Batch) -> Tensor:
@@ -95,8 +123,15 @@ class FeatureEmbedding(nn.Module):
         columns: dict[str, Tensor] = {}
         sequences: dict[str, tuple[Tensor, Tensor]] = {}
         if self.inputs.pooled:
-            pooled = self.bags(batch.sparse).to_dict()  # name -> (B, d), d its table's width
-            columns.update({name: self._to_width(name, v) for name, v in pooled.items()})  # name -> (B, D)
+            sparse = batch.sparse
+            if self._compressed_features:  # their keys come last (ModelInputs.pooled)
+                n = len(self._compressed_features)
+                sparse, rest = sparse.split([len(self.inputs.pooled) - n, n])
+                columns.update({name: self._to_width(name, self._pool(name, rest[name].values(), rest[name].lengths()))
+                                for name in self._compressed_features})  # name -> (B, D)
+            if sparse.keys():
+                pooled = self.bags(sparse).to_dict()  # name -> (B, d), d its table's width
+                columns.update({name: self._to_width(name, v) for name, v in pooled.items()})  # name -> (B, D)
         if self.inputs.numeric:
             scaled = batch.dense[:, :, None] * self.numeric[None]  # (B, N, D)
             columns.update({name: scaled[:, i] for i, name in enumerate(self.inputs.numeric)})
@@ -110,9 +145,17 @@ class FeatureEmbedding(nn.Module):
     def sequence(self, batch: Batch, name: str) -> tuple[Tensor, Tensor]:
         """A sequence feature's per-position embeddings (B, L, D) and mask (B, L)."""
         ids, lengths = batch.sequences[name]  # (B, L), (B,)
-        weight = self.table_weights()[self.inputs.table_of[name]]
         mask = torch.arange(ids.shape[1], device=ids.device) < lengths[:, None]  # (B, L)
-        return self._to_width(name, nn.functional.embedding(ids, weight)), mask  # (B, L, d) -> (B, L, D), (B, L)
+        return self._to_width(name, self.table(self.inputs.table_of[name])(ids)), mask  # (B, L, D), (B, L)
+
+    def _pool(self, name: str, values: Tensor, lengths: Tensor) -> Tensor:
+        """A compressed table's bags: (M,) ids in (B,) bags -> (B, d), summed or averaged as its table says."""
+        vectors = self.table(self.inputs.table_of[name])(values)  # (M, d)
+        bag = torch.repeat_interleave(torch.arange(len(lengths), device=values.device), lengths)  # (M,)
+        total = vectors.new_zeros(len(lengths), vectors.shape[1]).index_add_(0, bag, vectors)  # (B, d)
+        if self._pooling[name] == "mean":
+            total = total / lengths.clamp(min=1)[:, None].to(total.dtype)
+        return total  # (B, d)
 
     def _to_width(self, name: str, vectors: Tensor) -> Tensor:
         """Feature `name`'s vectors (..., d) from its table, at the model's width (..., D)."""

@@ -16,7 +16,7 @@ from muxrec.models import EncodedRows, build_model, known_models, make_config
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.serialization import load_model, model_files
 
-from tests.helpers import fitted, inputs_for, mixed_dim_spec, synthetic_raw, synthetic_spec
+from tests.helpers import fitted, inputs_for, mixed_dim_spec, qr_spec, synthetic_raw, synthetic_spec
 
 ALL_MODELS = known_models()
 
@@ -176,6 +176,32 @@ def test_every_model_trains_and_round_trips_with_mixed_table_dims(name, mixed, t
     model.eval()
     version = ArtifactRegistry(tmp_path).publish(name, model_files(model, name, _tiny_config(name), spec, vocab))
     loaded = load_model(version)  # rebuilt from the published spec: same tables, same maps
+    with torch.no_grad():
+        assert torch.equal(model(batch), loaded.model(batch))
+    assert loaded.inputs == inputs
+
+
+@pytest.fixture(scope="module")
+def qr():
+    """The tiny data with quotient-remainder tables for user_id, item (+ history) and tags (qr_spec)."""
+    return _data(qr_spec(rows=800))
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_every_model_trains_and_round_trips_with_compressed_tables(name, qr, tmp_path):
+    spec, vocab, inputs, rows = qr
+    model = _build(name, inputs)
+    batch = rows.take(torch.arange(32))
+    logits = model(batch)
+    assert logits.shape[0] == 32 and torch.isfinite(logits).all()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels[:, :logits.shape[1]])
+    loss.backward()
+    compressed = model.embedding.compressed
+    assert sorted(compressed) == ["item", "tags", "user_id"] and "user_id" not in model.embedding.table_weights()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in compressed["user_id"].parameters())
+    model.eval()
+    version = ArtifactRegistry(tmp_path).publish(name, model_files(model, name, _tiny_config(name), spec, vocab))
+    loaded = load_model(version)
     with torch.no_grad():
         assert torch.equal(model(batch), loaded.model(batch))
     assert loaded.inputs == inputs

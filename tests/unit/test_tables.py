@@ -1,0 +1,84 @@
+"""Embedding tables behind one interface (models/layers/tables.py): each method's shapes, distinct
+rows, byte formula, pooling, and the spec's refusals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from muxrec.errors import SpecError
+from muxrec.models.layers.embedding import FeatureEmbedding
+from muxrec.models.layers.tables import DenseTable, QRTable
+from muxrec.models import EncodedRows
+from muxrec.spec import ModelInputs, load_spec, parse_spec
+
+from tests.conftest import CONFIGS
+from tests.helpers import fitted, qr_spec, synthetic_raw, tiny_spec
+
+
+def _param_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def test_qr_rows_are_distinct_and_weigh_what_the_formula_says():
+    torch.manual_seed(0)
+    table = QRTable(rows=1000, dim=8, buckets=32, init_std=0.1)
+    ids = torch.arange(1000)
+    vectors = table(ids)  # (1000, 8)
+    assert vectors.shape == (1000, 8) and table(ids.reshape(10, 100)).shape == (10, 100, 8)
+    torch.testing.assert_close(vectors[77], table.quotient[77 // 32] * table.remainder[77 % 32])
+    distinct = torch.unique(vectors, dim=0).shape[0]
+    print(f"QR 1000 rows from {math.ceil(1000 / 32)} + 32: {distinct} distinct vectors")
+    assert distinct == 1000  # unlike hashing into 63 rows, no two ids share a vector
+    assert table.num_bytes() == (math.ceil(1000 / 32) + 32) * 8 * 4 == _param_bytes(table)
+    dense = DenseTable(torch.nn.Parameter(torch.zeros(1000, 8)))
+    assert dense.num_bytes() == 1000 * 8 * 4 and dense(ids[:3]).shape == (3, 8)
+
+
+def test_compressed_tables_pool_like_dense_ones_and_count_their_bytes():
+    spec = qr_spec(rows=800)
+    vocab, encoded = fitted(spec, synthetic_raw(spec))
+    inputs = ModelInputs.from_spec(spec, vocab.num_embeddings())
+    assert inputs.pooled[-3:] == ("user_id", "item_id", "tags")  # compressed tables' keys last
+    torch.manual_seed(0)
+    emb = FeatureEmbedding(inputs, dim=4, init_std=0.1)
+    batch = EncodedRows(encoded["train"], inputs).take(torch.arange(16))
+    fields = emb(batch)  # (B, F, D)
+    tags = encoded["train"].column("tags").to_pylist()[:16]
+    table = emb.table("tags")
+    for row, ids in enumerate(tags):
+        expected = table(torch.tensor(ids)).mean(0) if ids else torch.zeros(4)
+        torch.testing.assert_close(fields[row, inputs.fields.index("tags")], expected)
+    user = torch.tensor(encoded["train"].column("user_id").to_pylist()[:16])
+    torch.testing.assert_close(fields[:, inputs.fields.index("user_id")], emb.table("user_id")(user))
+    table_bytes = sum(_param_bytes(m) for m in emb.compressed.values()) + \
+        sum(w.numel() * 4 for w in emb.table_weights().values())
+    assert emb.num_bytes() == table_bytes
+    print(f"tables: {emb.num_bytes():,} bytes; dense would be "
+          f"{sum(t.num_embeddings for t in inputs.tables) * 4 * 4:,}")
+
+
+def test_a_spec_asking_for_impossible_compression_is_refused_in_one_line():
+    with pytest.raises(SpecError, match="does not apply to text features"):
+        tiny_spec(features=[{"name": "t", "kind": "text", "max_len": 4, "hash_buckets": 16,
+                             "compression": {"method": "qr", "buckets": 4}}])
+    with pytest.raises(SpecError, match=r"set \['compression'\] on the table, not the feature"):
+        tiny_spec(tables={"s": {}}, features=[{"name": "a", "kind": "categorical", "table": "s",
+                                               "compression": {"method": "qr", "buckets": 4}}])
+    with pytest.raises(SpecError, match="buckets: Input should be greater than or equal to 2"):
+        tiny_spec(features=[{"name": "a", "kind": "categorical", "compression": {"method": "qr", "buckets": 1}}])
+    with pytest.raises(SpecError, match="`compression` does not apply to a numeric feature"):
+        tiny_spec(features=[{"name": "a", "kind": "numeric", "compression": {"method": "qr", "buckets": 4}}])
+    spec = tiny_spec(features=[{"name": "a", "kind": "categorical", "compression": {"method": "qr", "buckets": 64}}])
+    with pytest.raises(SpecError, match=r"table 'a': qr buckets 64 >= its 20 rows, nothing to compress"):
+        ModelInputs.from_spec(spec, {"a": 20})
+
+
+def test_older_specs_keep_their_fingerprint_and_compression_changes_it():
+    plain = load_spec(CONFIGS / "synthetic.yaml")
+    assert parse_spec(plain.model_dump(mode="json")).fingerprint() == plain.fingerprint()
+    data = plain.model_dump(mode="json")
+    data["tables"]["item"]["compression"] = {"method": "qr", "buckets": 8}
+    assert parse_spec(data).fingerprint() != plain.fingerprint()
