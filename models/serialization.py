@@ -7,6 +7,7 @@ here, so they run the same weights with the same vocabulary.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from muxrec.config import to_dict
 from muxrec.encoding import Vocabulary, derive, encode, encode_arrays
 from muxrec.errors import ArtifactError
 from muxrec.models.batch import EncodedRows
+from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.registry import build_model, make_config
 from muxrec.spec import FeatureSpec, ModelInputs, spec_from_yaml
 
@@ -43,12 +45,29 @@ def load_state(model: nn.Module, data: bytes) -> None:
         raise ArtifactError(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
+def quantized_for_serving(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
+    """`model` with the tables its spec marks `quantize` stored row-wise quantized (a copy; `model`
+    itself is kept for training), and table -> "int8" / "int4"; `model` and {} when none is marked."""
+    if not any(t.quantize for m in model.modules() if isinstance(m, FeatureEmbedding) for t in m.inputs.tables):
+        return model, {}
+    served = copy.deepcopy(model)
+    done: dict[str, str] = {}
+    for m in served.modules():
+        if isinstance(m, FeatureEmbedding):
+            done.update(m.quantize())
+    return served.eval(), done
+
+
 def model_files(model: nn.Module, name: str, cfg: Any, spec: FeatureSpec, vocab: Vocabulary) -> dict[str, bytes | str]:
+    """A version's files. Tables marked `quantize` are stored quantized (model.json lists them); pass
+    the model through `quantized_for_serving` first to evaluate what will be served."""
+    served, quantized = quantized_for_serving(model)
     return {
-        WEIGHTS: state_bytes(model),
+        WEIGHTS: state_bytes(served),
         SPEC: spec.to_yaml(),
         VOCABULARY: vocab.to_json(),
-        MODEL: json.dumps({"name": name, "config": to_dict(cfg)}, indent=1),
+        MODEL: json.dumps({"name": name, "config": to_dict(cfg), **({"quantized": quantized} if quantized else {})},
+                          indent=1),
     }
 
 
@@ -94,6 +113,10 @@ def load_model(version: ModelVersion) -> LoadedModel:
     cfg = make_config(meta["name"], meta["config"])
     inputs = ModelInputs.from_spec(spec, vocab.num_embeddings())
     model = build_model(meta["name"], cfg, inputs)
+    if meta.get("quantized"):  # shaped as stored: row-wise quantized tables
+        for m in model.modules():
+            if isinstance(m, FeatureEmbedding):
+                m.quantize(empty=True)
     load_state(model, version.file(WEIGHTS).read_bytes())
     model.eval()
     return LoadedModel(model, meta["name"], cfg, spec, vocab, inputs, version)

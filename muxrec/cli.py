@@ -148,6 +148,35 @@ def _summarised(rows: Iterable[dict[str, Any]], quiet: bool,
         yield row
 
 
+def cmd_bench_embedding(args: argparse.Namespace) -> int:
+    from muxrec.benchmarks.embedding import bench_embedding
+
+    progress = None if args.json else (lambda line: print(f"[muxrec] {line}", file=sys.stderr))
+    rows = []
+    for row in bench_embedding(args.dataset, [m.strip() for m in args.model.split(",") if m.strip()],
+                               _seeds(args.seeds), CONFIG_DIR, None if args.no_save else args.out,
+                               methods=[m.strip() for m in args.methods.split(",")], budgets=args.budgets,
+                               progress=progress):
+        rows.append({k: v for k, v in row.items() if k not in ("per_seed", "machine")})
+        if not args.json:
+            print(f"{row['model']} {row['method']} at {row['budget']:g}: test AUC {row['test_auc']:.4f} ± "
+                  f"{row['test_auc_std']:.4f}, {row['serve_bytes']:,} bytes", file=sys.stderr)
+    _print_json({"dataset": args.dataset, "rows": rows})
+    return 0
+
+
+def _budgets(text: str) -> list[float]:
+    """`1,1/4,1/16` or `1,0.25`: memory budgets as fractions of the full tables."""
+    try:
+        out = [float(a) / float(b) if "/" in part else float(part)
+               for part in text.split(",") for a, _, b in [part.partition("/")]]
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected fractions like 1,1/4,1/16, got {text!r}") from None
+    if not out or any(not 0 < b <= 1 for b in out):
+        raise argparse.ArgumentTypeError(f"budgets must be in (0, 1], got {text!r}")
+    return out
+
+
 def cmd_bench_hiformer(args: argparse.Namespace) -> int:
     from muxrec.artifacts import ArtifactRegistry
     from muxrec.benchmarks.hiformer import bench_hiformer
@@ -362,6 +391,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where bench ctr saved its results; the report is written here too")
     paths(hf)
     hf.set_defaults(func=cmd_bench_hiformer)
+
+    em = be_sub.add_parser("embedding", help="test AUC against embedding bytes per compression method and budget")
+    em.add_argument("--dataset", default="ml-100k", help="a spec under configs/ (its id features' own tables shrink)")
+    em.add_argument("--model", default="deepfm", help="configs/models/<model>.yaml names, comma-separated")
+    em.add_argument("--methods", default="hash,unified,qr", help="comma-separated: hash, unified, qr")
+    em.add_argument("--budgets", type=_budgets, default="1,1/4,1/16,1/64",
+                    help="fractions of the full tables' rows (1 = full tables)")
+    em.add_argument("--seeds", default="2026,2027,2028", help="comma-separated seeds")
+    bench_output(em, "print only the JSON line on stdout")
+    em.set_defaults(func=cmd_bench_embedding)
 
     pl = be_sub.add_parser("pipeline", help="streaming prepare + one DeepFM epoch + scoring at scale; peak RSS")
     pl.add_argument("--rows", type=_positive, default=2_000_000, help="synthetic rows (default 2,000,000)")

@@ -259,9 +259,12 @@ class TableSpec(_Strict):
     embedding_dim: int | None = Field(default=None, gt=0)
     multiplex: bool = False
     compression: CompressionSpec | None = None
+    quantize: Literal["int8", "int4"] | None = None  # how published versions store it (row-wise)
 
     @model_validator(mode="after")
     def _multiplex_is_hashed(self) -> TableSpec:
+        if self.quantize is not None and self.compression is not None:
+            raise ValueError("`quantize` applies to dense tables; drop `compression` or `quantize`")
         if self.multiplex and self.hash_buckets is None:
             raise ValueError("a multiplexed table hashes each feature into its rows: set `hash_buckets` (its rows)")
         if self.multiplex and self.min_count != 1:
@@ -314,6 +317,7 @@ class Feature(_Strict):
     embedding_dim: int | None = Field(default=None, gt=0)
     slots: int | None = Field(default=None, ge=1, le=16)  # rows looked up and summed (a multiplexed table)
     compression: CompressionSpec | None = None  # of the feature's own table (TableSpec for a shared one)
+    quantize: Literal["int8", "int4"] | None = None  # of the feature's own table, in published versions
     slice: tuple[int | None, int | None] | None = None  # python-style substring of the source
     # list kinds
     max_len: int | None = Field(default=None, gt=0)
@@ -337,7 +341,7 @@ class Feature(_Strict):
         kind = self.kind
         if kind == FeatureKind.NUMERIC:
             for attr in ("table", "min_count", "hash_buckets", "embedding_dim", "max_len", "pooling",
-                         "separator", "slice", "history", "slots", "compression"):
+                         "separator", "slice", "history", "slots", "compression", "quantize"):
                 if getattr(self, attr) is not None:
                     raise ValueError(f"`{attr}` does not apply to a numeric feature")
             if self.fill is not None and not isinstance(self.fill, (int, float)):
@@ -369,10 +373,12 @@ class Feature(_Strict):
             raise ValueError("`history` applies to sequence features only")
         if kind == FeatureKind.TEXT and self.hash_buckets is None and self.table is None:
             raise ValueError("a text feature needs `hash_buckets` (its words are hashed)")
+        if self.quantize is not None and self.compression is not None:
+            raise ValueError("`quantize` applies to dense tables; drop `compression` or `quantize`")
         if self.slots is not None and (kind != FeatureKind.CATEGORICAL or self.bucketize is not None):
             raise ValueError("`slots` applies to single-valued categorical features (of a multiplexed table)")
         if self.table is not None:
-            inline = [a for a in ("min_count", "hash_buckets", "embedding_dim", "compression")
+            inline = [a for a in ("min_count", "hash_buckets", "embedding_dim", "compression", "quantize")
                       if getattr(self, a) is not None]
             if inline:
                 raise ValueError(f"feature uses shared table {self.table!r}: set {inline} on the table, not the feature")
@@ -416,6 +422,7 @@ class Table:
     bucketize: BucketSpec | None = None  # a bucketized numeric feature's own table
     multiplex: bool = False  # each feature hashed into the rows by its own seed (TableSpec)
     compression: CompressionSpec | None = None  # None: one dense (rows, d) matrix
+    quantize: Literal["int8", "int4"] | None = None  # row-wise, in published versions
 
 
 @dataclass(frozen=True)
@@ -517,11 +524,12 @@ class FeatureSpec(_Strict):
             shared = self.tables.get(name)
             if shared is not None:
                 tables.append(Table(name, tuple(feats), shared.min_count, shared.hash_buckets, shared.embedding_dim,
-                                    multiplex=shared.multiplex, compression=shared.compression))
+                                    multiplex=shared.multiplex, compression=shared.compression,
+                                    quantize=shared.quantize))
             else:
                 f = self.feature(feats[0])
                 tables.append(Table(name, (f.name,), f.min_count or 1, f.hash_buckets, f.embedding_dim, f.bucketize,
-                                    compression=f.compression))
+                                    compression=f.compression, quantize=f.quantize))
         return tables
 
     def table(self, name: str) -> Table:
@@ -574,8 +582,8 @@ class FeatureSpec(_Strict):
 _ADDED_LATER: dict[str, dict[str, Any]] = {
     "labels": {"grades": [], "positive": None, "when": None},
     "split": {"row_number": False, "seed": 0},
-    "features": {"bucketize": None, "required": None, "slots": None, "compression": None},
-    "tables": {"multiplex": False, "compression": None},
+    "features": {"bucketize": None, "required": None, "slots": None, "compression": None, "quantize": None},
+    "tables": {"multiplex": False, "compression": None, "quantize": None},
 }
 
 
@@ -589,7 +597,13 @@ class TableInput:
     feature_names: tuple[str, ...]  # pooled features reading this table
     sequence_names: tuple[str, ...]  # sequence features reading this table (one vector per position)
     pooling: Literal["sum", "mean"]
-    compression: CompressionSpec | None = None  # None: a dense table, in the EmbeddingBagCollection
+    compression: CompressionSpec | None = None  # None: a dense table
+    quantize: Literal["int8", "int4"] | None = None  # a dense table stored row-wise quantized when published
+
+    @property
+    def standalone(self) -> bool:
+        """Outside the EmbeddingBagCollection: compressed, or to be quantized."""
+        return self.compression is not None or self.quantize is not None
 
 
 @dataclass(frozen=True)
@@ -635,9 +649,9 @@ class ModelInputs:
                                 f"to compress; lower `buckets` or drop `compression`")
             tables.append(TableInput(t.name, rows, t.embedding_dim, pooled,
                                      tuple(f.name for f in feats if f.kind == FeatureKind.SEQUENCE),
-                                     poolings.pop() if poolings else "sum", t.compression))
+                                     poolings.pop() if poolings else "sum", t.compression, t.quantize))
         fields = tuple(f.name for f in spec.features)
-        compressed = {n for t in tables if t.compression is not None for n in t.feature_names}
+        compressed = {n for t in tables if t.standalone for n in t.feature_names}
         pooled = [f.name for f in spec.of_kind(FeatureKind.CATEGORICAL, FeatureKind.MULTI_CATEGORICAL, FeatureKind.TEXT)]
         return cls(
             fields=fields,

@@ -37,12 +37,14 @@ def mixed_dim_spec(rows: int = 4000, seed: int = 7) -> FeatureSpec:
     return parse_spec(data)
 
 
-def unified_spec(rows: int = 1500, seed: int = 7, buckets: int = 64, slots: int = 2) -> FeatureSpec:
+def unified_spec(rows: int = 1500, seed: int = 7, buckets: int = 64, slots: int = 2,
+                 quantize: str | None = None) -> FeatureSpec:
     """synthetic_spec with its single-valued categorical features but item_id (which shares rows with
-    the history) in one multiplexed table of `buckets` rows, user_id on `slots` rows of it."""
+    the history) in one multiplexed table of `buckets` rows, user_id on `slots` rows of it (and the
+    table stored `quantize`d when published, if given)."""
     shared = ("user_id", "site", "ad_type", "region", "device", "daypart", "slot", "noise_a", "noise_b")
     data = synthetic_spec(rows, seed).model_dump(mode="json", exclude_defaults=True)
-    data["tables"]["unified"] = {"hash_buckets": buckets, "multiplex": True}
+    data["tables"]["unified"] = {"hash_buckets": buckets, "multiplex": True, **({"quantize": quantize} if quantize else {})}
     data["features"] = [{**f, "table": "unified", **({"slots": slots} if f["name"] == "user_id" else {})}
                         if f["name"] in shared else f for f in data["features"]]
     return parse_spec(data)
@@ -136,4 +138,12 @@ def qr_spec(rows: int = 4000, seed: int = 7) -> FeatureSpec:
     qr = {"user_id": 8, "tags": 3}
     data["features"] = [{**f, "compression": {"method": "qr", "buckets": qr[f["name"]]}} if f["name"] in qr else f
                         for f in data["features"]]
+    return parse_spec(data)
+
+
+def quantized_spec(rows: int = 4000, seed: int = 7, bits: str = "int8") -> FeatureSpec:
+    """synthetic_spec with user_id's own table and the item table (item_id + history) marked `quantize`."""
+    data = synthetic_spec(rows, seed).model_dump(mode="json", exclude_defaults=True)
+    data["tables"]["item"]["quantize"] = bits
+    data["features"] = [{**f, "quantize": bits} if f["name"] == "user_id" else f for f in data["features"]]
     return parse_spec(data)

@@ -7,7 +7,8 @@ from torch import Tensor, nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
 
 from muxrec.models.batch import Batch
-from muxrec.models.layers.tables import DenseTable, EmbeddingTable, compressed_table
+from muxrec.models.layers.tables import (QUANTIZED_BITS, DenseTable, EmbeddingTable, QuantizedTable, StandaloneTable,
+                                         compressed_table)
 from muxrec.spec import ModelInputs
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
@@ -53,7 +54,7 @@ class FeatureEmbedding(nn.Module):
         self.dim = dim
         own = {t.name: t.embedding_dim for t in inputs.tables
                if table_dims and t.embedding_dim is not None and t.embedding_dim != dim}
-        pooled_tables = [t for t in inputs.tables if t.feature_names and t.compression is None]
+        pooled_tables = [t for t in inputs.tables if t.feature_names and not t.standalone]
         self.bags = EmbeddingBagCollection(
             tables=[
                 EmbeddingBagConfig(name=t.name, embedding_dim=own.get(t.name, dim), num_embeddings=t.num_embeddings,
@@ -65,17 +66,17 @@ class FeatureEmbedding(nn.Module):
         # Tables read only by sequence features have no bag to live in.
         self.sequence_only = nn.ModuleDict({
             t.name: nn.Embedding(t.num_embeddings, own.get(t.name, dim))
-            for t in inputs.tables if not t.feature_names and t.compression is None
+            for t in inputs.tables if not t.feature_names and not t.standalone
         })
         self.compressed = nn.ModuleDict({t.name: compressed_table(t, own.get(t.name, dim), init_std)
-                                         for t in inputs.tables if t.compression is not None})
-        self._compressed_features = [f for t in inputs.tables if t.compression is not None for f in t.feature_names]
+                                         for t in inputs.tables if t.standalone})
+        self._compressed_features = [f for t in inputs.tables if t.standalone for f in t.feature_names]
         self._pooling = {f: t.pooling for t in inputs.tables for f in t.feature_names}
         self.projections = nn.ModuleDict({name: nn.Linear(d, dim, bias=False) for name, d in own.items()})
         self.numeric = nn.Parameter(torch.empty(len(inputs.numeric), dim))  # (N, D)
         self._field_index = {name: i for i, name in enumerate(inputs.fields)}
         for table in self.tables().values():
-            if isinstance(table, DenseTable):  # a compressed table initialises itself
+            if isinstance(table, DenseTable):  # a table outside the collection initialises itself
                 nn.init.normal_(table.weight, std=init_std)
         nn.init.normal_(self.numeric, std=init_std)
 
@@ -96,9 +97,27 @@ class FeatureEmbedding(nn.Module):
         owner = self.sequence_only[name] if name in self.sequence_only else self.bags.embedding_bags[name]
         return DenseTable(owner.weight)
 
+    def quantize(self, empty: bool = False) -> dict[str, str]:
+        """Swap each table the spec asks to quantize for its row-wise QuantizedTable (serving only);
+        `empty`: the right shapes, zeros, for loading a published version's weights into. Tables one
+        value wide (first-order weights) stay float32: a quantized row would weigh more. Returns
+        table -> "int8" / "int4" for every table now quantized."""
+        done = {}
+        for t in self.inputs.tables:
+            table = self.compressed[t.name] if t.name in self.compressed else None
+            if t.quantize is None or table.dim == 1:
+                continue
+            done[t.name] = t.quantize
+            if isinstance(table, QuantizedTable):
+                continue
+            bits = QUANTIZED_BITS[t.quantize]
+            self.compressed[t.name] = QuantizedTable(table.rows, table.dim, bits) if empty \
+                else QuantizedTable.from_float(table.weight, bits)
+        return done
+
     def table_weights(self) -> dict[str, nn.Parameter]:
         """Dense table name -> its (rows, d) weight (a compressed table has none: read it by `table`)."""
-        return {name: t.weight for name, t in self.tables().items() if isinstance(t, DenseTable)}
+        return {name: t.weight for name, t in self.tables().items() if isinstance(t, (DenseTable, StandaloneTable))}
 
     def num_bytes(self) -> int:
         """Bytes of every table, by each method's formula (numeric feature vectors and projections aside)."""

@@ -5,15 +5,18 @@ ids of any shape (...) to vectors (..., d), and `num_bytes()` is what the table 
 each method documents, checked against its parameters in tests). `FeatureEmbedding` builds one per
 table from the spec (`TableInput.compression`); a model never knows which method it got.
 
-    DenseTable   one (rows, d) matrix: rows * d * 4 bytes (the default; TorchRec's
-                 EmbeddingBagCollection holds these, the table is a view of its weight)
-    QRTable      quotient-remainder: (ceil(rows / m) + m) * d * 4 bytes
+    DenseTable      one (rows, d) matrix: rows * d * 4 bytes (the default; TorchRec's
+                    EmbeddingBagCollection holds these, the table is a view of its weight)
+    StandaloneTable the same, owning its weight outside the collection (a table to be quantized)
+    QRTable         quotient-remainder: (ceil(rows / m) + m) * d * 4 bytes
+    QuantizedTable  row-wise int8 / int4 for serving: rows * (ceil(d * bits / 8) + 4) bytes
 """
 
 from __future__ import annotations
 
 import math
 
+import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm: the row-wise quantization kernels)
 import torch
 from torch import Tensor, nn
 
@@ -54,6 +57,55 @@ class DenseTable(EmbeddingTable):
         return self.rows * self.dim * FLOAT_BYTES
 
 
+class StandaloneTable(EmbeddingTable):
+    """A dense (rows, d) table owning its weight: trained as float32, quantized when published."""
+
+    def __init__(self, rows: int, dim: int):
+        super().__init__()
+        self.rows, self.dim = rows, dim
+        self.weight = nn.Parameter(torch.empty(rows, dim))  # (rows, d)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return nn.functional.embedding(ids, self.weight)  # (..., d)
+
+    def num_bytes(self) -> int:
+        return self.rows * self.dim * FLOAT_BYTES
+
+
+class QuantizedTable(EmbeddingTable):
+    """Row-wise quantized rows, dequantized on lookup: serving only (it has no gradient).
+
+    fbgemm's fused row-wise format: each row is its d values at `bits` bits (asymmetric, from the
+    row's own min and max), then an fp16 scale and an fp16 bias, so a row costs ceil(d * bits / 8) + 4
+    bytes (d = 16: 20 bytes at int8, 12 at int4, against 64 as float32). The largest error of a value
+    is half its row's step, (max - min) / (2 ** bits - 1) / 2, plus fp16 rounding of scale and bias.
+    """
+
+    def __init__(self, rows: int, dim: int, bits: int):
+        super().__init__()
+        if bits not in (4, 8) or dim * bits % 8:
+            raise ValueError(f"row-wise int{bits} needs bits 4 or 8 and d * bits a whole number of bytes (d = {dim})")
+        self.rows, self.dim, self.bits = rows, dim, bits
+        self.register_buffer("packed", torch.zeros(rows, dim * bits // 8 + 4, dtype=torch.uint8))  # (rows, bytes)
+
+    @classmethod
+    def from_float(cls, weight: Tensor, bits: int) -> QuantizedTable:
+        table = cls(weight.shape[0], weight.shape[1], bits)
+        table.packed = torch.ops.fbgemm.FloatToFusedNBitRowwiseQuantizedSBHalf(weight.detach().float().contiguous(), bits)
+        return table
+
+    def forward(self, ids: Tensor) -> Tensor:
+        rows = self.packed[ids.reshape(-1)]  # (N, bytes)
+        vectors = torch.ops.fbgemm.FusedNBitRowwiseQuantizedSBHalfToFloat(rows, self.bits)  # (N, d)
+        return vectors.reshape(*ids.shape, self.dim)  # (..., d)
+
+    def num_bytes(self) -> int:
+        return self.rows * (math.ceil(self.dim * self.bits / 8) + 4)
+
+
+QUANTIZED_BITS = {"int8": 8, "int4": 4}
+
+
 class QRTable(EmbeddingTable):
     """Row i is quotient[i // m] * remainder[i % m] (element-wise): two small tables stand for `rows`.
 
@@ -85,7 +137,12 @@ class QRTable(EmbeddingTable):
 
 
 def compressed_table(table: TableInput, dim: int, init_std: float) -> EmbeddingTable:
-    """The module a compressed table's spec asks for."""
+    """The module a table outside the collection trains as: its compression, or a standalone dense
+    table (one to be quantized when published)."""
+    if table.compression is None:
+        standalone = StandaloneTable(table.num_embeddings, dim)
+        nn.init.normal_(standalone.weight, std=init_std)
+        return standalone
     method = table.compression.method
     if method == "qr":
         return QRTable(table.num_embeddings, dim, table.compression.buckets, init_std)

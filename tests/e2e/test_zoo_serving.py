@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from muxrec.models import EncodedRows, build_model
+from muxrec.models.layers.tables import QuantizedTable
 from muxrec.models.serialization import load_model, model_files
 from muxrec.pipelines.evaluate import split_rows
 from muxrec.spec import ModelInputs
@@ -66,11 +67,12 @@ def test_model_scores_the_same_online_and_offline(name, served, reload_back):
     assert offline.std() > 1e-4, "scores must differ between rows for the comparison to mean anything"
 
 
-def test_a_unified_embedding_model_scores_and_embeds_the_same_online_and_offline(served, reload_back):
+def test_a_unified_quantized_model_scores_and_embeds_the_same_online_and_offline(served, reload_back):
     """A version whose spec multiplexes its categorical features into one hashed table (user_id on two
-    rows of it): the Ranker encodes requests by the same per-feature seeds as offline encoding, and
-    the Embedder serves a user's two rows summed."""
-    spec = unified_spec(rows=6000, seed=21, buckets=256, slots=2)  # the served model's data, re-specified
+    rows of it), stored row-wise int8: the Ranker encodes requests by the same per-feature seeds as
+    offline encoding and scores with the quantized table, and the Embedder serves a user's two
+    dequantized rows summed."""
+    spec = unified_spec(rows=6000, seed=21, buckets=256, slots=2, quantize="int8")  # the served data, re-specified
     vocab, encoded = fitted(spec, synthetic_raw(spec))
     architecture, cfg = small_model("deepfm")
     torch.manual_seed(7)
@@ -99,7 +101,9 @@ def test_a_unified_embedding_model_scores_and_embeds_the_same_online_and_offline
     np.testing.assert_allclose(online, offline, atol=1e-5)
     assert offline.std() > 1e-4
 
-    ids = vocab.tables["unified"].ids(pa.array(users), "user_id", 2)  # (N, 2)
-    weight = loaded.model.embedding.table_weights()["unified"].detach().numpy()
-    np.testing.assert_allclose(np.array(embedded["vectors"]), weight[ids].sum(axis=1), atol=1e-6)
+    assert version.read_json("model.json")["quantized"] == {"unified": "int8"}
+    table = loaded.model.embedding.table("unified")
+    assert isinstance(table, QuantizedTable)
+    ids = torch.from_numpy(vocab.tables["unified"].ids(pa.array(users), "user_id", 2))  # (N, 2)
+    np.testing.assert_allclose(np.array(embedded["vectors"]), table(ids).sum(dim=1).numpy(), atol=1e-6)
     assert embedded["known"] == [True] * len(users)  # hashed: every non-missing id has rows

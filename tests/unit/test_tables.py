@@ -10,12 +10,14 @@ import torch
 
 from muxrec.errors import SpecError
 from muxrec.models.layers.embedding import FeatureEmbedding
-from muxrec.models.layers.tables import DenseTable, QRTable
-from muxrec.models import EncodedRows
+from muxrec.artifacts import ArtifactRegistry
+from muxrec.models import EncodedRows, build_model, make_config
+from muxrec.models.layers.tables import DenseTable, QRTable, QuantizedTable, StandaloneTable
+from muxrec.models.serialization import load_model, model_files, quantized_for_serving
 from muxrec.spec import ModelInputs, load_spec, parse_spec
 
 from tests.conftest import CONFIGS
-from tests.helpers import fitted, qr_spec, synthetic_raw, tiny_spec
+from tests.helpers import fitted, qr_spec, quantized_spec, synthetic_raw, tiny_spec
 
 
 def _param_bytes(module: torch.nn.Module) -> int:
@@ -71,6 +73,14 @@ def test_a_spec_asking_for_impossible_compression_is_refused_in_one_line():
         tiny_spec(features=[{"name": "a", "kind": "categorical", "compression": {"method": "qr", "buckets": 1}}])
     with pytest.raises(SpecError, match="`compression` does not apply to a numeric feature"):
         tiny_spec(features=[{"name": "a", "kind": "numeric", "compression": {"method": "qr", "buckets": 4}}])
+    with pytest.raises(SpecError, match="`quantize` applies to dense tables; drop `compression` or `quantize`"):
+        tiny_spec(features=[{"name": "a", "kind": "categorical", "quantize": "int8",
+                             "compression": {"method": "qr", "buckets": 4}}])
+    with pytest.raises(SpecError, match="`quantize` applies to dense tables"):
+        tiny_spec(tables={"s": {"quantize": "int4", "compression": {"method": "qr", "buckets": 4}}},
+                  features=[{"name": "a", "kind": "categorical", "table": "s"}])
+    with pytest.raises(SpecError, match=r"quantize: Input should be 'int8' or 'int4'"):
+        tiny_spec(features=[{"name": "a", "kind": "categorical", "quantize": "int2"}])
     spec = tiny_spec(features=[{"name": "a", "kind": "categorical", "compression": {"method": "qr", "buckets": 64}}])
     with pytest.raises(SpecError, match=r"table 'a': qr buckets 64 >= its 20 rows, nothing to compress"):
         ModelInputs.from_spec(spec, {"a": 20})
@@ -82,3 +92,58 @@ def test_older_specs_keep_their_fingerprint_and_compression_changes_it():
     data = plain.model_dump(mode="json")
     data["tables"]["item"]["compression"] = {"method": "qr", "buckets": 8}
     assert parse_spec(data).fingerprint() != plain.fingerprint()
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_rows_are_within_half_a_step_and_weigh_the_formula(bits):
+    torch.manual_seed(0)
+    weight = torch.randn(300, 16) * 0.1
+    table = QuantizedTable.from_float(weight, bits)
+    ids = torch.arange(300)
+    restored = table(ids)  # (300, 16)
+    step = (weight.max(1).values - weight.min(1).values) / (2 ** bits - 1)  # (300,)
+    error = (restored - weight).abs().max(1).values
+    print(f"int{bits}: max error / step {float((error / step).max()):.3f}; "
+          f"{table.num_bytes():,} bytes against {300 * 16 * 4:,} as float32")
+    assert bool((error <= step * 0.5 + 1e-3 * weight.abs().max()).all())  # half a step, plus fp16 scale / bias
+    assert table.num_bytes() == 300 * (16 * bits // 8 + 4) == table.packed.numel()
+    assert table(ids.reshape(3, 100)).shape == (3, 100, 16)
+    with pytest.raises(ValueError, match="whole number of bytes"):
+        QuantizedTable(10, 3, 4)
+
+
+def test_a_quantized_version_stores_and_serves_the_quantized_tables(tmp_path):
+    spec = quantized_spec(rows=800)
+    vocab, encoded = fitted(spec, synthetic_raw(spec))
+    inputs = ModelInputs.from_spec(spec, vocab.num_embeddings())
+    torch.manual_seed(0)
+    model = build_model("deepfm", make_config("deepfm", {"embedding_dim": 8, "hidden_units": [16]}), inputs)
+    assert inputs.pooled[-2:] == ("user_id", "item_id")  # tables to quantize live outside the collection
+    batch = EncodedRows(encoded["train"], inputs).take(torch.arange(64))
+    logits = model(batch)  # (B, T)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels[:, :logits.shape[1]])
+    loss.backward()
+    assert model.embedding.compressed["user_id"].weight.grad.abs().sum() > 0  # trained as float32
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    served, quantized = quantized_for_serving(model)
+    assert quantized == {"user_id": "int8", "item": "int8"}
+    assert isinstance(model.embedding.compressed["user_id"], StandaloneTable)  # the trained model is kept
+    cfg = make_config("deepfm", {"embedding_dim": 8, "hidden_units": [16]})
+    version = ArtifactRegistry(tmp_path).publish("q", model_files(model, "deepfm", cfg, spec, vocab))
+    assert version.read_json("model.json")["quantized"] == quantized
+    loaded = load_model(version)
+    with torch.no_grad():
+        exact, float_scores, reloaded = served(batch), model(batch), loaded.model(batch)
+    assert torch.equal(reloaded, exact)
+    gap = float((torch.sigmoid(exact) - torch.sigmoid(float_scores)).abs().max())
+    print(f"int8 tables: largest probability change {gap:.2e}")
+    assert 0 < gap < 1e-2
+    emb = loaded.model.embedding
+    assert isinstance(emb.table("item"), QuantizedTable) and isinstance(emb.table("user_id"), QuantizedTable)
+    for name in quantized:  # d = 8: 8 + 4 bytes a row against 32
+        assert emb.table(name).num_bytes() * 32 == model.embedding.table(name).num_bytes() * 12
+    saved = emb.num_bytes() - model.embedding.num_bytes()
+    assert saved == -sum(model.embedding.table(n).num_bytes() * 20 // 32 for n in quantized)

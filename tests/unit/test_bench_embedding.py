@@ -1,0 +1,79 @@
+"""`muxrec bench embedding` on a small synthetic set: how each method meets a budget, and the report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+
+from muxrec.benchmarks.embedding import bench_embedding, budget_spec, qr_buckets
+from muxrec.errors import ConfigError
+from muxrec.spec import FeatureKind
+
+from tests.conftest import CONFIGS
+from tests.helpers import synthetic_spec
+
+
+@pytest.mark.parametrize("rows, target", [(1683, 420), (1683, 105), (944, 59), (1683, 26), (62, 4)])
+def test_qr_buckets_fit_the_target_or_take_the_smallest_table(rows, target):
+    m = qr_buckets(rows, target)
+    size = math.ceil(rows / m) + m
+    smallest = min(math.ceil(rows / k) + k for k in range(2, rows))
+    assert 2 <= m < rows
+    assert size <= target or size == smallest
+    if size <= target:  # no m gives a larger table that still fits
+        assert all(math.ceil(rows / k) + k > target or math.ceil(rows / k) + k <= size for k in range(2, rows))
+    assert qr_buckets(4, 2) is None
+
+
+def test_each_method_shrinks_the_own_tables_to_the_budget():
+    spec = synthetic_spec(rows=2000)
+    rows = {"user_id": 900, "site": 41, "tags": 30, "item": 500, "title": 513, "region": 9}
+    own = [f.name for f in spec.features if f.kind in (FeatureKind.CATEGORICAL, FeatureKind.MULTI_CATEGORICAL)
+           and f.table is None]
+    rows.update({n: rows.get(n, 20) for n in own})
+    hashed = budget_spec(spec, rows, "hash", 1 / 4)
+    assert hashed.feature("user_id").hash_buckets == 225 - 1 and hashed.feature("item_id").table == "item"
+    unified = budget_spec(spec, rows, "unified", 1 / 4)
+    assert unified.tables["unified"].multiplex and all(unified.feature(n).table == "unified" for n in own)
+    assert unified.tables["unified"].hash_buckets + 1 == round(sum(rows[n] for n in own) / 4)
+    qr = budget_spec(spec, rows, "qr", 1 / 4)
+    m = qr.feature("user_id").compression.buckets
+    assert math.ceil(900 / m) + m <= 225
+    with pytest.raises(ConfigError, match="unknown method 'zip'"):
+        budget_spec(spec, rows, "zip", 1 / 4)
+    quantized = budget_spec(spec, rows, "unified+int4", 1 / 4)
+    assert quantized.tables["unified"].quantize == "int4" and quantized.feature("user_id").quantize is None
+    assert budget_spec(spec, rows, "int8", 1 / 4).feature("user_id").quantize == "int8"
+    assert budget_spec(spec, rows, "int8", 1 / 4).feature("user_id").hash_buckets is None
+
+
+def test_bench_embedding_writes_rows_a_table_and_a_plot(tmp_path):
+    configs = tmp_path / "configs"
+    (configs / "models").mkdir(parents=True)
+    data = synthetic_spec(rows=1500).model_dump(mode="json", exclude_defaults=True)
+    (configs / "small.yaml").write_text(yaml.safe_dump(data))
+    model = yaml.safe_load((CONFIGS / "models" / "deepfm.yaml").read_text())
+    model["model"].update(embedding_dim=4, hidden_units=[16])
+    model["train"].update(epochs=2, batch_size=256)
+    (configs / "models" / "deepfm.yaml").write_text(yaml.safe_dump(model))
+    out = tmp_path / "docs"
+    rows = list(bench_embedding("small", ["deepfm"], [1], configs, out,
+                                methods=["hash", "unified", "qr", "int8", "hash+int4"], budgets=[1.0, 0.25]))
+    assert [(r["method"], r["budget"]) for r in rows] == [("full", 1.0), ("int8", 1.0), ("hash", 0.25),
+                                                          ("unified", 0.25), ("qr", 0.25), ("hash+int4", 0.25)]
+    full, int8, hashed, hashed4 = rows[0], rows[1], rows[2], rows[5]
+    for r in rows[1:]:
+        assert r["serve_bytes"] < full["serve_bytes"] and 0.4 < r["test_auc"] < 1.0
+    for r in (full, *rows[2:5]):  # float32 when served: training holds 3 copies
+        assert r["train_bytes"] == 3 * r["serve_bytes"]
+    assert int8["train_bytes"] == full["train_bytes"] and int8["stored_rows"] == full["stored_rows"]
+    assert hashed4["stored_rows"] == hashed["stored_rows"] and hashed4["serve_bytes"] < hashed["serve_bytes"]
+    report = (out / "embedding-small.md").read_text()
+    assert report.count("| deepfm |") == 6 and (out / "embedding-small.png").stat().st_size > 10_000
+    saved = json.loads((out / "results" / "embedding-small-deepfm-qr-0.25.json").read_text())
+    assert saved["test_auc"] == rows[4]["test_auc"]
+    with pytest.raises(ConfigError, match="budgets are fractions"):
+        next(bench_embedding("small", ["deepfm"], [1], configs, None, budgets=[2.0]))
