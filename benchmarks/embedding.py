@@ -11,6 +11,9 @@ fitted on train rows). Per budget b every id feature's table is shrunk to about 
     qr        quotient-remainder per table, m chosen so ceil(rows / m) + m is the largest fit under
               b * rows; a table too small to gain (2 * sqrt(rows) > b * rows) takes the smallest QR
               it has, so its bytes overshoot and are reported as they are
+    mixed     mixed dims by frequency per table: the most frequent fraction h of rows at the model's
+              width D, the rest at D / 8, h chosen so the rows weigh b of the full table; below
+              b = 2 / D every row at max(1, b * D) dims
 
     int8, int4  every row kept, stored row-wise quantized when published (trained as float32);
               `hash+int4`, `unified+int4`: the row-shrinking method, then quantized
@@ -50,7 +53,7 @@ from muxrec.models.serialization import quantized_for_serving
 from muxrec.pipelines.loop import Objective, evaluate_rows, make_optimizer, train_epoch
 from muxrec.spec import FeatureKind, FeatureSpec, ModelInputs, load_spec, parse_spec
 
-METHODS = ("hash", "unified", "qr", "int8", "int4", "hash+int4", "unified+int4")
+METHODS = ("hash", "unified", "qr", "mixed", "int8", "int4", "hash+int4", "unified+int4")
 QUANTIZED = ("int8", "int4")  # serving storage: alone at full rows, or after a `+` on a row-shrinking method
 BUDGETS = (1.0, 1 / 4, 1 / 16, 1 / 64)
 ADAM_COPIES = 3  # the weight and Adam's two moments
@@ -68,9 +71,18 @@ def qr_buckets(rows: int, target: int) -> int | None:
     return min((math.ceil(rows / m) + m, m) for m in range(2, rows))[1]
 
 
-def budget_spec(spec: FeatureSpec, rows: dict[str, int], method: str, budget: float) -> FeatureSpec:
+def mixed_blocks(budget: float, dim: int) -> list[list[float]]:
+    """mixed_dim blocks weighing about `budget` of a dense table `dim` wide (projections aside)."""
+    tail = max(1, dim // 8)
+    if budget * dim < 2 * tail:
+        return [[1.0, max(1, round(budget * dim))]]
+    head = (budget - tail / dim) / (1 - tail / dim)
+    return [[round(head, 4), dim], [1.0, tail]]
+
+
+def budget_spec(spec: FeatureSpec, rows: dict[str, int], method: str, budget: float, dim: int = 16) -> FeatureSpec:
     """`spec` with its id features' tables shrunk to about `budget` of `rows` (table -> fitted rows) by
-    `method`. Only features with their own table are touched (shared tables keep their rows: a history
+    `method` (`dim`: the model's width, for mixed dims). Only features with their own table are touched (shared tables keep their rows: a history
     must keep meeting its items)."""
     data = spec.model_dump(mode="json", exclude_defaults=True)
     data["name"] = f"{spec.name}-{method.replace('+', '-')}-{budget:g}"
@@ -103,6 +115,8 @@ def budget_spec(spec: FeatureSpec, rows: dict[str, int], method: str, budget: fl
             m = qr_buckets(rows[f.name], target)
             if m is not None:
                 item["compression"] = {"method": "qr", "buckets": m}
+        elif method == "mixed" and f.hash_buckets is None:
+            item["compression"] = {"method": "mixed_dim", "blocks": mixed_blocks(budget, dim)}
     return parse_spec(data)
 
 
@@ -166,7 +180,7 @@ def bench_embedding(dataset: str, models: list[str], seeds: list[int], config_di
                     methods: list[str] = list(METHODS), budgets: list[float] = list(BUDGETS),
                     progress=None) -> Iterator[dict[str, Any]]:
     """One result row per (model, method, budget): mean test AUC over seeds and the tables' bytes."""
-    unknown = [m for m in methods if m not in METHODS and m.partition("+")[0] not in ("hash", "unified", "qr")]
+    unknown = [m for m in methods if m not in METHODS and m.partition("+")[0] not in ("hash", "unified", "qr", "mixed")]
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}; methods: {list(METHODS)}")
     if any(not 0 < b <= 1 for b in budgets):
@@ -179,8 +193,10 @@ def bench_embedding(dataset: str, models: list[str], seeds: list[int], config_di
     full_inputs, _, _ = _encoded(spec, raw)
     rows_of = {t.name: t.num_embeddings for t in full_inputs.tables}
     full_rows = sum(rows_of.values())
+    dim = make_config(load_model_file(config_dir / "models" / f"{models[0]}.yaml").architecture,
+                      load_model_file(config_dir / "models" / f"{models[0]}.yaml").model).embedding_dim
     for method, budget in _variants(methods, budgets):
-        variant = spec if method == "full" else budget_spec(spec, rows_of, method, budget)
+        variant = spec if method == "full" else budget_spec(spec, rows_of, method, budget, dim)
         inputs, rows, rates = _encoded(variant, raw)
         for name in models:
             mf = load_model_file(config_dir / "models" / f"{name}.yaml")

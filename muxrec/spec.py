@@ -234,10 +234,31 @@ class CompressionSpec(_Strict):
                                     Partitions for Memory-Efficient Recommendation Systems", Shi et al.,
                                     KDD 2020): row i is q[i // 64] * r[i % 64], element-wise, from two
                                     small tables of ceil(rows / 64) and 64 rows
+        {method: mixed_dim,         mixed dimensions by frequency ("Mixed Dimension Embeddings with
+         blocks: [[0.1, 16],         Application to Memory-Efficient Recommendation Systems", Ginart et
+                  [1.0, 4]]}         al., ISIT 2021): a fitted vocabulary numbers values most frequent
+                                    first, so the first 10% of rows get 16 dims and the rest 4; each
+                                    block narrower than the model is projected to its width
     """
 
-    method: Literal["qr"]
-    buckets: int = Field(ge=2)
+    method: Literal["qr", "mixed_dim"]
+    buckets: int | None = Field(default=None, ge=2)  # qr
+    blocks: tuple[tuple[float, int], ...] | None = Field(default=None, min_length=1, max_length=8)  # mixed_dim
+
+    @model_validator(mode="after")
+    def _fields_fit_method(self) -> CompressionSpec:
+        needs = {"qr": "buckets", "mixed_dim": "blocks"}
+        for method, attr in needs.items():
+            if (getattr(self, attr) is not None) != (self.method == method):
+                raise ValueError(f"`{attr}` {'is required by' if self.method == method else 'does not apply to'} "
+                                 f"{self.method} compression")
+        if self.blocks is not None:
+            ends, dims = [b[0] for b in self.blocks], [b[1] for b in self.blocks]
+            if any(not 0 < e <= 1 for e in ends) or ends != sorted(set(ends)) or ends[-1] != 1:
+                raise ValueError(f"mixed_dim blocks end at increasing fractions of the rows, the last at 1; got {ends}")
+            if any(d < 1 for d in dims) or dims != sorted(dims, reverse=True):
+                raise ValueError(f"mixed_dim block dims are >= 1 and do not grow (frequent rows first); got {dims}")
+        return self
 
 
 class TableSpec(_Strict):
@@ -480,6 +501,10 @@ class FeatureSpec(_Strict):
             kinds = {self.feature(n).kind for n in table.features}
             if FeatureKind.TEXT in kinds and table.hash_buckets is None:
                 raise ValueError(f"table {table.name!r} holds text features and needs `hash_buckets`")
+            if table.compression is not None and table.compression.method == "mixed_dim" and \
+                    (table.hash_buckets is not None or table.bucketize is not None):
+                raise ValueError(f"table {table.name!r}: mixed_dim needs a fitted vocabulary (its rows sorted by "
+                                 f"frequency), not `hash_buckets` or `bucketize`")
             if table.compression is not None and FeatureKind.TEXT in kinds:
                 raise ValueError(f"table {table.name!r}: {table.compression.method} compression does not apply to "
                                  f"text features (their ids are hashed words: lower `hash_buckets` instead)")
@@ -644,7 +669,7 @@ class ModelInputs:
             if len(poolings) > 1:
                 raise SpecError(f"table {t.name!r}: its features ask for different pooling {sorted(poolings)}")
             rows = num_embeddings[t.name]
-            if t.compression is not None and t.compression.buckets >= rows:
+            if t.compression is not None and t.compression.buckets is not None and t.compression.buckets >= rows:
                 raise SpecError(f"table {t.name!r}: qr buckets {t.compression.buckets} >= its {rows} rows, nothing "
                                 f"to compress; lower `buckets` or drop `compression`")
             tables.append(TableInput(t.name, rows, t.embedding_dim, pooled,

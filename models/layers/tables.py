@@ -9,6 +9,7 @@ table from the spec (`TableInput.compression`); a model never knows which method
                     EmbeddingBagCollection holds these, the table is a view of its weight)
     StandaloneTable the same, owning its weight outside the collection (a table to be quantized)
     QRTable         quotient-remainder: (ceil(rows / m) + m) * d * 4 bytes
+    MixedDimTable   dims by frequency: sum over blocks of (rows_k * d_k + d_k * d if d_k < d) * 4 bytes
     QuantizedTable  row-wise int8 / int4 for serving: rows * (ceil(d * bits / 8) + 4) bytes
 """
 
@@ -136,6 +137,49 @@ class QRTable(EmbeddingTable):
         return (math.ceil(self.rows / self.buckets) + self.buckets) * self.dim * FLOAT_BYTES
 
 
+class MixedDimTable(EmbeddingTable):
+    """Rows in blocks by frequency, each block at its own width d_k, projected to d where narrower.
+
+    "Mixed Dimension Embeddings with Application to Memory-Efficient Recommendation Systems" (Ginart
+    et al., ISIT 2021). A fitted vocabulary numbers values most frequent first (row 0: missing or
+    unknown), so block k holds rows [start_k, end_k) with end_k = round(fraction_k * rows).
+
+    Args:
+        rows: ids the table answers for.
+        dim: d, the width of every vector it returns.
+        blocks: (fraction of rows where the block ends, d_k) pairs, fractions increasing to 1; a d_k
+            over d is cut to d (a first-order table, d = 1, is one value a row in every block).
+        init_std: std of the blocks' normal initialisation.
+    """
+
+    def __init__(self, rows: int, dim: int, blocks: tuple[tuple[float, int], ...], init_std: float):
+        super().__init__()
+        blocks = tuple((fraction, min(d_k, dim)) for fraction, d_k in blocks)
+        self.rows, self.dim = rows, dim
+        ends = [round(fraction * rows) for fraction, _ in blocks[:-1]] + [rows]
+        self.starts = [0] + ends[:-1]
+        self.ends = ends
+        self.blocks = nn.ParameterList(nn.Parameter(torch.empty(end - start, d_k))  # (rows_k, d_k)
+                                       for start, end, (_, d_k) in zip(self.starts, ends, blocks))
+        self.projections = nn.ModuleList(nn.Linear(d_k, dim, bias=False) if d_k < dim else nn.Identity()
+                                         for _, d_k in blocks)
+        for block in self.blocks:
+            nn.init.normal_(block, std=init_std)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        flat = ids.reshape(-1)  # (N,)
+        out = torch.zeros(len(flat), self.dim, device=ids.device)  # (N, d)
+        for start, end, block, project in zip(self.starts, self.ends, self.blocks, self.projections):
+            rows = torch.nonzero((flat >= start) & (flat < end)).squeeze(1)  # (n_k,)
+            if len(rows):
+                out = out.index_copy(0, rows, project(nn.functional.embedding(flat[rows] - start, block)))  # (n_k, d)
+        return out.reshape(*ids.shape, self.dim)  # (..., d)
+
+    def num_bytes(self) -> int:
+        return FLOAT_BYTES * sum(b.shape[0] * b.shape[1] + (b.shape[1] * self.dim if b.shape[1] < self.dim else 0)
+                                 for b in self.blocks)
+
+
 def compressed_table(table: TableInput, dim: int, init_std: float) -> EmbeddingTable:
     """The module a table outside the collection trains as: its compression, or a standalone dense
     table (one to be quantized when published)."""
@@ -146,4 +190,6 @@ def compressed_table(table: TableInput, dim: int, init_std: float) -> EmbeddingT
     method = table.compression.method
     if method == "qr":
         return QRTable(table.num_embeddings, dim, table.compression.buckets, init_std)
+    if method == "mixed_dim":
+        return MixedDimTable(table.num_embeddings, dim, table.compression.blocks, init_std)
     raise ValueError(f"table {table.name!r}: unknown compression method {method!r}")

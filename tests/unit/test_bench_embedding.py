@@ -8,7 +8,7 @@ import math
 import pytest
 import yaml
 
-from muxrec.benchmarks.embedding import bench_embedding, budget_spec, qr_buckets
+from muxrec.benchmarks.embedding import bench_embedding, budget_spec, mixed_blocks, qr_buckets
 from muxrec.errors import ConfigError
 from muxrec.spec import FeatureKind
 
@@ -28,6 +28,16 @@ def test_qr_buckets_fit_the_target_or_take_the_smallest_table(rows, target):
     assert qr_buckets(4, 2) is None
 
 
+@pytest.mark.parametrize("budget, dim", [(1 / 4, 16), (1 / 16, 16), (1 / 4, 32), (1 / 2, 8)])
+def test_mixed_blocks_weigh_the_budget(budget, dim):
+    blocks = mixed_blocks(budget, dim)
+    weight, start = 0.0, 0.0
+    for end, d in blocks:
+        weight, start = weight + (end - start) * d, end
+    print(f"budget {budget:g}, d {dim}: blocks {blocks}, {weight / dim:.3f} of the rows' floats")
+    assert weight / dim == pytest.approx(budget, abs=1e-3) and blocks[-1][0] == 1.0
+
+
 def test_each_method_shrinks_the_own_tables_to_the_budget():
     spec = synthetic_spec(rows=2000)
     rows = {"user_id": 900, "site": 41, "tags": 30, "item": 500, "title": 513, "region": 9}
@@ -42,6 +52,8 @@ def test_each_method_shrinks_the_own_tables_to_the_budget():
     qr = budget_spec(spec, rows, "qr", 1 / 4)
     m = qr.feature("user_id").compression.buckets
     assert math.ceil(900 / m) + m <= 225
+    mixed = budget_spec(spec, rows, "mixed", 1 / 4, dim=16)
+    assert mixed.feature("user_id").compression.blocks == ((0.1429, 16), (1.0, 2))
     with pytest.raises(ConfigError, match="unknown method 'zip'"):
         budget_spec(spec, rows, "zip", 1 / 4)
     quantized = budget_spec(spec, rows, "unified+int4", 1 / 4)
@@ -61,9 +73,10 @@ def test_bench_embedding_writes_rows_a_table_and_a_plot(tmp_path):
     (configs / "models" / "deepfm.yaml").write_text(yaml.safe_dump(model))
     out = tmp_path / "docs"
     rows = list(bench_embedding("small", ["deepfm"], [1], configs, out,
-                                methods=["hash", "unified", "qr", "int8", "hash+int4"], budgets=[1.0, 0.25]))
+                                methods=["hash", "unified", "qr", "int8", "hash+int4", "mixed"], budgets=[1.0, 0.25]))
     assert [(r["method"], r["budget"]) for r in rows] == [("full", 1.0), ("int8", 1.0), ("hash", 0.25),
-                                                          ("unified", 0.25), ("qr", 0.25), ("hash+int4", 0.25)]
+                                                          ("unified", 0.25), ("qr", 0.25), ("hash+int4", 0.25),
+                                                          ("mixed", 0.25)]
     full, int8, hashed, hashed4 = rows[0], rows[1], rows[2], rows[5]
     for r in rows[1:]:
         assert r["serve_bytes"] < full["serve_bytes"] and 0.4 < r["test_auc"] < 1.0
@@ -72,7 +85,7 @@ def test_bench_embedding_writes_rows_a_table_and_a_plot(tmp_path):
     assert int8["train_bytes"] == full["train_bytes"] and int8["stored_rows"] == full["stored_rows"]
     assert hashed4["stored_rows"] == hashed["stored_rows"] and hashed4["serve_bytes"] < hashed["serve_bytes"]
     report = (out / "embedding-small.md").read_text()
-    assert report.count("| deepfm |") == 6 and (out / "embedding-small.png").stat().st_size > 10_000
+    assert report.count("| deepfm |") == 7 and (out / "embedding-small.png").stat().st_size > 10_000
     saved = json.loads((out / "results" / "embedding-small-deepfm-qr-0.25.json").read_text())
     assert saved["test_auc"] == rows[4]["test_auc"]
     with pytest.raises(ConfigError, match="budgets are fractions"):

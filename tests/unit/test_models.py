@@ -183,7 +183,8 @@ def test_every_model_trains_and_round_trips_with_mixed_table_dims(name, mixed, t
 
 @pytest.fixture(scope="module")
 def qr():
-    """The tiny data with quotient-remainder tables for user_id, item (+ history) and tags (qr_spec)."""
+    """The tiny data with quotient-remainder tables for user_id, item (+ history) and tags, and mixed dims
+    for site (qr_spec)."""
     return _data(qr_spec(rows=800))
 
 
@@ -197,7 +198,7 @@ def test_every_model_trains_and_round_trips_with_compressed_tables(name, qr, tmp
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels[:, :logits.shape[1]])
     loss.backward()
     compressed = model.embedding.compressed
-    assert sorted(compressed) == ["item", "tags", "user_id"] and "user_id" not in model.embedding.table_weights()
+    assert sorted(compressed) == ["item", "site", "tags", "user_id"] and "user_id" not in model.embedding.table_weights()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in compressed["user_id"].parameters())
     model.eval()
     version = ArtifactRegistry(tmp_path).publish(name, model_files(model, name, _tiny_config(name), spec, vocab))

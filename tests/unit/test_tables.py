@@ -12,7 +12,7 @@ from muxrec.errors import SpecError
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.models import EncodedRows, build_model, make_config
-from muxrec.models.layers.tables import DenseTable, QRTable, QuantizedTable, StandaloneTable
+from muxrec.models.layers.tables import DenseTable, MixedDimTable, QRTable, QuantizedTable, StandaloneTable
 from muxrec.models.serialization import load_model, model_files, quantized_for_serving
 from muxrec.spec import ModelInputs, load_spec, parse_spec
 
@@ -39,11 +39,28 @@ def test_qr_rows_are_distinct_and_weigh_what_the_formula_says():
     assert dense.num_bytes() == 1000 * 8 * 4 and dense(ids[:3]).shape == (3, 8)
 
 
+def test_mixed_dim_rows_are_full_width_when_frequent_and_projected_when_not():
+    torch.manual_seed(0)
+    table = MixedDimTable(rows=100, dim=8, blocks=((0.1, 8), (0.5, 4), (1.0, 2)), init_std=0.1)
+    assert [tuple(b.shape) for b in table.blocks] == [(10, 8), (40, 4), (50, 2)]
+    ids = torch.tensor([[0, 9], [10, 99]])
+    out = table(ids)  # (2, 2, 8)
+    assert out.shape == (2, 2, 8)
+    torch.testing.assert_close(out[0, 1], table.blocks[0][9])  # a frequent row, as stored
+    torch.testing.assert_close(out[1, 0], table.projections[1](table.blocks[1][0]))
+    torch.testing.assert_close(out[1, 1], table.projections[2](table.blocks[2][49]))
+    assert table.num_bytes() == 4 * (10 * 8 + 40 * 4 + 4 * 8 + 50 * 2 + 2 * 8) == _param_bytes(table)
+    out.sum().backward()
+    assert all(b.grad is not None for b in table.blocks)
+    first_order = MixedDimTable(rows=100, dim=1, blocks=((0.1, 8), (1.0, 2)), init_std=0.1)
+    assert first_order.num_bytes() == 100 * 4  # every block cut to one value a row, nothing to project
+
+
 def test_compressed_tables_pool_like_dense_ones_and_count_their_bytes():
     spec = qr_spec(rows=800)
     vocab, encoded = fitted(spec, synthetic_raw(spec))
     inputs = ModelInputs.from_spec(spec, vocab.num_embeddings())
-    assert inputs.pooled[-3:] == ("user_id", "item_id", "tags")  # compressed tables' keys last
+    assert inputs.pooled[-4:] == ("user_id", "item_id", "site", "tags")  # compressed tables' keys last
     torch.manual_seed(0)
     emb = FeatureEmbedding(inputs, dim=4, init_std=0.1)
     batch = EncodedRows(encoded["train"], inputs).take(torch.arange(16))
@@ -81,6 +98,17 @@ def test_a_spec_asking_for_impossible_compression_is_refused_in_one_line():
                   features=[{"name": "a", "kind": "categorical", "table": "s"}])
     with pytest.raises(SpecError, match=r"quantize: Input should be 'int8' or 'int4'"):
         tiny_spec(features=[{"name": "a", "kind": "categorical", "quantize": "int2"}])
+    for compression, message in [
+        ({"method": "mixed_dim", "blocks": [[0.5, 4], [0.9, 2]]}, "the last at 1"),
+        ({"method": "mixed_dim", "blocks": [[0.5, 2], [1.0, 4]]}, "do not grow"),
+        ({"method": "mixed_dim", "buckets": 4}, "`buckets` does not apply to mixed_dim compression"),
+        ({"method": "qr"}, "`buckets` is required by qr compression"),
+    ]:
+        with pytest.raises(SpecError, match=message):
+            tiny_spec(features=[{"name": "a", "kind": "categorical", "compression": compression}])
+    with pytest.raises(SpecError, match="mixed_dim needs a fitted vocabulary"):
+        tiny_spec(features=[{"name": "a", "kind": "categorical", "hash_buckets": 100,
+                             "compression": {"method": "mixed_dim", "blocks": [[1.0, 4]]}}])
     spec = tiny_spec(features=[{"name": "a", "kind": "categorical", "compression": {"method": "qr", "buckets": 64}}])
     with pytest.raises(SpecError, match=r"table 'a': qr buckets 64 >= its 20 rows, nothing to compress"):
         ModelInputs.from_spec(spec, {"a": 20})
