@@ -42,6 +42,7 @@ from typing import Any, Iterator
 import pyarrow.compute as pc
 import torch
 
+from muxrec.benchmarks.ctr import forward_latency
 from muxrec.benchmarks.environment import commit, machine
 from muxrec.config import load_model_file
 from muxrec.data import load_source
@@ -158,7 +159,8 @@ def _fit(architecture: str, cfg: Any, train_cfg: Any, inputs: ModelInputs, rows:
     model.load_state_dict(best_state)
     served, _ = quantized_for_serving(model)  # what a published version holds and scores with
     test = evaluate_rows(served, rows["test"], inputs.tasks, train_cfg.eval_batch_size)
-    return {"valid_auc": best, "test_auc": test["auc"], "test_logloss": test["logloss"], "best_epoch": best_epoch,
+    latency = forward_latency(served, rows["test"], reps=20)
+    return {"latency_ms_b1000": latency["latency_ms_b1000"],"valid_auc": best, "test_auc": test["auc"], "test_logloss": test["logloss"], "best_epoch": best_epoch,
             "train_seconds": round(seconds, 1), "train_bytes": ADAM_COPIES * table_bytes(model),
             "serve_bytes": table_bytes(served), "stored_rows": _stored_rows(model)}
 
@@ -216,6 +218,7 @@ def bench_embedding(dataset: str, models: list[str], seeds: list[int], config_di
                 "valid_auc": round(statistics.fmean(r["valid_auc"] for r in runs), 5),
                 "serve_bytes": runs[0]["serve_bytes"], "train_bytes": runs[0]["train_bytes"],
                 "train_seconds": round(statistics.fmean(r["train_seconds"] for r in runs), 1),
+                "latency_ms_b1000": round(statistics.median(r["latency_ms_b1000"] for r in runs), 3),
                 "per_seed": runs, "commit": commit(), "machine": machine(),
             }
             if out_dir is not None:
@@ -258,14 +261,17 @@ def write_report(dataset: str, out_dir: Path) -> None:
         "Test AUC against the bytes of the embedding tables, per method and memory budget (a fraction of the "
         f"full per-feature tables' rows). Protocol and features: `configs/{dataset}.yaml`; models from "
         "`configs/models/`; in-process training with early stopping on validation AUC, test AUC of the best "
-        "epoch, mean ± std over seeds. Serving bytes are the tables (float32); training bytes add Adam's two "
-        "moments (3x). How each method meets a budget: `benchmarks/embedding.py`.",
+        "epoch, mean ± std over seeds; latency: median CPU forward pass of 1000 test rows, one thread, as "
+        "served. Serving bytes: the tables as published (float32, or quantized where the method says); "
+        "training bytes: the float32 tables and Adam's two moments (3x). How each method meets a budget: "
+        "`benchmarks/embedding.py`.",
         "",
         f"Made by `muxrec bench embedding --dataset {dataset} --model {','.join(sorted(full) or ['deepfm'])} "
         f"--seeds {','.join(str(s) for s in rows[0]['seeds'])} --json`.",
         "",
-        "| model | method | budget | stored rows | serving bytes | training bytes | test AUC | vs full | valid AUC | best at budget | commit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | method | budget | stored rows | serving bytes | training bytes | test AUC | vs full | valid AUC | "
+        "best at budget | ms / 1000 rows | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         base = full.get(r["model"])
@@ -273,7 +279,8 @@ def write_report(dataset: str, out_dir: Path) -> None:
         mark = "yes" if best[(r["model"], r["budget"])] == r["method"] else ""
         lines.append(f"| {r['model']} | {r['method']} | {r['budget']:g} | {r['stored_rows']:,} | {r['serve_bytes']:,} | "
                      f"{r['train_bytes']:,} | {r['test_auc']:.4f} ± {r['test_auc_std']:.4f} | {delta} | "
-                     f"{r['valid_auc']:.4f} | {mark} | {r['commit'] or '-'} |")
+                     f"{r['valid_auc']:.4f} | {mark} | "
+                     + (f"{r['latency_ms_b1000']:.2f}" if "latency_ms_b1000" in r else "-") + f" | {r['commit'] or '-'} |")
     lines += ["", f"![test AUC against table bytes](embedding-{dataset}.png)", ""]
     (out_dir / f"embedding-{dataset}.md").write_text("\n".join(lines))
     _plot(dataset, rows, out_dir / f"embedding-{dataset}.png")
