@@ -8,7 +8,7 @@ import math
 import pytest
 import yaml
 
-from muxrec.benchmarks.embedding import bench_embedding, budget_spec, mixed_blocks, qr_buckets
+from muxrec.benchmarks.embedding import bench_embedding, budget_spec, mixed_blocks, qr_buckets, winners
 from muxrec.errors import ConfigError
 from muxrec.spec import FeatureKind
 
@@ -62,6 +62,18 @@ def test_each_method_shrinks_the_own_tables_to_the_budget():
     assert budget_spec(spec, rows, "int8", 1 / 4).feature("user_id").hash_buckets is None
 
 
+def test_the_best_method_at_a_budget_is_chosen_among_rows_whose_bytes_fit_it():
+    def row(method, budget, nbytes, auc):
+        return {"model": "m", "method": method, "budget": budget, "serve_bytes": nbytes, "test_auc": auc}
+
+    rows = [row("full", 1.0, 1000, 0.78), row("int8", 1.0, 310, 0.7799), row("qr", 0.25, 600, 0.79),
+            row("hash", 0.25, 250, 0.70), row("unified", 0.0625, 62, 0.69)]
+    best = winners(rows)
+    assert best[("m", 1.0)]["method"] == "qr"  # 0.6 of the bytes: it fits budget 1 too
+    assert best[("m", 0.25)]["method"] == "hash"  # qr overshot 0.25, int8 (0.31) too: not counted there
+    assert best[("m", 0.0625)]["method"] == "unified"
+
+
 def test_bench_embedding_writes_rows_a_table_and_a_plot(tmp_path):
     configs = tmp_path / "configs"
     (configs / "models").mkdir(parents=True)
@@ -85,7 +97,10 @@ def test_bench_embedding_writes_rows_a_table_and_a_plot(tmp_path):
     assert int8["train_bytes"] == full["train_bytes"] and int8["stored_rows"] == full["stored_rows"]
     assert hashed4["stored_rows"] == hashed["stored_rows"] and hashed4["serve_bytes"] < hashed["serve_bytes"]
     report = (out / "embedding-small.md").read_text()
-    assert report.count("| deepfm |") == 7 and (out / "embedding-small.png").stat().st_size > 10_000
+    best, every = report.split("## Every run")
+    # The shared item table and the text table are not shrunk here, so no method reaches 0.25 of all bytes.
+    assert every.count("| deepfm |") == 7 and best.count("| deepfm |") == 1 and "| deepfm | 1 | " in best
+    assert (out / "embedding-small.png").stat().st_size > 10_000
     saved = json.loads((out / "results" / "embedding-small-deepfm-qr-0.25.json").read_text())
     assert saved["test_auc"] == rows[4]["test_auc"]
     with pytest.raises(ConfigError, match="budgets are fractions"):
