@@ -3,11 +3,13 @@
     muxrec bench embedding --dataset ml-100k --model deepfm,autoint --seeds 2026,2027,2028 --json
 
 The budget is a fraction of the rows of full per-feature tables (the spec as written, its vocabularies
-fitted on train rows). Per budget b every id feature's table is shrunk to about b of its rows by:
+fitted on train rows). Per budget b every id table (a feature's own, or a shared one; not text or
+bucketized tables) is shrunk to about b of its rows by:
 
-    hash      the hashing trick: the feature's own table of max(2, b * rows) rows, values hashed in
-    unified   Unified Embedding: one multiplexed table of b * (all rows), every feature hashed in by
-              its own seed (TableSpec.multiplex)
+    hash      the hashing trick: each table of max(2, b * rows) rows, values hashed in
+    unified   Unified Embedding: one multiplexed table of b * (the own tables' rows), every feature with
+              its own table hashed in by its own seed (TableSpec.multiplex); a shared table read by
+              a history cannot be multiplexed and is hashed to b of its rows
     qr        quotient-remainder per table, m chosen so ceil(rows / m) + m is the largest fit under
               b * rows; a table too small to gain (2 * sqrt(rows) > b * rows) takes the smallest QR
               it has, so its bytes overshoot and are reported as they are
@@ -81,10 +83,24 @@ def mixed_blocks(budget: float, dim: int) -> list[list[float]]:
     return [[round(head, 4), dim], [1.0, tail]]
 
 
+def _shrink(settings: dict[str, Any], rows: int, method: str, budget: float, dim: int, hashed: bool) -> None:
+    """Set one table's options (a feature's inline ones, or a shared table's) for `method` at `budget`."""
+    target = max(2, round(rows * budget))
+    if method in ("hash", "unified"):  # unified: a shared table read by a history is hashed instead
+        settings.pop("min_count", None)
+        settings["hash_buckets"] = target - 1  # + the missing-value row
+    elif method == "qr":
+        m = qr_buckets(rows, target)
+        if m is not None:
+            settings["compression"] = {"method": "qr", "buckets": m}
+    elif method == "mixed" and not hashed:
+        settings["compression"] = {"method": "mixed_dim", "blocks": mixed_blocks(budget, dim)}
+
+
 def budget_spec(spec: FeatureSpec, rows: dict[str, int], method: str, budget: float, dim: int = 16) -> FeatureSpec:
-    """`spec` with its id features' tables shrunk to about `budget` of `rows` (table -> fitted rows) by
-    `method` (`dim`: the model's width, for mixed dims). Only features with their own table are touched (shared tables keep their rows: a history
-    must keep meeting its items)."""
+    """`spec` with its id tables shrunk to about `budget` of `rows` (table -> fitted rows) by `method`
+    (`dim`: the model's width, for mixed dims). Features with their own table and shared tables are
+    shrunk; tables of text or bucketized numbers are left as they are."""
     data = spec.model_dump(mode="json", exclude_defaults=True)
     data["name"] = f"{spec.name}-{method.replace('+', '-')}-{budget:g}"
     method, _, bits = method.partition("+")
@@ -94,30 +110,26 @@ def budget_spec(spec: FeatureSpec, rows: dict[str, int], method: str, budget: fl
         raise ConfigError(f"unknown method {'+'.join(filter(None, (method, bits)))!r}; methods: {list(METHODS)}")
     quantize = {"quantize": bits} if bits else {}
     own = [f.name for f in spec.features if f.kind in ID_KINDS and f.table is None and f.bucketize is None]
+    shared = [t.name for t in spec.tables_list() if t.name in spec.tables and not t.multiplex
+              and all(spec.feature(n).kind != FeatureKind.TEXT for n in t.features)]
     if method == "unified":
         total = sum(rows[name] for name in own)
-        data.setdefault("tables", {})["unified"] = {"hash_buckets": max(1, round(total * budget) - 1), "multiplex": True,
-                                                    **quantize}
+        data["tables"] = {**data.get("tables", {}), "unified": {"hash_buckets": max(1, round(total * budget) - 1),
+                                                                "multiplex": True, **quantize}}
+    for name in shared:
+        table = data["tables"][name]
+        table.update(quantize)
+        if method != "full":
+            _shrink(table, rows[name], method, budget, dim, spec.tables[name].hash_buckets is not None)
     for item in data["features"]:
         if item["name"] not in own:
             continue
-        f = spec.feature(item["name"])
-        if method != "unified":
-            item.update(quantize)
-        if method == "full":
-            continue
-        item.pop("min_count", None)
-        target = max(2, round(rows[f.name] * budget))
-        if method == "hash":
-            item["hash_buckets"] = target - 1  # + the missing-value row
-        elif method == "unified":
+        if method == "unified":
             item["table"] = "unified"
-        elif method == "qr":
-            m = qr_buckets(rows[f.name], target)
-            if m is not None:
-                item["compression"] = {"method": "qr", "buckets": m}
-        elif method == "mixed" and f.hash_buckets is None:
-            item["compression"] = {"method": "mixed_dim", "blocks": mixed_blocks(budget, dim)}
+            continue
+        item.update(quantize)
+        if method != "full":
+            _shrink(item, rows[item["name"]], method, budget, dim, spec.feature(item["name"]).hash_buckets is not None)
     return parse_spec(data)
 
 

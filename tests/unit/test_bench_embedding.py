@@ -46,12 +46,17 @@ def test_each_method_shrinks_the_own_tables_to_the_budget():
     rows.update({n: rows.get(n, 20) for n in own})
     hashed = budget_spec(spec, rows, "hash", 1 / 4)
     assert hashed.feature("user_id").hash_buckets == 225 - 1 and hashed.feature("item_id").table == "item"
+    assert hashed.tables["item"].hash_buckets == 125 - 1  # the shared table too, still read by the history
+    assert hashed.feature("title").hash_buckets == spec.feature("title").hash_buckets  # text is left alone
     unified = budget_spec(spec, rows, "unified", 1 / 4)
     assert unified.tables["unified"].multiplex and all(unified.feature(n).table == "unified" for n in own)
     assert unified.tables["unified"].hash_buckets + 1 == round(sum(rows[n] for n in own) / 4)
+    assert not unified.tables["item"].multiplex and unified.tables["item"].hash_buckets == 125 - 1
     qr = budget_spec(spec, rows, "qr", 1 / 4)
     m = qr.feature("user_id").compression.buckets
     assert math.ceil(900 / m) + m <= 225
+    assert qr.tables["item"].compression.method == "qr"
+    assert budget_spec(spec, rows, "int4", 1).tables["item"].quantize == "int4"
     mixed = budget_spec(spec, rows, "mixed", 1 / 4, dim=16)
     assert mixed.feature("user_id").compression.blocks == ((0.1429, 16), (1.0, 2))
     with pytest.raises(ConfigError, match="unknown method 'zip'"):

@@ -12,7 +12,8 @@ from tests.conftest import CONFIGS
 from tests.helpers import fitted, synthetic_raw, synthetic_spec, tiny_spec
 
 
-@pytest.mark.parametrize("name", ["ml-100k", "ml-100k-graded", "ml-100k-history", "ml-100k-graded-history", "synthetic"])
+@pytest.mark.parametrize("name", ["ml-100k", "ml-100k-graded", "ml-100k-history", "ml-100k-graded-history",
+                                  "ml-100k-unified", "synthetic", "synthetic-large"])
 def test_shipped_specs_load_and_round_trip(name):
     spec = load_spec(CONFIGS / f"{name}.yaml")
     again = spec_from_yaml(spec.to_yaml())
