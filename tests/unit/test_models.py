@@ -161,24 +161,30 @@ def test_a_table_with_its_own_dim_is_projected_to_the_model_width(mixed):
     assert all(w.shape[1] == 1 for w in FeatureEmbedding(inputs, 1, table_dims=False).table_weights().values())
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_every_model_trains_and_round_trips_with_mixed_table_dims(name, mixed, tmp_path):
-    spec, vocab, inputs, rows = mixed
+def _step_and_round_trip(name, data, tmp_path):
+    """One training step, then publish and reload: the reloaded model scores as the trained one. Returns
+    the trained model (its gradients kept)."""
+    spec, vocab, inputs, rows = data
     model = _build(name, inputs)
     batch = rows.take(torch.arange(32))
     logits = model(batch)
     assert logits.shape[0] == 32 and torch.isfinite(logits).all()
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels[:, :logits.shape[1]])
     loss.backward()
-    emb = model.embedding
-    assert emb.table_weights()["user_id"].shape[1] == 2
-    assert emb.projections["user_id"].weight.grad.abs().sum() > 0  # the map learns
     model.eval()
     version = ArtifactRegistry(tmp_path).publish(name, model_files(model, name, _tiny_config(name), spec, vocab))
     loaded = load_model(version)  # rebuilt from the published spec: same tables, same maps
     with torch.no_grad():
         assert torch.equal(model(batch), loaded.model(batch))
     assert loaded.inputs == inputs
+    return model
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_every_model_trains_and_round_trips_with_mixed_table_dims(name, mixed, tmp_path):
+    emb = _step_and_round_trip(name, mixed, tmp_path).embedding
+    assert emb.table_weights()["user_id"].shape[1] == 2
+    assert emb.projections["user_id"].weight.grad.abs().sum() > 0  # the map learns
 
 
 @pytest.fixture(scope="module")
@@ -190,22 +196,10 @@ def qr():
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_every_model_trains_and_round_trips_with_compressed_tables(name, qr, tmp_path):
-    spec, vocab, inputs, rows = qr
-    model = _build(name, inputs)
-    batch = rows.take(torch.arange(32))
-    logits = model(batch)
-    assert logits.shape[0] == 32 and torch.isfinite(logits).all()
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels[:, :logits.shape[1]])
-    loss.backward()
+    model = _step_and_round_trip(name, qr, tmp_path)
     compressed = model.embedding.compressed
     assert sorted(compressed) == ["item", "site", "tags", "user_id"] and "user_id" not in model.embedding.table_weights()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in compressed["user_id"].parameters())
-    model.eval()
-    version = ArtifactRegistry(tmp_path).publish(name, model_files(model, name, _tiny_config(name), spec, vocab))
-    loaded = load_model(version)
-    with torch.no_grad():
-        assert torch.equal(model(batch), loaded.model(batch))
-    assert loaded.inputs == inputs
 
 
 def test_shared_table_is_one_weight(tiny):
