@@ -16,6 +16,8 @@ bucketized tables) is shrunk to about b of its rows by:
     mixed     mixed dims by frequency per table: the most frequent fraction h of rows at the model's
               width D, the rest at D / 8, h chosen so the rows weigh b of the full table; below
               b = 2 / D every row at max(1, b * D) dims
+    matryoshka  every table trained at nested widths (powers of two from k to D) and published cut
+              to its first k = max(1, b * D) values
 
     int8, int4  every row kept, stored row-wise quantized when published (trained as float32);
               `hash+int4`, `unified+int4`: the row-shrinking method, then quantized
@@ -52,11 +54,11 @@ from muxrec.encoding import (SPLIT_COLUMN, Vocabulary, count_values, derive, enc
 from muxrec.errors import ConfigError
 from muxrec.models import EncodedRows, build_model, make_config
 from muxrec.models.layers.embedding import FeatureEmbedding
-from muxrec.models.serialization import quantized_for_serving
+from muxrec.models.serialization import serving_copy
 from muxrec.pipelines.loop import Objective, evaluate_rows, make_optimizer, train_epoch
 from muxrec.spec import FeatureKind, FeatureSpec, ModelInputs, load_spec, parse_spec
 
-METHODS = ("hash", "unified", "qr", "mixed", "int8", "int4", "hash+int4", "unified+int4")
+METHODS = ("hash", "unified", "qr", "mixed", "matryoshka", "int8", "int4", "hash+int4", "unified+int4")
 QUANTIZED = ("int8", "int4")  # serving storage: alone at full rows, or after a `+` on a row-shrinking method
 BUDGETS = (1.0, 1 / 4, 1 / 16, 1 / 64)
 ADAM_COPIES = 3  # the weight and Adam's two moments
@@ -95,6 +97,10 @@ def _shrink(settings: dict[str, Any], rows: int, method: str, budget: float, dim
             settings["compression"] = {"method": "qr", "buckets": m}
     elif method == "mixed" and not hashed:
         settings["compression"] = {"method": "mixed_dim", "blocks": mixed_blocks(budget, dim)}
+    elif method == "matryoshka":
+        keep = max(1, round(budget * dim))
+        nested = sorted({keep} | {2 ** p for p in range(8) if keep <= 2 ** p < dim})
+        settings["compression"] = {"method": "matryoshka", "dims": nested, "serve_dim": keep}
 
 
 def budget_spec(spec: FeatureSpec, rows: dict[str, int], method: str, budget: float, dim: int = 16) -> FeatureSpec:
@@ -169,7 +175,7 @@ def _fit(architecture: str, cfg: Any, train_cfg: Any, inputs: ModelInputs, rows:
                 break
     seconds = time.perf_counter() - t0
     model.load_state_dict(best_state)
-    served, _ = quantized_for_serving(model)  # what a published version holds and scores with
+    served, _ = serving_copy(model)  # what a published version holds and scores with
     test = evaluate_rows(served, rows["test"], inputs.tasks, train_cfg.eval_batch_size)
     latency = forward_latency(served, rows["test"], reps=20)
     return {"latency_ms_b1000": latency["latency_ms_b1000"],"valid_auc": best, "test_auc": test["auc"], "test_logloss": test["logloss"], "best_epoch": best_epoch,
@@ -194,7 +200,8 @@ def bench_embedding(dataset: str, models: list[str], seeds: list[int], config_di
                     methods: list[str] = list(METHODS), budgets: list[float] = list(BUDGETS),
                     progress=None) -> Iterator[dict[str, Any]]:
     """One result row per (model, method, budget): mean test AUC over seeds and the tables' bytes."""
-    unknown = [m for m in methods if m not in METHODS and m.partition("+")[0] not in ("hash", "unified", "qr", "mixed")]
+    unknown = [m for m in methods if m not in METHODS and m.partition("+")[0] not in ("hash", "unified", "qr", "mixed",
+                                                                                      "matryoshka")]
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}; methods: {list(METHODS)}")
     if any(not 0 < b <= 1 for b in budgets):

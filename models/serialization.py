@@ -45,28 +45,30 @@ def load_state(model: nn.Module, data: bytes) -> None:
         raise ArtifactError(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def quantized_for_serving(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
-    """`model` with the tables its spec marks `quantize` stored row-wise quantized (a copy; `model`
-    itself is kept for training), and table -> "int8" / "int4"; `model` and {} when none is marked."""
-    if not any(t.quantize for m in model.modules() if isinstance(m, FeatureEmbedding) for t in m.inputs.tables):
+def serving_copy(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
+    """`model` with its tables stored as a published version holds them (a copy; `model` itself is kept
+    for training): row-wise quantized where the spec says `quantize`, Matryoshka tables cut to their
+    `serve_dim`; and table -> how ("int8", "int4", "prefix:8"). `model` and {} when no table changes."""
+    if not any(t.changes_for_serving for m in model.modules() if isinstance(m, FeatureEmbedding)
+               for t in m.inputs.tables):
         return model, {}
     served = copy.deepcopy(model)
     done: dict[str, str] = {}
     for m in served.modules():
         if isinstance(m, FeatureEmbedding):
-            done.update(m.quantize())
+            done.update(m.for_serving())
     return served.eval(), done
 
 
 def model_files(model: nn.Module, name: str, cfg: Any, spec: FeatureSpec, vocab: Vocabulary) -> dict[str, bytes | str]:
-    """A version's files. Tables marked `quantize` are stored quantized (model.json lists them); pass
-    the model through `quantized_for_serving` first to evaluate what will be served."""
-    served, quantized = quantized_for_serving(model)
+    """A version's files. Tables are stored as served (`serving_copy`; model.json lists those changed);
+    pass the model through `serving_copy` first to evaluate what will be served."""
+    served, quantized = serving_copy(model)
     return {
         WEIGHTS: state_bytes(served),
         SPEC: spec.to_yaml(),
         VOCABULARY: vocab.to_json(),
-        MODEL: json.dumps({"name": name, "config": to_dict(cfg), **({"quantized": quantized} if quantized else {})},
+        MODEL: json.dumps({"name": name, "config": to_dict(cfg), **({"served_as": quantized} if quantized else {})},
                           indent=1),
     }
 
@@ -113,10 +115,10 @@ def load_model(version: ModelVersion) -> LoadedModel:
     cfg = make_config(meta["name"], meta["config"])
     inputs = ModelInputs.from_spec(spec, vocab.num_embeddings())
     model = build_model(meta["name"], cfg, inputs)
-    if meta.get("quantized"):  # shaped as stored: row-wise quantized tables
+    if meta.get("served_as"):  # shaped as stored: quantized or cut tables
         for m in model.modules():
             if isinstance(m, FeatureEmbedding):
-                m.quantize(empty=True)
+                m.for_serving(empty=True)
     load_state(model, version.file(WEIGHTS).read_bytes())
     model.eval()
     return LoadedModel(model, meta["name"], cfg, spec, vocab, inputs, version)

@@ -239,14 +239,27 @@ class CompressionSpec(_Strict):
                   [1.0, 4]]}         al., ISIT 2021): a fitted vocabulary numbers values most frequent
                                     first, so the first 10% of rows get 16 dims and the rest 4; each
                                     block narrower than the model is projected to its width
+        {method: matryoshka,        nested widths ("Matryoshka Representation Learning", Kusupati et
+         dims: [4, 8],               al., NeurIPS 2022): each training step reads the table at one of
+         serve_dim: 8}               4, 8 or its full width (the rest zeroed), so every prefix is usable;
+                                    published versions keep the first 8 values of each row
     """
 
-    method: Literal["qr", "mixed_dim"]
+    method: Literal["qr", "mixed_dim", "matryoshka"]
     buckets: int | None = Field(default=None, ge=2)  # qr
     blocks: tuple[tuple[float, int], ...] | None = Field(default=None, min_length=1, max_length=8)  # mixed_dim
+    dims: tuple[int, ...] | None = Field(default=None, min_length=1, max_length=8)  # matryoshka: nested widths
+    serve_dim: int | None = Field(default=None, ge=1)  # matryoshka: the width published versions keep
 
     @model_validator(mode="after")
     def _fields_fit_method(self) -> CompressionSpec:
+        if self.method == "matryoshka":
+            if self.dims is None or any(d < 1 for d in self.dims) or list(self.dims) != sorted(set(self.dims)):
+                raise ValueError(f"matryoshka needs `dims`, increasing widths >= 1; got {self.dims}")
+            if self.serve_dim is not None and self.serve_dim not in self.dims:
+                raise ValueError(f"matryoshka serve_dim {self.serve_dim} is not one of its trained dims {list(self.dims)}")
+        elif self.dims is not None or self.serve_dim is not None:
+            raise ValueError(f"`dims` and `serve_dim` do not apply to {self.method} compression")
         needs = {"qr": "buckets", "mixed_dim": "blocks"}
         for method, attr in needs.items():
             if (getattr(self, attr) is not None) != (self.method == method):
@@ -629,6 +642,11 @@ class TableInput:
     def standalone(self) -> bool:
         """Outside the EmbeddingBagCollection: compressed, or to be quantized."""
         return self.compression is not None or self.quantize is not None
+
+    @property
+    def changes_for_serving(self) -> bool:
+        """Stored otherwise in a published version: quantized, or cut to a Matryoshka serve_dim."""
+        return self.quantize is not None or (self.compression is not None and self.compression.serve_dim is not None)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from muxrec.errors import ConfigError, MuxrecError, find_muxrec_error
 from muxrec.log import say
 from muxrec.models import Batch, EncodedRows, build_model
 from muxrec.models.registry import entry
-from muxrec.models.serialization import load_state, model_files, quantized_for_serving, state_bytes
+from muxrec.models.serialization import load_state, model_files, serving_copy, state_bytes
 from muxrec.pipelines.importance import permutation_importance
 from muxrec.pipelines.loop import Objective, evaluate_rows, make_optimizer, train_epoch
 from muxrec.pipelines.prepare import PreparedData
@@ -455,9 +455,9 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
     }
     if search is not None:
         metrics["search"] = search
-    model, quantized = quantized_for_serving(model)  # evaluate what will be served
+    model, quantized = serving_copy(model)  # evaluate what will be served
     if quantized:
-        metrics["quantized"] = quantized
+        metrics["served_as"] = quantized
     for split in ("valid", "test"):
         rows = EncodedRows(prepared.read(split), prepared.inputs)
         metrics[split] = evaluate_rows(model, rows, prepared.inputs.tasks, job.train.eval_batch_size)

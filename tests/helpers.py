@@ -133,11 +133,13 @@ def tiny_rows(rows: int = 600) -> tuple[ModelInputs, "EncodedRows"]:
 def qr_spec(rows: int = 4000, seed: int = 7) -> FeatureSpec:
     """synthetic_spec with three quotient-remainder tables: user_id's own (a single value), the item table
     (item_id and the history, read position by position) and tags' own (a mean-pooled bag); and site's
-    own table at mixed dims by frequency (its first 30% of rows 4 wide, the rest 2)."""
+    own table at mixed dims by frequency (its first 30% of rows 4 wide, the rest 2), and region's trained
+    Matryoshka-style at widths 2 and full, published at 2."""
     data = synthetic_spec(rows, seed).model_dump(mode="json", exclude_defaults=True)
     data["tables"]["item"]["compression"] = {"method": "qr", "buckets": 8}
     compression = {"user_id": {"method": "qr", "buckets": 8}, "tags": {"method": "qr", "buckets": 3},
-                   "site": {"method": "mixed_dim", "blocks": [[0.3, 4], [1.0, 2]]}}
+                   "site": {"method": "mixed_dim", "blocks": [[0.3, 4], [1.0, 2]]},
+                   "region": {"method": "matryoshka", "dims": [2], "serve_dim": 2}}
     data["features"] = [{**f, "compression": compression[f["name"]]} if f["name"] in compression else f
                         for f in data["features"]]
     return parse_spec(data)

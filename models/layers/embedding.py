@@ -7,8 +7,8 @@ from torch import Tensor, nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
 
 from muxrec.models.batch import Batch
-from muxrec.models.layers.tables import (QUANTIZED_BITS, DenseTable, EmbeddingTable, QuantizedTable, StandaloneTable,
-                                         compressed_table)
+from muxrec.models.layers.tables import (QUANTIZED_BITS, DenseTable, EmbeddingTable, MatryoshkaTable, PrefixTable,
+                                         QuantizedTable, StandaloneTable, compressed_table)
 from muxrec.spec import ModelInputs
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
@@ -97,22 +97,28 @@ class FeatureEmbedding(nn.Module):
         owner = self.sequence_only[name] if name in self.sequence_only else self.bags.embedding_bags[name]
         return DenseTable(owner.weight)
 
-    def quantize(self, empty: bool = False) -> dict[str, str]:
-        """Swap each table the spec asks to quantize for its row-wise QuantizedTable (serving only);
+    def for_serving(self, empty: bool = False) -> dict[str, str]:
+        """Swap each table the spec stores otherwise when published for its serving form: a row-wise
+        QuantizedTable (`quantize`), or a PrefixTable of a Matryoshka table's first serve_dim values.
         `empty`: the right shapes, zeros, for loading a published version's weights into. Tables one
-        value wide (first-order weights) stay float32: a quantized row would weigh more. Returns
-        table -> "int8" / "int4" for every table now quantized."""
+        value wide (first-order weights) stay as they are. Returns table -> "int8" / "int4" /
+        "prefix:<k>" for every table now in its serving form."""
         done = {}
         for t in self.inputs.tables:
             table = self.compressed[t.name] if t.name in self.compressed else None
-            if t.quantize is None or table.dim == 1:
+            if not t.changes_for_serving or table.dim == 1:
                 continue
-            done[t.name] = t.quantize
-            if isinstance(table, QuantizedTable):
-                continue
-            bits = QUANTIZED_BITS[t.quantize]
-            self.compressed[t.name] = QuantizedTable(table.rows, table.dim, bits) if empty \
-                else QuantizedTable.from_float(table.weight, bits)
+            if t.quantize is not None:
+                done[t.name] = t.quantize
+                if not isinstance(table, QuantizedTable):
+                    bits = QUANTIZED_BITS[t.quantize]
+                    self.compressed[t.name] = QuantizedTable(table.rows, table.dim, bits) if empty \
+                        else QuantizedTable.from_float(table.weight, bits)
+            elif isinstance(table, (MatryoshkaTable, PrefixTable)) and min(t.compression.serve_dim, table.dim) < table.dim:
+                keep = min(t.compression.serve_dim, table.dim)
+                done[t.name] = f"prefix:{keep}"
+                if isinstance(table, MatryoshkaTable):
+                    self.compressed[t.name] = PrefixTable(table.rows, table.dim, keep) if empty else table.cut()
         return done
 
     def table_weights(self) -> dict[str, nn.Parameter]:

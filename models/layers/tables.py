@@ -10,6 +10,8 @@ table from the spec (`TableInput.compression`); a model never knows which method
     StandaloneTable the same, owning its weight outside the collection (a table to be quantized)
     QRTable         quotient-remainder: (ceil(rows / m) + m) * d * 4 bytes
     MixedDimTable   dims by frequency: sum over blocks of (rows_k * d_k + d_k * d if d_k < d) * 4 bytes
+    MatryoshkaTable nested widths, trained at each: rows * d * 4 bytes, served cut (PrefixTable)
+    PrefixTable     the first k values of each row, zero-padded to d: rows * k * 4 bytes
     QuantizedTable  row-wise int8 / int4 for serving: rows * (ceil(d * bits / 8) + 4) bytes
 """
 
@@ -180,6 +182,53 @@ class MixedDimTable(EmbeddingTable):
                                  for b in self.blocks)
 
 
+class MatryoshkaTable(EmbeddingTable):
+    """A (rows, d) table trained to be usable at nested widths ("Matryoshka Representation Learning",
+    Kusupati et al., NeurIPS 2022): in training each call reads it at one width k drawn from `dims` + d
+    (values past k zeroed; torch's seeded RNG, so a run replays), so every prefix learns to carry the
+    row. In eval it reads `serve_dim` values (zero-padded), as a published version, cut, will.
+    """
+
+    def __init__(self, rows: int, dim: int, dims: tuple[int, ...], serve_dim: int | None, init_std: float):
+        super().__init__()
+        self.rows, self.dim = rows, dim
+        self.widths = sorted({min(k, dim) for k in dims} | {dim})
+        self.serve_dim = min(serve_dim or dim, dim)
+        self.weight = nn.Parameter(torch.empty(rows, dim))  # (rows, d)
+        nn.init.normal_(self.weight, std=init_std)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        vectors = nn.functional.embedding(ids, self.weight)  # (..., d)
+        k = self.widths[int(torch.randint(len(self.widths), ()))] if self.training else self.serve_dim
+        if k == self.dim:
+            return vectors
+        return vectors * (torch.arange(self.dim, device=ids.device) < k).to(vectors.dtype)  # (..., d)
+
+    def num_bytes(self) -> int:
+        return self.rows * self.dim * FLOAT_BYTES
+
+    def cut(self) -> PrefixTable:
+        table = PrefixTable(self.rows, self.dim, self.serve_dim)
+        table.weight = nn.Parameter(self.weight.detach()[:, :self.serve_dim].clone(), requires_grad=False)
+        return table
+
+
+class PrefixTable(EmbeddingTable):
+    """The first k values of each row of a d-wide table, zero-padded back to d on lookup (serving)."""
+
+    def __init__(self, rows: int, dim: int, keep: int):
+        super().__init__()
+        self.rows, self.dim, self.keep = rows, dim, keep
+        self.weight = nn.Parameter(torch.zeros(rows, keep), requires_grad=False)  # (rows, k)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        vectors = nn.functional.embedding(ids, self.weight)  # (..., k)
+        return nn.functional.pad(vectors, (0, self.dim - self.keep))  # (..., d)
+
+    def num_bytes(self) -> int:
+        return self.rows * self.keep * FLOAT_BYTES
+
+
 def compressed_table(table: TableInput, dim: int, init_std: float) -> EmbeddingTable:
     """The module a table outside the collection trains as: its compression, or a standalone dense
     table (one to be quantized when published)."""
@@ -192,4 +241,7 @@ def compressed_table(table: TableInput, dim: int, init_std: float) -> EmbeddingT
         return QRTable(table.num_embeddings, dim, table.compression.buckets, init_std)
     if method == "mixed_dim":
         return MixedDimTable(table.num_embeddings, dim, table.compression.blocks, init_std)
+    if method == "matryoshka":
+        c = table.compression
+        return MatryoshkaTable(table.num_embeddings, dim, c.dims, c.serve_dim, init_std)
     raise ValueError(f"table {table.name!r}: unknown compression method {method!r}")

@@ -101,7 +101,7 @@ def test_a_unified_quantized_model_scores_and_embeds_the_same_online_and_offline
     np.testing.assert_allclose(online, offline, atol=1e-5)
     assert offline.std() > 1e-4
 
-    assert version.read_json("model.json")["quantized"] == {"unified": "int8"}
+    assert version.read_json("model.json")["served_as"] == {"unified": "int8"}
     table = loaded.model.embedding.table("unified")
     assert isinstance(table, QuantizedTable)
     ids = torch.from_numpy(vocab.tables["unified"].ids(pa.array(users), "user_id", 2))  # (N, 2)

@@ -57,6 +57,8 @@ def test_each_method_shrinks_the_own_tables_to_the_budget():
     assert math.ceil(900 / m) + m <= 225
     assert qr.tables["item"].compression.method == "qr"
     assert budget_spec(spec, rows, "int4", 1).tables["item"].quantize == "int4"
+    nested = budget_spec(spec, rows, "matryoshka", 1 / 4, dim=16).feature("user_id").compression
+    assert (nested.dims, nested.serve_dim) == ((4, 8), 4)
     mixed = budget_spec(spec, rows, "mixed", 1 / 4, dim=16)
     assert mixed.feature("user_id").compression.blocks == ((0.1429, 16), (1.0, 2))
     with pytest.raises(ConfigError, match="unknown method 'zip'"):

@@ -189,8 +189,8 @@ def test_every_model_trains_and_round_trips_with_mixed_table_dims(name, mixed, t
 
 @pytest.fixture(scope="module")
 def qr():
-    """The tiny data with quotient-remainder tables for user_id, item (+ history) and tags, and mixed dims
-    for site (qr_spec)."""
+    """The tiny data with quotient-remainder tables for user_id, item (+ history) and tags, mixed dims for
+    site and a Matryoshka table for region (qr_spec)."""
     return _data(qr_spec(rows=800))
 
 
@@ -198,7 +198,8 @@ def qr():
 def test_every_model_trains_and_round_trips_with_compressed_tables(name, qr, tmp_path):
     model = _step_and_round_trip(name, qr, tmp_path)
     compressed = model.embedding.compressed
-    assert sorted(compressed) == ["item", "site", "tags", "user_id"] and "user_id" not in model.embedding.table_weights()
+    assert sorted(compressed) == ["item", "region", "site", "tags", "user_id"]
+    assert "user_id" not in model.embedding.table_weights()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in compressed["user_id"].parameters())
 
 

@@ -12,12 +12,13 @@ from muxrec.errors import SpecError
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.models import EncodedRows, build_model, make_config
-from muxrec.models.layers.tables import DenseTable, MixedDimTable, QRTable, QuantizedTable, StandaloneTable
-from muxrec.models.serialization import load_model, model_files, quantized_for_serving
+from muxrec.models.layers.tables import (DenseTable, MatryoshkaTable, MixedDimTable, PrefixTable, QRTable, QuantizedTable,
+                                         StandaloneTable)
+from muxrec.models.serialization import load_model, model_files, serving_copy
 from muxrec.spec import ModelInputs, load_spec, parse_spec
 
 from tests.conftest import CONFIGS
-from tests.helpers import fitted, qr_spec, quantized_spec, synthetic_raw, tiny_spec
+from tests.helpers import fitted, qr_spec, quantized_spec, synthetic_raw, synthetic_spec, tiny_spec
 
 
 def _param_bytes(module: torch.nn.Module) -> int:
@@ -60,7 +61,7 @@ def test_compressed_tables_pool_like_dense_ones_and_count_their_bytes():
     spec = qr_spec(rows=800)
     vocab, encoded = fitted(spec, synthetic_raw(spec))
     inputs = ModelInputs.from_spec(spec, vocab.num_embeddings())
-    assert inputs.pooled[-4:] == ("user_id", "item_id", "site", "tags")  # compressed tables' keys last
+    assert inputs.pooled[-5:] == ("user_id", "item_id", "site", "region", "tags")  # compressed tables' keys last
     torch.manual_seed(0)
     emb = FeatureEmbedding(inputs, dim=4, init_std=0.1)
     batch = EncodedRows(encoded["train"], inputs).take(torch.arange(16))
@@ -156,12 +157,12 @@ def test_a_quantized_version_stores_and_serves_the_quantized_tables(tmp_path):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     model.eval()
-    served, quantized = quantized_for_serving(model)
+    served, quantized = serving_copy(model)
     assert quantized == {"user_id": "int8", "item": "int8"}
     assert isinstance(model.embedding.compressed["user_id"], StandaloneTable)  # the trained model is kept
     cfg = make_config("deepfm", {"embedding_dim": 8, "hidden_units": [16]})
     version = ArtifactRegistry(tmp_path).publish("q", model_files(model, "deepfm", cfg, spec, vocab))
-    assert version.read_json("model.json")["quantized"] == quantized
+    assert version.read_json("model.json")["served_as"] == quantized
     loaded = load_model(version)
     with torch.no_grad():
         exact, float_scores, reloaded = served(batch), model(batch), loaded.model(batch)
@@ -175,3 +176,46 @@ def test_a_quantized_version_stores_and_serves_the_quantized_tables(tmp_path):
         assert emb.table(name).num_bytes() * 32 == model.embedding.table(name).num_bytes() * 12
     saved = emb.num_bytes() - model.embedding.num_bytes()
     assert saved == -sum(model.embedding.table(n).num_bytes() * 20 // 32 for n in quantized)
+
+
+def test_matryoshka_trains_every_prefix_and_serves_the_cut_one():
+    torch.manual_seed(0)
+    table = MatryoshkaTable(rows=50, dim=8, dims=(2, 4), serve_dim=4, init_std=0.1)
+    ids = torch.arange(50)
+    widths = set()
+    for _ in range(40):
+        out = table(ids)  # (50, 8): zero past the width drawn for this call
+        widths.add(int((out.abs().sum(0) > 0).sum()))
+    assert widths == {2, 4, 8}
+    table.eval()
+    served = table(ids)
+    assert bool((served[:, 4:] == 0).all()) and torch.equal(served[:, :4], table.weight[:, :4])
+    cut = table.cut()
+    assert torch.equal(cut(ids), served) and cut.num_bytes() == 50 * 4 * 4 == _param_bytes(cut)
+    assert table.num_bytes() == 50 * 8 * 4
+
+
+def test_a_matryoshka_version_keeps_only_the_served_prefix(tmp_path):
+    data = synthetic_spec(rows=800).model_dump(mode="json", exclude_defaults=True)
+    data["features"] = [{**f, "compression": {"method": "matryoshka", "dims": [2, 4], "serve_dim": 4}}
+                        if f["name"] == "user_id" else f for f in data["features"]]
+    spec = parse_spec(data)
+    vocab, encoded = fitted(spec, synthetic_raw(spec))
+    inputs = ModelInputs.from_spec(spec, vocab.num_embeddings())
+    cfg = make_config("deepfm", {"embedding_dim": 8, "hidden_units": [16]})
+    torch.manual_seed(0)
+    model = build_model("deepfm", cfg, inputs).eval()
+    batch = EncodedRows(encoded["train"], inputs).take(torch.arange(32))
+    version = ArtifactRegistry(tmp_path).publish("m", model_files(model, "deepfm", cfg, spec, vocab))
+    assert version.read_json("model.json")["served_as"] == {"user_id": "prefix:4"}
+    loaded = load_model(version)
+    assert isinstance(loaded.model.embedding.table("user_id"), PrefixTable)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(batch), model(batch))  # eval already read the 4-value prefix
+    assert loaded.model.embedding.table("user_id").num_bytes() * 2 == model.embedding.table("user_id").num_bytes()
+    for compression, message in [({"method": "matryoshka"}, "matryoshka needs `dims`"),
+                                 ({"method": "matryoshka", "dims": [4, 2]}, "increasing widths"),
+                                 ({"method": "matryoshka", "dims": [2, 4], "serve_dim": 3}, "not one of its trained dims"),
+                                 ({"method": "qr", "buckets": 4, "serve_dim": 2}, "do not apply to qr")]:
+        with pytest.raises(SpecError, match=message):
+            tiny_spec(features=[{"name": "a", "kind": "categorical", "compression": compression}])
