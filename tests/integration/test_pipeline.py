@@ -23,7 +23,7 @@ from muxrec.pipelines.train import TrainJob, fit, train
 from muxrec.spec import load_spec
 
 from tests.conftest import CONFIGS
-from tests.helpers import mixed_dim_spec, synthetic_raw, synthetic_spec
+from tests.helpers import every_method_spec, mixed_dim_spec, synthetic_raw, synthetic_spec
 
 pytestmark = pytest.mark.integration
 
@@ -147,6 +147,25 @@ def test_a_spec_with_its_own_table_dims_trains_and_publishes(ray_cluster, tmp_pa
     weights = loaded.model.embedding.table_weights()
     assert (weights["user_id"].shape[1], weights["item"].shape[1], weights["title"].shape[1]) == (2, 6, 3)
     assert sorted(loaded.model.embedding.projections) == ["item", "title", "user_id"]
+
+
+def test_every_embedding_method_trains_through_ray_and_publishes_as_served(ray_cluster, tmp_path):
+    """One spec using every table method (every_method_spec): Ray Train fits it, and the published version
+    stores user_id int8 and region's 2-value prefix, with metrics measured on what is stored."""
+    from muxrec.models.layers.tables import MixedDimTable, PrefixTable, QRTable, QuantizedTable
+    from muxrec.models.serialization import load_model
+
+    prep = prepare(every_method_spec(rows=16000, seed=3), tmp_path / "prepared")
+    result = train(TrainJob(str(prep.root), "deepfm", DEEPFM, SMALL), ArtifactRegistry(tmp_path / "registry"),
+                   "methods", tmp_path / "ray")
+    assert result.metrics["valid"]["auc"] > 0.58  # learned (chance: 0.5), if less than dense tables in 3 epochs
+    assert result.metrics["served_as"] == {"user_id": "int8", "region": "prefix:2"}
+    emb = load_model(result.version).model.embedding
+    kinds = {name: type(emb.table(name)) for name in ("user_id", "item", "site", "region")}
+    assert kinds == {"user_id": QuantizedTable, "item": QRTable, "site": MixedDimTable, "region": PrefixTable}
+    assert emb.table("unified").rows == 65 and "unified" in emb.bags.embedding_bags
+    rerun = evaluate(result.version, "test")
+    assert rerun["tasks"]["click"]["auc"] == pytest.approx(result.metrics["test"]["click_auc"], abs=1e-6)  # as published
 
 
 def test_ml100k_one_short_epoch(ray_cluster, ml100k_dir, tmp_path):
