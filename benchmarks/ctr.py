@@ -23,7 +23,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from muxrec.artifacts import ArtifactRegistry
-from muxrec.benchmarks.environment import commit, machine
+from muxrec.benchmarks.environment import commit, machine, write_result
 from muxrec.config import ModelFile, load_model_file, with_overrides
 from muxrec.errors import ConfigError
 from muxrec.models import EncodedRows, build_model, make_config
@@ -155,9 +155,7 @@ def bench_ctr(dataset: str, model: str, seeds: list[int], config_dir: Path, runs
 
 
 def save_result(row: dict[str, Any], out_dir: Path) -> None:
-    results = out_dir / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"ctr-{row['dataset']}-{row['model']}.json").write_text(json.dumps(row, indent=1))
+    write_result(out_dir, f"ctr-{row['dataset']}-{row['model']}", row)
     write_report(row["dataset"], out_dir)
 
 

@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 import torch
 
 from muxrec.benchmarks.ctr import forward_latency
-from muxrec.benchmarks.environment import commit, machine
+from muxrec.benchmarks.environment import commit, machine, write_result
 from muxrec.config import load_model_file
 from muxrec.data import load_source
 from muxrec.encoding import (SPLIT_COLUMN, Vocabulary, count_values, derive, encode, moments, quantile_sketch)
@@ -214,14 +214,14 @@ def bench_embedding(dataset: str, models: list[str], seeds: list[int], config_di
     full_inputs, _, _ = _encoded(spec, raw)
     rows_of = {t.name: t.num_embeddings for t in full_inputs.tables}
     full_rows = sum(rows_of.values())
-    dim = make_config(load_model_file(config_dir / "models" / f"{models[0]}.yaml").architecture,
-                      load_model_file(config_dir / "models" / f"{models[0]}.yaml").model).embedding_dim
+    files = {name: load_model_file(config_dir / "models" / f"{name}.yaml") for name in models}
+    configs = {name: make_config(mf.architecture, mf.model) for name, mf in files.items()}
+    dim = configs[models[0]].embedding_dim
     for method, budget in _variants(methods, budgets):
         variant = spec if method == "full" else budget_spec(spec, rows_of, method, budget, dim)
         inputs, rows, rates = _encoded(variant, raw)
         for name in models:
-            mf = load_model_file(config_dir / "models" / f"{name}.yaml")
-            cfg = make_config(mf.architecture, mf.model)
+            mf, cfg = files[name], configs[name]
             runs = []
             for seed in seeds:
                 runs.append(_fit(mf.architecture, cfg, replace(mf.train, seed=seed), inputs, rows, rates))
@@ -246,10 +246,7 @@ def bench_embedding(dataset: str, models: list[str], seeds: list[int], config_di
 
 
 def save_result(row: dict[str, Any], out_dir: Path) -> None:
-    results = out_dir / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    name = f"embedding-{row['dataset']}-{row['model']}-{row['method']}-{row['budget']:g}.json"
-    (results / name).write_text(json.dumps(row, indent=1))
+    write_result(out_dir, f"embedding-{row['dataset']}-{row['model']}-{row['method']}-{row['budget']:g}", row)
     write_report(row["dataset"], out_dir)
 
 

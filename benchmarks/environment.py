@@ -1,7 +1,8 @@
-"""Where and from what a benchmark figure was made: recorded beside every result."""
+"""Where and from what a benchmark figure was made (recorded beside every result), and where results go."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -23,3 +24,10 @@ def commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def write_result(out_dir: Path, name: str, row: dict[str, Any]) -> None:
+    """A benchmark's result row as out_dir/results/<name>.json, the file its report is rebuilt from."""
+    results = out_dir / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(row, indent=1))
