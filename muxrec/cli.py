@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from muxrec.config import EMBEDDING_OPTIMIZERS, SHARDING_TYPES
 from muxrec.errors import MuxrecError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +62,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     mf = load_model_file(args.config) if args.config else model_file(CONFIG_DIR, args.model)
     model_cfg = make_config(mf.architecture, mf.model)
     train_cfg = with_overrides(mf.train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                               seed=args.seed, num_workers=args.num_workers, patience=args.patience)
+                               seed=args.seed, num_workers=args.num_workers, patience=args.patience,
+                               sharding=args.sharding, embedding_optimizer=args.embedding_optimizer,
+                               embedding_lr=args.embedding_lr)
     prepared = prepare_cached(spec, args.runs / "prepared")
     job = TrainJob(str(prepared.root), mf.architecture, model_cfg, train_cfg)
     name = args.name or f"{spec.name}-{args.model}"
@@ -336,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--patience", type=int, default=None)
     tr.add_argument("--seed", type=int, default=None)
     tr.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (DDP over gloo when > 1)")
+    tr.add_argument("--sharding", default=None, choices=SHARDING_TYPES,
+                    help="split the embedding tables over the workers with TorchRec's DistributedModelParallel "
+                         "(default none: every worker holds every table)")
+    tr.add_argument("--embedding-optimizer", default=None, choices=("auto", *EMBEDDING_OPTIMIZERS),
+                    help="how tables learn (default auto: adam; rowwise_adagrad when tables are model-parallel)")
+    tr.add_argument("--embedding-lr", type=float, default=None,
+                    help="the tables' learning rate (default: --lr)")
     tr.add_argument("--fresh", action="store_true", help="start over instead of resuming an unfinished run")
     paths(tr)
     tr.set_defaults(func=cmd_train)

@@ -93,6 +93,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return _adapter(type(cfg)).dump_python(cfg, mode="json")
 
 
+SHARDING_TYPES = ("none", "table_wise", "row_wise", "column_wise", "data_parallel")
+EMBEDDING_OPTIMIZERS = ("adam", "adagrad", "rowwise_adagrad", "sgd")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How a model is fitted. Defaults suit the small benchmark datasets on CPU.
@@ -103,6 +107,13 @@ class TrainConfig:
         embedding_l2: L2 penalty on embedding tables (coupled into Adam's gradient).
         weight_decay: L2 penalty on all other parameters.
         num_workers: Ray Train workers (DDP over gloo when > 1).
+        sharding: "none" (every worker holds every table, DDP), or how TorchRec's
+            DistributedModelParallel splits the embedding tables over the workers: "table_wise",
+            "row_wise", "column_wise" (model-parallel) or "data_parallel" (replicated by TorchRec).
+        embedding_optimizer: how tables learn: "adam" (with the rest of the model), "adagrad",
+            "rowwise_adagrad" (one accumulator per row) or "sgd". "auto": adam, except
+            rowwise_adagrad for model-parallel sharding, whose CPU kernels (fbgemm) have no Adam.
+        embedding_lr: the tables' learning rate (default: lr).
     """
 
     epochs: int = 30
@@ -114,16 +125,41 @@ class TrainConfig:
     patience: int = 2
     seed: int = 2026
     num_workers: int = 1
+    sharding: str = "none"
+    embedding_optimizer: str = "auto"
+    embedding_lr: float | None = None
 
     def __post_init__(self) -> None:
+        if self.sharding not in SHARDING_TYPES:
+            raise ValueError(f"sharding must be one of {', '.join(SHARDING_TYPES)}, got {self.sharding!r}")
+        if self.embedding_optimizer not in ("auto", *EMBEDDING_OPTIMIZERS):
+            raise ValueError(f"embedding_optimizer must be auto or one of {', '.join(EMBEDDING_OPTIMIZERS)}, "
+                             f"got {self.embedding_optimizer!r}")
+        if self.model_parallel and self.table_optimizer == "adam":
+            raise ValueError(f"sharding {self.sharding} trains tables with fbgemm's fused CPU kernels, which have no "
+                             f"Adam: set embedding_optimizer to rowwise_adagrad, adagrad or sgd (or auto)")
         for name in ("epochs", "batch_size", "eval_batch_size", "patience", "num_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("lr", "embedding_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
         for name in ("embedding_l2", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def model_parallel(self) -> bool:
+        """Tables split over the workers (each holds part of them), not replicated."""
+        return self.sharding in ("table_wise", "row_wise", "column_wise")
+
+    @property
+    def table_optimizer(self) -> str:
+        """embedding_optimizer with "auto" resolved."""
+        if self.embedding_optimizer != "auto":
+            return self.embedding_optimizer
+        return "rowwise_adagrad" if self.model_parallel else "adam"
 
 
 def load_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torchrec import optim as trec_optim
 
 from muxrec.config import TrainConfig
 from muxrec.metrics import binary_metrics
@@ -29,17 +30,68 @@ class Rows(Protocol):
         ...
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+# How tables learn when they do not learn with Adam: dense optimizers that TorchRec maps to the
+# fused kernels (fbgemm) that sharded tables train with, so a sharded run and an unsharded one take
+# the same step (row-wise Adagrad is TorchRec's own; its Adagrad and SGD classes are placeholders). They update a row only through its gradient: with embedding_l2 > 0 the dense ones
+# decay every row each step, the fused ones only the rows a batch touched.
+TABLE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adagrad": torch.optim.Adagrad, "rowwise_adagrad": trec_optim.RowWiseAdagrad, "sgd": torch.optim.SGD}
+TABLE_EPS = 1e-8  # Adagrad's epsilon, the same for the dense and the fused kernels
+
+
+def table_optimizer_kwargs(cfg: TrainConfig) -> dict[str, float]:
+    kwargs = {"lr": cfg.embedding_lr or cfg.lr, "weight_decay": cfg.embedding_l2}
+    return kwargs if cfg.table_optimizer == "sgd" else {**kwargs, "eps": TABLE_EPS}
+
+
+def table_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The weights of the model's embedding tables (torch or TorchRec modules), in module order."""
+    return [p for m in model.modules() if isinstance(m, (nn.EmbeddingBag, nn.Embedding)) for p in m.parameters()]
+
+
+class Optimizers:
+    """Several optimizers stepped as one: the tables' own beside Adam for the rest of the model."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {str(i): o.state_dict() for i, o in enumerate(self.optimizers)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for i, o in enumerate(self.optimizers):
+            o.load_state_dict(state[str(i)])
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, tables: list[nn.Parameter] | None = None,
+                   exclude: set[int] = frozenset()) -> torch.optim.Optimizer | Optimizers:
     """Adam; embedding tables get embedding_l2, everything else weight_decay.
 
-    The fused kernel updates every parameter in one pass; torch's default on CPU loops over tensors
-    in Python (measured on DeepFM [256, 128]: a third of the time of a training step's backward).
+    `tables` (default: every torch / TorchRec embedding module's weights) learn with
+    `cfg.table_optimizer`: with the rest in Adam, or with their own optimizer. Parameters whose id is
+    in `exclude` are left out (sharded tables whose optimizer is fused into TorchRec's kernels).
+    The fused Adam kernel updates every parameter in one pass; torch's default on CPU loops over
+    tensors in Python (measured on DeepFM [256, 128]: a third of the time of a training step's backward).
     """
-    tables = {id(p) for m in model.modules() if isinstance(m, (nn.EmbeddingBag, nn.Embedding)) for p in m.parameters()}
-    embedding = [p for p in model.parameters() if id(p) in tables]
-    other = [p for p in model.parameters() if id(p) not in tables]
-    return torch.optim.Adam([{"params": embedding, "weight_decay": cfg.embedding_l2},
-                             {"params": other, "weight_decay": cfg.weight_decay}], lr=cfg.lr, fused=True)
+    tables = table_parameters(model) if tables is None else tables
+    ids = {id(p) for p in tables}
+    embedding = [p for p in tables if id(p) not in exclude]
+    other = [p for p in model.parameters() if id(p) not in ids and id(p) not in exclude]
+    if cfg.table_optimizer == "adam":
+        return torch.optim.Adam([{"params": embedding, "weight_decay": cfg.embedding_l2, "lr": cfg.embedding_lr or cfg.lr},
+                                 {"params": other, "weight_decay": cfg.weight_decay}], lr=cfg.lr, fused=True)
+    parts = [torch.optim.Adam(other, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)] if other else []
+    if embedding:
+        parts.append(TABLE_OPTIMIZERS[cfg.table_optimizer](embedding, **table_optimizer_kwargs(cfg)))
+    return parts[0] if len(parts) == 1 else Optimizers(*parts)
 
 
 class Objective:

@@ -38,9 +38,12 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from ray.train import Checkpoint, CheckpointConfig, DataConfig, RunConfig, ScalingConfig
 from ray.data import DataContext
 from ray.train.torch import TorchTrainer
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from tqdm import tqdm
 
 from muxrec.artifacts import ArtifactRegistry, ModelVersion
@@ -53,6 +56,7 @@ from muxrec.models.serialization import load_state, model_files, serving_copy, s
 from muxrec.pipelines.importance import permutation_importance
 from muxrec.pipelines.loop import Objective, evaluate_rows, make_optimizer, train_epoch
 from muxrec.pipelines.prepare import PreparedData
+from muxrec.pipelines.sharding import check_shardable, plan_summary, shard
 from muxrec.ray_env import ensure_ray
 from muxrec.spec import ModelInputs
 
@@ -61,6 +65,7 @@ _STATE = "state.json"
 _CURRENT = "model.safetensors"
 _BEST = "best.safetensors"
 _OPTIMIZER = "optimizer.pt"
+_TABLES_OPTIMIZER = "tables-optimizer.safetensors"  # sharded tables' fused optimizer state, unsharded
 _PROGRESS = "progress.jsonl"
 IN_MEMORY_BYTES = 64 * 2**20  # a split up to this many Parquet bytes is held in memory, not streamed
 SHUFFLE_BUFFER_ROWS = 50_000  # streamed training rows are shuffled within a buffer of this many rows
@@ -111,7 +116,13 @@ class TrainJob:
 
     def fingerprint(self, spec_fingerprint: str) -> str:
         """What must not change between a run and its resumption (epochs and workers may)."""
-        train = {k: v for k, v in to_dict(self.train).items() if k not in ("epochs", "num_workers", "patience")}
+        train = {k: v for k, v in to_dict(self.train).items()
+                 if k not in ("epochs", "num_workers", "patience", "sharding", "embedding_optimizer", "embedding_lr")}
+        # Set only when not the default, so that fingerprints from before these options still hold.
+        if self.train.table_optimizer != "adam":
+            train["table_optimizer"] = self.train.table_optimizer
+        if self.train.embedding_lr is not None:
+            train["embedding_lr"] = self.train.embedding_lr
         canon = json.dumps([spec_fingerprint, self.model, to_dict(self.model_config), train], sort_keys=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
@@ -207,13 +218,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(job.model, job.model_config, inputs)
-    optimizer = make_optimizer(model, cfg)
     objective = Objective(inputs, prepared.positive_rates("train"))  # whole-split rates: equal on every rank
     fingerprint = job.fingerprint(prepared.spec.fingerprint())
     state = {"epoch": -1, "best_epoch": -1, "best_valid_auc": -1.0, "bad_epochs": 0, "stopped": False,
              "history": [], "fingerprint": fingerprint, "train_seconds": 0.0, "world_size": ctx.get_world_size(),
              "train_rows": 0}
     best_weights: bytes | None = None
+    optimizer_state, tables_optimizer_state = None, None
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -223,13 +234,39 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if state["fingerprint"] != fingerprint:
                 raise ConfigError("this run was started with another spec / model / training config; "
                                   "use --fresh to start it over")
-            load_state(model, (d / _CURRENT).read_bytes())
+            load_state(model, (d / _CURRENT).read_bytes())  # before sharding: shard() keeps these weights
             best_weights = (d / _BEST).read_bytes()
-            optimizer.load_state_dict(torch.load(d / _OPTIMIZER, weights_only=True))
+            optimizer_state = torch.load(d / _OPTIMIZER, weights_only=True)
+            if (d / _TABLES_OPTIMIZER).exists():
+                tables_optimizer_state = load_safetensors((d / _TABLES_OPTIMIZER).read_bytes())
         progress.emit(kind="resume", epoch=state["epoch"] + 1, best_valid_auc=state["best_valid_auc"],
                       best_epoch=state["best_epoch"] + 1)
 
-    net = ray.train.torch.prepare_model(model) if world > 1 else model
+    sharded = None
+    if cfg.sharding != "none":
+        sharded = shard(model, cfg, world)  # TorchRec DMP: tables split as cfg.sharding says, the rest DDP
+        net, model, optimizer = sharded.dmp, sharded.module, sharded.optimizer(cfg)
+        state["sharding"] = {"tables": plan_summary(sharded), "optimizer": cfg.table_optimizer}
+        progress.emit(kind="sharded", **state["sharding"])
+    else:
+        state.pop("sharding", None)  # (a run resumed unsharded)
+        if world > 1:
+            # An empty parameter (a spec without numeric features) never gets a gradient: DDP must skip it.
+            empty = [name for name, p in model.named_parameters() if p.numel() == 0]
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, empty)
+        net = ray.train.torch.prepare_model(model) if world > 1 else model
+        optimizer = make_optimizer(model, cfg)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    if sharded is not None and tables_optimizer_state is not None:
+        if not sharded.load_fused_optimizer_state(tables_optimizer_state):
+            progress.emit(kind="note", text="the tables' optimizer state was saved under another sharding: "
+                                            "their accumulators start afresh")
+
+    def weights() -> bytes:
+        """The model's weights, unsharded (collective when sharded: every rank calls it)."""
+        return state_bytes(model) if sharded is None else save_safetensors(sharded.full_state())
+
     DataContext.get_current().enable_progress_bars = False  # progress is drawn by the driver
     train_rows = _worker_rows(job, prepared, "train", rank, world)
     valid_rows = _worker_rows(job, prepared, "valid", rank, world)
@@ -262,7 +299,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state["epoch"] = epoch
         if valid["auc"] > state["best_valid_auc"]:
             state.update(best_valid_auc=valid["auc"], best_epoch=epoch, bad_epochs=0)
-            best_weights = state_bytes(model)
+            best_weights = weights()
         else:
             state["bad_epochs"] += 1
         state["stopped"] = state["bad_epochs"] >= cfg.patience
@@ -273,11 +310,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if isinstance(train_rows, StreamedRows):
             state["train_rows"] = train_rows.seen
         progress.emit(kind="epoch", **metrics)
+        current = weights()
+        tables_state = sharded.fused_optimizer_state() if sharded is not None else {}
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
                 d = Path(d)
-                (d / _CURRENT).write_bytes(state_bytes(model))
+                (d / _CURRENT).write_bytes(current)
+                if tables_state:
+                    (d / _TABLES_OPTIMIZER).write_bytes(save_safetensors(tables_state))
                 (d / _BEST).write_bytes(best_weights)
                 torch.save(optimizer.state_dict(), d / _OPTIMIZER)
                 (d / _STATE).write_text(json.dumps(state))
@@ -408,6 +449,11 @@ class _ProgressFollower:
             self._close_bar()
             say(f"epoch {event['epoch']}: loss {event['train_loss']:.4f}  valid AUC {event['valid_auc']:.4f}  "
                 f"logloss {event['valid_logloss']:.4f}  ({event['epoch_seconds']:.1f}s)")
+        elif kind == "sharded":
+            tables = ", ".join(f"{n} {how}" for how, n in event["tables"].items())
+            say(f"TorchRec DistributedModelParallel: table weights {tables}; tables learn with {event['optimizer']}")
+        elif kind == "note":
+            say(event["text"])
         elif kind == "resume":
             say(f"resuming after epoch {event['epoch']} (best valid AUC {event['best_valid_auc']:.4f} "
                 f"at epoch {event['best_epoch']})")
@@ -424,6 +470,8 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
     the chosen config from scratch, which is what gets published; the search is recorded in metrics.
     """
     prepared = PreparedData.load(job.prepared)
+    if job.train.sharding != "none":
+        check_shardable(prepared.inputs)
     run_name = run_name or f"{model_name}-seed{job.train.seed}"
     runs = [run_name]
     state, best_weights, wall = fit(job, storage, run_name, fresh=fresh)
@@ -455,6 +503,8 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
     }
     if search is not None:
         metrics["search"] = search
+    if "sharding" in state:
+        metrics["sharding"] = state["sharding"]
     model, quantized = serving_copy(model)  # evaluate what will be served
     if quantized:
         metrics["served_as"] = quantized

@@ -26,19 +26,23 @@ pytestmark = pytest.mark.integration
 
 def _train_cmd(spec_path, tmp_path, epochs):
     return [sys.executable, "-m", "muxrec.cli", "train", "--spec", str(spec_path), "--model", "deepfm",
-            "--epochs", str(epochs), "--patience", "10", "--batch-size", "128",
-            "--runs", str(tmp_path / "runs"), "--registry", str(tmp_path / "registry")]
+            "--epochs", str(epochs), "--patience", "10", "--batch-size", "128", "--num-workers", "2",
+            "--sharding", "table_wise", "--runs", str(tmp_path / "runs"), "--registry", str(tmp_path / "registry")]
 
 
-def test_killed_training_resumes_from_its_checkpoint(ray_cluster, tmp_path):
-    """The `muxrec train` process is killed (SIGKILL) after two checkpoints; a rerun resumes.
+def test_killed_sharded_training_resumes_from_its_checkpoint(ray_cluster, tmp_path):
+    """A sharded `muxrec train` (2 workers, TorchRec table-wise) is killed (SIGKILL) after two
+    checkpoints; a rerun resumes from the unsharded checkpoint, its tables' Adagrad state included.
+    (Resuming an unsharded run, in-process: tests/integration/test_pipeline.py.)
 
     Both commands join the session's Ray (RAY_ADDRESS), as they would join a `muxrec ray up` one:
     killing the driver ends its job, whose Ray Train actors Ray then stops. That saves two cold Ray
     starts; a cold `muxrec train` process is run by test_bench_train_times_floor_loop_and_command.
     """
+    spec = synthetic_spec(rows=12000, seed=5).model_dump(mode="json")
+    spec["features"] = [f for f in spec["features"] if f["kind"] != "sequence"]  # (sharded tables are pooled only)
     spec_path = tmp_path / "synthetic.yaml"
-    spec_path.write_text(yaml.safe_dump(synthetic_spec(rows=12000, seed=5).model_dump(mode="json")))
+    spec_path.write_text(yaml.safe_dump(spec))
     run_dir = tmp_path / "runs" / "ray" / "synthetic-deepfm-seed2026"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     proc = subprocess.Popen(_train_cmd(spec_path, tmp_path, 40), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -62,6 +66,8 @@ def test_killed_training_resumes_from_its_checkpoint(ray_cluster, tmp_path):
     resumed_after = int(out.split("[muxrec] resuming after epoch ")[1].split()[0])
     assert resumed_after >= 1
     assert f"[muxrec] epoch {resumed_after}:" not in out.split("resuming after epoch")[1]  # no epoch trained twice
+    assert "table weights 12 table_wise, 12 data_parallel" in out
+    assert "saved under another sharding" not in out  # the tables' optimizer state was restored
     version = ArtifactRegistry(tmp_path / "registry").open("synthetic-deepfm")
     assert version.version == "v0001"
 

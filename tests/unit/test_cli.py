@@ -36,6 +36,8 @@ def test_help_everywhere():
     (["train", "--spec", str(CONFIGS / "ml-100k.yaml"), "--model", "nope"], "unknown model 'nope'"),
     (["train", "--spec", str(CONFIGS / "ml-100k.yaml"), "--model", "deepfm", "--epochs", "0"],
      "epochs must be >= 1"),
+    (["train", "--spec", str(CONFIGS / "ml-100k.yaml"), "--model", "deepfm", "--sharding", "row_wise",
+      "--embedding-optimizer", "adam"], "fused CPU kernels, which have no Adam"),
     (["evaluate", "--name", "nope"], "no model named 'nope'"),
     (["bench", "ctr", "--dataset", "nope", "--model", "deepfm"], "no dataset spec"),
 ])

@@ -40,6 +40,43 @@ def test_fingerprint_follows_what_is_learned_not_how_it_runs():
     assert job.fingerprint("another-spec") != job.fingerprint(spec)
 
 
+def test_fingerprint_follows_the_tables_optimizer_not_the_sharding():
+    spec = "spec-sha"
+    job = _job(hidden_units=[8])
+
+    def with_train(**train):
+        return replace(job, train=replace(job.train, **train)).fingerprint(spec)
+
+    # A run may resume with another sharding (its checkpoints are unsharded) but not another optimizer.
+    assert with_train(sharding="data_parallel") == job.fingerprint(spec)  # auto = adam, as unsharded
+    assert with_train(sharding="table_wise") == with_train(sharding="row_wise", embedding_optimizer="rowwise_adagrad") \
+        == with_train(embedding_optimizer="rowwise_adagrad")
+    assert with_train(sharding="table_wise") != job.fingerprint(spec)
+    assert with_train(embedding_lr=0.05) != job.fingerprint(spec)
+
+
+def test_tables_get_their_own_optimizer_and_learning_rate():
+    import torch
+    from torchrec.optim import RowWiseAdagrad
+
+    from muxrec.pipelines.loop import Optimizers, make_optimizer, table_parameters
+    from tests.helpers import build, tiny_rows
+
+    inputs, _ = tiny_rows(300)
+    model = build("deepfm", {"embedding_dim": 8, "hidden_units": [8]}, inputs)
+    tables = {id(p) for p in table_parameters(model)}
+    adam = make_optimizer(model, TrainConfig(embedding_lr=0.05))
+    assert isinstance(adam, torch.optim.Adam) and [g["lr"] for g in adam.param_groups] == [0.05, 1e-3]
+    split = make_optimizer(model, TrainConfig(embedding_optimizer="rowwise_adagrad", embedding_lr=0.05))
+    assert isinstance(split, Optimizers)
+    dense, rowwise = split.optimizers
+    assert isinstance(rowwise, RowWiseAdagrad) and rowwise.param_groups[0]["lr"] == 0.05
+    assert {id(p) for p in rowwise.param_groups[0]["params"]} == tables
+    assert not tables & {id(p) for g in dense.param_groups for p in g["params"]}
+    state = split.state_dict()
+    split.load_state_dict(state)  # a checkpoint's round trip
+
+
 def test_to_dict_is_json_that_reads_back():
     job = _job(hidden_units=[8], activation="gelu")
     data = json.loads(json.dumps(job.to_dict()))
