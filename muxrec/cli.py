@@ -180,6 +180,16 @@ def _budgets(text: str) -> list[float]:
     return out
 
 
+def cmd_bench_sharding(args: argparse.Namespace) -> int:
+    from muxrec.benchmarks.sharding import bench_sharding
+
+    progress = None if args.json else (lambda line: print(f"[muxrec] {line}", file=sys.stderr))
+    result = bench_sharding(args.dataset, args.model, CONFIG_DIR, args.runs, None if args.no_save else args.out,
+                            epochs=args.epochs, progress=progress)
+    _print_json({k: v for k, v in result.items() if k != "machine"})
+    return 0
+
+
 def cmd_bench_hiformer(args: argparse.Namespace) -> int:
     from muxrec.artifacts import ArtifactRegistry
     from muxrec.benchmarks.hiformer import bench_hiformer
@@ -345,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--embedding-optimizer", default=None, choices=("auto", *EMBEDDING_OPTIMIZERS),
                     help="how tables learn (default auto: adam; rowwise_adagrad when tables are model-parallel)")
     tr.add_argument("--embedding-lr", type=float, default=None,
-                    help="the tables' learning rate (default: --lr)")
+                    help="the tables' learning rate (default: --lr; 0.01 under Adagrad)")
     tr.add_argument("--fresh", action="store_true", help="start over instead of resuming an unfinished run")
     paths(tr)
     tr.set_defaults(func=cmd_train)
@@ -411,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--seeds", default="2026,2027,2028", help="comma-separated seeds")
     bench_output(em, "print only the JSON line on stdout")
     em.set_defaults(func=cmd_bench_embedding)
+
+    sh = be_sub.add_parser("sharding", help="samples/s and peak memory per worker, TorchRec-sharded vs not")
+    sh.add_argument("--dataset", default="synthetic-large", help="a spec under configs/")
+    sh.add_argument("--model", default="deepfm", help="a configs/models/<model>.yaml name")
+    sh.add_argument("--epochs", type=_positive, default=1, help="epochs per layout (default 1)")
+    bench_output(sh, "print only the JSON line on stdout")
+    sh.set_defaults(func=cmd_bench_sharding)
 
     pl = be_sub.add_parser("pipeline", help="streaming prepare + one DeepFM epoch + scoring at scale; peak RSS")
     pl.add_argument("--rows", type=_positive, default=2_000_000, help="synthetic rows (default 2,000,000)")

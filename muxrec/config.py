@@ -95,6 +95,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 SHARDING_TYPES = ("none", "table_wise", "row_wise", "column_wise", "data_parallel")
 EMBEDDING_OPTIMIZERS = ("adam", "adagrad", "rowwise_adagrad", "sgd")
+ADAGRAD_LR = 0.01  # the tables' default learning rate under (row-wise) Adagrad
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,9 @@ class TrainConfig:
         embedding_optimizer: how tables learn: "adam" (with the rest of the model), "adagrad",
             "rowwise_adagrad" (one accumulator per row) or "sgd". "auto": adam, except
             rowwise_adagrad for model-parallel sharding, whose CPU kernels (fbgemm) have no Adam.
-        embedding_lr: the tables' learning rate (default: lr).
+        embedding_lr: the tables' learning rate. Default: lr, except 0.01 for (row-wise) Adagrad, whose
+            steps shrink as squared gradients add up (ML-100K DeepFM, valid AUC, table-wise on 2 workers:
+            0.7779 at 1e-3, 0.7884 at 0.01, 0.7851 at 0.05; unsharded Adam at 1e-3: 0.7847).
     """
 
     epochs: int = 30
@@ -153,6 +156,13 @@ class TrainConfig:
     def model_parallel(self) -> bool:
         """Tables split over the workers (each holds part of them), not replicated."""
         return self.sharding in ("table_wise", "row_wise", "column_wise")
+
+    @property
+    def table_lr(self) -> float:
+        """embedding_lr with its default resolved."""
+        if self.embedding_lr is not None:
+            return self.embedding_lr
+        return ADAGRAD_LR if self.table_optimizer in ("adagrad", "rowwise_adagrad") else self.lr
 
     @property
     def table_optimizer(self) -> str:

@@ -40,7 +40,7 @@ TABLE_EPS = 1e-8  # Adagrad's epsilon, the same for the dense and the fused kern
 
 
 def table_optimizer_kwargs(cfg: TrainConfig) -> dict[str, float]:
-    kwargs = {"lr": cfg.embedding_lr or cfg.lr, "weight_decay": cfg.embedding_l2}
+    kwargs = {"lr": cfg.table_lr, "weight_decay": cfg.embedding_l2}
     return kwargs if cfg.table_optimizer == "sgd" else {**kwargs, "eps": TABLE_EPS}
 
 
@@ -86,7 +86,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, tables: list[nn.Parameter
     embedding = [p for p in tables if id(p) not in exclude]
     other = [p for p in model.parameters() if id(p) not in ids and id(p) not in exclude]
     if cfg.table_optimizer == "adam":
-        return torch.optim.Adam([{"params": embedding, "weight_decay": cfg.embedding_l2, "lr": cfg.embedding_lr or cfg.lr},
+        return torch.optim.Adam([{"params": embedding, "weight_decay": cfg.embedding_l2, "lr": cfg.table_lr},
                                  {"params": other, "weight_decay": cfg.weight_decay}], lr=cfg.lr, fused=True)
     parts = [torch.optim.Adam(other, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)] if other else []
     if embedding:

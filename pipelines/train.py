@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -188,6 +189,16 @@ def _equal_batch_count(n_batches: int) -> int:
     return int(t.item())
 
 
+def _peak_rss_per_rank(world: int) -> list[int]:
+    """Each worker process's peak resident memory so far, in bytes, by rank (collective when world > 1)."""
+    mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    if world == 1:
+        return [mine]
+    everyone = [0] * world
+    dist.all_gather_object(everyone, mine)
+    return everyone
+
+
 class _Progress:
     """Rank 0's progress events, one JSON object per line, appended to a file the driver follows.
 
@@ -309,6 +320,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state["history"].append(metrics)
         if isinstance(train_rows, StreamedRows):
             state["train_rows"] = train_rows.seen
+        state["peak_rss_bytes"] = _peak_rss_per_rank(world)
         progress.emit(kind="epoch", **metrics)
         current = weights()
         tables_state = sharded.fused_optimizer_state() if sharded is not None else {}

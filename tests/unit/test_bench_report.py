@@ -94,3 +94,25 @@ def test_serve_report_shows_the_trivial_routes_and_the_targets(tmp_path):
     saved = json.loads((tmp_path / "results" / "serve.json").read_text())
     assert saved["hops"]["trivial_two_hop_p50_ms"] == 8.0 and saved["targets"]["embed_hit_over_one_hop"]["met"]
     assert (tmp_path / "serve-latency.png").stat().st_size > 10_000
+
+
+def test_sharding_bench_trains_on_pooled_features_and_reports_every_layout(tmp_path):
+    from muxrec.benchmarks.sharding import LAYOUTS, pooled_only
+    from muxrec.benchmarks.sharding import write_report as write_sharding_report
+    from tests.helpers import synthetic_spec
+
+    spec = synthetic_spec(rows=100)
+    pooled = pooled_only(spec)
+    assert pooled.name == "synthetic-pooled" and pooled.fingerprint() != spec.fingerprint()
+    assert [f.name for f in pooled.features] == [f.name for f in spec.features if f.kind != "sequence"] != \
+        [f.name for f in spec.features]
+    rows = [{"sharding": s, "workers": w, "table_optimizer": "adam", "tables": {s: 3} if s != "none" else None,
+             "epoch_seconds": 1.0, "samples_per_s": 1000 * (i + 1), "valid_auc": 0.7, "peak_rss_mb": [500] * w,
+             "wall_seconds": 9.0} for i, (s, w) in enumerate(LAYOUTS)]
+    result = {"dataset": "toy", "model": "deepfm", "epochs": 1, "train_rows": 1000, "table_bytes": 2**20,
+              "rows": rows, "machine": {"cpus": 2}, "commit": "abc1234", "date": "2026-12-01"}
+    write_sharding_report(result, tmp_path)
+    table = [line for line in (tmp_path / "sharding-toy.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(LAYOUTS)  # the header and one line per layout
+    assert "| row_wise | 2 | 3 row_wise | adam | 4,000 | 500, 500 | 0.7000 |" in table
+    assert (tmp_path / "sharding-toy.png").stat().st_size > 10_000

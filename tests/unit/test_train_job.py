@@ -71,6 +71,7 @@ def test_tables_get_their_own_optimizer_and_learning_rate():
     assert isinstance(split, Optimizers)
     dense, rowwise = split.optimizers
     assert isinstance(rowwise, RowWiseAdagrad) and rowwise.param_groups[0]["lr"] == 0.05
+    assert make_optimizer(model, TrainConfig(embedding_optimizer="adagrad")).optimizers[1].param_groups[0]["lr"] == 0.01
     assert {id(p) for p in rowwise.param_groups[0]["params"]} == tables
     assert not tables & {id(p) for g in dense.param_groups for p in g["params"]}
     state = split.state_dict()
