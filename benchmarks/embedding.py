@@ -18,6 +18,9 @@ bucketized tables) is shrunk to about b of its rows by:
               b = 2 / D every row at max(1, b * D) dims
     matryoshka  every table trained at nested widths (powers of two from k to D) and published cut
               to its first k = max(1, b * D) values
+    prune     magnitude pruning per table, keeping the fraction of values whose sparse rows (4 bytes a
+              value, 1 a column index, 4 a row offset) weigh b of the dense rows; none fits when the
+              offsets alone do (b <= 1 / D), so the method has no run there
 
     int8, int4  every row kept, stored row-wise quantized when published (trained as float32);
               `hash+int4`, `unified+int4`: the row-shrinking method, then quantized
@@ -58,7 +61,7 @@ from muxrec.models.serialization import serving_copy
 from muxrec.pipelines.loop import Objective, evaluate_rows, make_optimizer, train_epoch
 from muxrec.spec import FeatureKind, FeatureSpec, ModelInputs, load_spec, parse_spec
 
-METHODS = ("hash", "unified", "qr", "mixed", "matryoshka", "int8", "int4", "hash+int4", "unified+int4")
+METHODS = ("hash", "unified", "qr", "mixed", "matryoshka", "prune", "int8", "int4", "hash+int4", "unified+int4")
 QUANTIZED = ("int8", "int4")  # serving storage: alone at full rows, or after a `+` on a row-shrinking method
 BUDGETS = (1.0, 1 / 4, 1 / 16, 1 / 64)
 ADAM_COPIES = 3  # the weight and Adam's two moments
@@ -85,6 +88,13 @@ def mixed_blocks(budget: float, dim: int) -> list[list[float]]:
     return [[round(head, 4), dim], [1.0, tail]]
 
 
+def prune_keep(budget: float, dim: int) -> float | None:
+    """The fraction of values a pruned table keeps so that its sparse rows weigh `budget` of the dense
+    ones (4 * dim bytes a row; sparse: keep * dim * (4 + 1) + 4), or None when none fits."""
+    keep = (budget * 4 * dim - 4) / (5 * dim)
+    return round(min(keep, 0.99), 4) if keep > 0 else None
+
+
 def _shrink(settings: dict[str, Any], rows: int, method: str, budget: float, dim: int, hashed: bool) -> None:
     """Set one table's options (a feature's inline ones, or a shared table's) for `method` at `budget`."""
     target = max(2, round(rows * budget))
@@ -97,6 +107,10 @@ def _shrink(settings: dict[str, Any], rows: int, method: str, budget: float, dim
             settings["compression"] = {"method": "qr", "buckets": m}
     elif method == "mixed" and not hashed:
         settings["compression"] = {"method": "mixed_dim", "blocks": mixed_blocks(budget, dim)}
+    elif method == "prune":
+        keep = prune_keep(budget, dim)
+        if keep is not None:
+            settings["compression"] = {"method": "prune", "keep": keep}
     elif method == "matryoshka":
         keep = max(1, round(budget * dim))
         nested = sorted({keep} | {2 ** p for p in range(8) if keep <= 2 ** p < dim})
@@ -180,7 +194,14 @@ def _fit(architecture: str, cfg: Any, train_cfg: Any, inputs: ModelInputs, rows:
     latency = forward_latency(served, rows["test"], reps=20)
     return {"latency_ms_b1000": latency["latency_ms_b1000"],"valid_auc": best, "test_auc": test["auc"], "test_logloss": test["logloss"], "best_epoch": best_epoch,
             "train_seconds": round(seconds, 1), "train_bytes": ADAM_COPIES * table_bytes(model),
-            "serve_bytes": table_bytes(served), "stored_rows": _stored_rows(model)}
+            "serve_bytes": table_bytes(served), "stored_rows": _stored_rows(model),
+            "resident_bytes": resident_bytes(served)}
+
+
+def resident_bytes(model: torch.nn.Module) -> int:
+    """What the served model holds in memory: every parameter and buffer (tables, MLPs, masks), once."""
+    seen = {t.data_ptr(): t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]}
+    return sum(seen.values())
 
 
 def _stored_rows(model: torch.nn.Module) -> int:
@@ -201,7 +222,7 @@ def bench_embedding(dataset: str, models: list[str], seeds: list[int], config_di
                     progress=None) -> Iterator[dict[str, Any]]:
     """One result row per (model, method, budget): mean test AUC over seeds and the tables' bytes."""
     unknown = [m for m in methods if m not in METHODS and m.partition("+")[0] not in ("hash", "unified", "qr", "mixed",
-                                                                                      "matryoshka")]
+                                                                                      "matryoshka", "prune")]
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}; methods: {list(METHODS)}")
     if any(not 0 < b <= 1 for b in budgets):
@@ -218,6 +239,10 @@ def bench_embedding(dataset: str, models: list[str], seeds: list[int], config_di
     configs = {name: make_config(mf.architecture, mf.model) for name, mf in files.items()}
     dim = configs[models[0]].embedding_dim
     for method, budget in _variants(methods, budgets):
+        if method.partition("+")[0] == "prune" and prune_keep(budget, dim) is None:
+            if progress is not None:
+                progress(f"prune {budget:g}: no run (a sparse row's offset alone weighs {budget:g} of a dense row)")
+            continue
         variant = spec if method == "full" else budget_spec(spec, rows_of, method, budget, dim)
         inputs, rows, rates = _encoded(variant, raw)
         for name in models:
@@ -236,6 +261,7 @@ def bench_embedding(dataset: str, models: list[str], seeds: list[int], config_di
                 "test_auc_std": round(statistics.stdev(aucs), 5) if len(aucs) > 1 else 0.0,
                 "valid_auc": round(statistics.fmean(r["valid_auc"] for r in runs), 5),
                 "serve_bytes": runs[0]["serve_bytes"], "train_bytes": runs[0]["train_bytes"],
+                "resident_bytes": runs[0]["resident_bytes"],
                 "train_seconds": round(statistics.fmean(r["train_seconds"] for r in runs), 1),
                 "latency_ms_b1000": round(statistics.median(r["latency_ms_b1000"] for r in runs), 3),
                 "per_seed": runs, "commit": commit(), "machine": machine(),
@@ -288,7 +314,9 @@ def write_report(dataset: str, out_dir: Path) -> None:
         "`configs/models/`; in-process training with early stopping on validation AUC, test AUC of the best "
         "epoch, mean ± std over seeds; latency: median CPU forward pass of 1000 test rows, one thread, as "
         "served. Serving bytes: the tables as published (float32, or quantized where the method says); "
-        "training bytes: the float32 tables and Adam's two moments (3x). How each method meets a budget: "
+        "training bytes: the float32 tables and Adam's two moments (3x); served model in memory: every parameter "
+        "and buffer of the model as served, tables and MLPs (runs before this column existed show -). How each "
+        "method meets a budget: "
         "`benchmarks/embedding.py`.",
         "",
         f"Made by `muxrec bench embedding --dataset {dataset} --model {','.join(sorted(full) or ['deepfm'])} "
@@ -314,16 +342,17 @@ def write_report(dataset: str, out_dir: Path) -> None:
         "Dense-row equivalent: the field tables' float32 bytes in training / (4 x their width), the rows of a "
         "dense table that would weigh the same.",
         "",
-        "| model | method | budget | dense-row equivalent | serving bytes | bytes / full | training bytes | test AUC | vs full | "
-        "valid AUC | ms / 1000 rows | commit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | method | budget | dense-row equivalent | serving bytes | bytes / full | training bytes | served model "
+        "in memory | test AUC | vs full | valid AUC | ms / 1000 rows | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         base = full.get(r["model"])
         delta = f"{r['test_auc'] - base['test_auc']:+.4f}" if base else "-"
         ratio = f"{r['serve_bytes'] / base['serve_bytes']:.3f}" if base else "-"
         lines.append(f"| {r['model']} | {r['method']} | {r['budget']:g} | {r['stored_rows']:,} | {r['serve_bytes']:,} | "
-                     f"{ratio} | {r['train_bytes']:,} | {r['test_auc']:.4f} ± {r['test_auc_std']:.4f} | {delta} | "
+                     f"{ratio} | {r['train_bytes']:,} | " + (f"{r['resident_bytes']:,}" if "resident_bytes" in r else "-")
+                     + f" | {r['test_auc']:.4f} ± {r['test_auc_std']:.4f} | {delta} | "
                      f"{r['valid_auc']:.4f} | "
                      + (f"{r['latency_ms_b1000']:.2f}" if "latency_ms_b1000" in r else "-") + f" | {r['commit'] or '-'} |")
     lines += ["", f"![test AUC against table bytes](embedding-{dataset}.png)", ""]

@@ -243,13 +243,21 @@ class CompressionSpec(_Strict):
          dims: [4, 8],               al., NeurIPS 2022): each training step reads the table at one of
          serve_dim: 8}               4, 8 or its full width (the rest zeroed), so every prefix is usable;
                                     published versions keep the first 8 values of each row
+        {method: prune, keep: 0.2,  magnitude pruning: training zeroes the smallest values of the
+         ramp_steps: 500}            table (all rows together) on a schedule reaching 1 - keep of them
+                                    after ramp_steps steps ("To prune, or not to prune", Zhu and Gupta,
+                                    2017); published versions store the largest `keep` of the values
+                                    as sparse rows (value, column, row offsets), as in "Experimental
+                                    Analysis of Large-scale Learnable Vector Storage Compression"
     """
 
-    method: Literal["qr", "mixed_dim", "matryoshka"]
+    method: Literal["qr", "mixed_dim", "matryoshka", "prune"]
     buckets: int | None = Field(default=None, ge=2)  # qr
     blocks: tuple[tuple[float, int], ...] | None = Field(default=None, min_length=1, max_length=8)  # mixed_dim
     dims: tuple[int, ...] | None = Field(default=None, min_length=1, max_length=8)  # matryoshka: nested widths
     serve_dim: int | None = Field(default=None, ge=1)  # matryoshka: the width published versions keep
+    keep: float | None = Field(default=None, gt=0, lt=1)  # prune: the fraction of values kept
+    ramp_steps: int | None = Field(default=None, ge=1)  # prune: training steps to reach it (default 500)
 
     @model_validator(mode="after")
     def _fields_fit_method(self) -> CompressionSpec:
@@ -260,7 +268,9 @@ class CompressionSpec(_Strict):
                 raise ValueError(f"matryoshka serve_dim {self.serve_dim} is not one of its trained dims {list(self.dims)}")
         elif self.dims is not None or self.serve_dim is not None:
             raise ValueError(f"`dims` and `serve_dim` do not apply to {self.method} compression")
-        needs = {"qr": "buckets", "mixed_dim": "blocks"}
+        if self.ramp_steps is not None and self.method != "prune":
+            raise ValueError(f"`ramp_steps` does not apply to {self.method} compression")
+        needs = {"qr": "buckets", "mixed_dim": "blocks", "prune": "keep"}
         for method, attr in needs.items():
             if (getattr(self, attr) is not None) != (self.method == method):
                 raise ValueError(f"`{attr}` {'is required by' if self.method == method else 'does not apply to'} "
@@ -609,6 +619,10 @@ class FeatureSpec(_Strict):
                 for key, default in defaults.items():
                     if item[key] == default:
                         del item[key]
+                if item.get("compression"):
+                    for key in _ADDED_LATER_TO_COMPRESSION:
+                        if item["compression"][key] is None:
+                            del item["compression"][key]
         canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 
@@ -623,6 +637,7 @@ _ADDED_LATER: dict[str, dict[str, Any]] = {
     "features": {"bucketize": None, "required": None, "slots": None, "compression": None, "quantize": None},
     "tables": {"multiplex": False, "compression": None, "quantize": None},
 }
+_ADDED_LATER_TO_COMPRESSION = ("keep", "ramp_steps")
 
 
 @dataclass(frozen=True)
@@ -645,8 +660,9 @@ class TableInput:
 
     @property
     def changes_for_serving(self) -> bool:
-        """Stored otherwise in a published version: quantized, or cut to a Matryoshka serve_dim."""
-        return self.quantize is not None or (self.compression is not None and self.compression.serve_dim is not None)
+        """Stored otherwise in a published version: quantized, cut to a Matryoshka serve_dim, or pruned sparse."""
+        c = self.compression
+        return self.quantize is not None or (c is not None and (c.serve_dim is not None or c.method == "prune"))
 
 
 @dataclass(frozen=True)

@@ -156,13 +156,15 @@ def quantized_spec(rows: int = 4000, seed: int = 7, bits: str = "int8") -> Featu
 def every_method_spec(rows: int = 4000, seed: int = 7) -> FeatureSpec:
     """synthetic_spec with one table per embedding method: user_id stored int8, the item table (item_id
     and the history) quotient-remainder, site at mixed dims, region Matryoshka (published at 2 values),
-    and ad_type, device, daypart in one multiplexed table (device on two slots)."""
+    slot pruned to half its values (published sparse), and ad_type, device, daypart in one multiplexed
+    table (device on two slots)."""
     data = synthetic_spec(rows, seed).model_dump(mode="json", exclude_defaults=True)
     data["tables"]["item"]["compression"] = {"method": "qr", "buckets": 16}
     data["tables"]["unified"] = {"hash_buckets": 64, "multiplex": True}
     extra = {"user_id": {"quantize": "int8"},
              "site": {"compression": {"method": "mixed_dim", "blocks": [[0.3, 8], [1.0, 2]]}},
              "region": {"compression": {"method": "matryoshka", "dims": [2, 4], "serve_dim": 2}},
+             "slot": {"compression": {"method": "prune", "keep": 0.5, "ramp_steps": 50}},
              "ad_type": {"table": "unified"}, "daypart": {"table": "unified"},
              "device": {"table": "unified", "slots": 2}}
     data["features"] = [{**f, **extra.get(f["name"], {})} for f in data["features"]]

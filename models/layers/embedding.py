@@ -8,7 +8,7 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
 
 from muxrec.models.batch import Batch
 from muxrec.models.layers.tables import (QUANTIZED_BITS, DenseTable, EmbeddingTable, MatryoshkaTable, PrefixTable,
-                                         QuantizedTable, StandaloneTable, compressed_table)
+                                         PrunedTable, QuantizedTable, SparseTable, StandaloneTable, compressed_table)
 from muxrec.spec import ModelInputs
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
@@ -99,10 +99,11 @@ class FeatureEmbedding(nn.Module):
 
     def for_serving(self, empty: bool = False) -> dict[str, str]:
         """Swap each table the spec stores otherwise when published for its serving form: a row-wise
-        QuantizedTable (`quantize`), or a PrefixTable of a Matryoshka table's first serve_dim values.
+        QuantizedTable (`quantize`), a PrefixTable of a Matryoshka table's first serve_dim values, or the
+        SparseTable of a pruned table's kept values.
         `empty`: the right shapes, zeros, for loading a published version's weights into. Tables one
         value wide (first-order weights) stay as they are. Returns table -> "int8" / "int4" /
-        "prefix:<k>" for every table now in its serving form."""
+        "prefix:<k>" / "prune:<keep>" for every table now in its serving form."""
         done = {}
         for t in self.inputs.tables:
             table = self.compressed[t.name] if t.name in self.compressed else None
@@ -114,6 +115,10 @@ class FeatureEmbedding(nn.Module):
                     bits = QUANTIZED_BITS[t.quantize]
                     self.compressed[t.name] = QuantizedTable(table.rows, table.dim, bits) if empty \
                         else QuantizedTable.from_float(table.weight, bits)
+            elif isinstance(table, (PrunedTable, SparseTable)):
+                done[t.name] = f"prune:{t.compression.keep:g}"
+                if isinstance(table, PrunedTable):
+                    self.compressed[t.name] = SparseTable(table.rows, table.dim, table.keep) if empty else table.sparse()
             elif isinstance(table, (MatryoshkaTable, PrefixTable)) and min(t.compression.serve_dim, table.dim) < table.dim:
                 keep = min(t.compression.serve_dim, table.dim)
                 done[t.name] = f"prefix:{keep}"

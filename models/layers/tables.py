@@ -13,6 +13,9 @@ table from the spec (`TableInput.compression`); a model never knows which method
     MatryoshkaTable nested widths, trained at each: rows * d * 4 bytes, served cut (PrefixTable)
     PrefixTable     the first k values of each row, zero-padded to d: rows * k * 4 bytes
     QuantizedTable  row-wise int8 / int4 for serving: rows * (ceil(d * bits / 8) + 4) bytes
+    PrunedTable     magnitude pruning: trained dense with a mask, rows * d * (4 + 1) bytes
+    SparseTable     its serving form, the kept values only: nnz * (4 + c) + (rows + 1) * 4 bytes,
+                    c = 1 byte per column index (2 past 256 columns)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch import Tensor, nn
 from muxrec.spec import TableInput
 
 FLOAT_BYTES = 4
+DEFAULT_RAMP_STEPS = 500  # magnitude pruning reaches its sparsity after this many training steps
 
 
 class EmbeddingTable(nn.Module):
@@ -229,6 +233,101 @@ class PrefixTable(EmbeddingTable):
         return self.rows * self.keep * FLOAT_BYTES
 
 
+class PrunedTable(EmbeddingTable):
+    """A (rows, d) table trained under gradual magnitude pruning ("To prune, or not to prune: exploring
+    the efficacy of pruning for model compression", Zhu and Gupta, 2017).
+
+    Training step t (counted by the table) reads the table through a mask that zeroes its smallest
+    values, all rows together: a fraction s_t = (1 - keep) * (1 - (1 - t / ramp_steps) ** 3) of them,
+    rising fast then levelling off at 1 - keep; pruned values are set to zero, so they leave the
+    table for good unless they grow back above the threshold. The mask is renewed every
+    ramp_steps / 20 steps (and at the end of the ramp). A published version keeps exactly the largest
+    `keep` of the values (`sparse()`), whether or not training reached the end of the ramp.
+    """
+
+    def __init__(self, rows: int, dim: int, keep: float, ramp_steps: int, init_std: float):
+        super().__init__()
+        self.rows, self.dim, self.keep, self.ramp_steps = rows, dim, keep, ramp_steps
+        self.weight = nn.Parameter(torch.empty(rows, dim))  # (rows, d)
+        nn.init.normal_(self.weight, std=init_std)
+        self.register_buffer("mask", torch.ones(rows, dim, dtype=torch.bool))  # (rows, d)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+        self._every = max(1, ramp_steps // 20)
+
+    def sparsity(self, step: int) -> float:
+        """The pruned fraction at training step `step` (0 at the start, 1 - keep from ramp_steps on)."""
+        done = min(step, self.ramp_steps) / self.ramp_steps
+        return (1 - self.keep) * (1 - (1 - done) ** 3)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        if self.training:
+            self.steps += 1
+            step = int(self.steps)
+            if step % self._every == 0 or step == self.ramp_steps:
+                self._prune(self.sparsity(step))
+        return nn.functional.embedding(ids, self.weight * self.mask)  # (..., d)
+
+    @torch.no_grad()
+    def _prune(self, sparsity: float) -> None:
+        drop = int(sparsity * self.weight.numel())
+        if drop == 0:
+            return
+        threshold = self.weight.abs().flatten().kthvalue(drop).values  # the largest pruned magnitude
+        self.mask.copy_(self.weight.abs() > threshold)
+        self.weight.mul_(self.mask)
+
+    def num_bytes(self) -> int:
+        return self.rows * self.dim * (FLOAT_BYTES + 1)  # the weight and its mask (a byte a value)
+
+    def sparse(self) -> SparseTable:
+        return SparseTable.from_dense(self.weight.detach() * self.mask, self.keep)
+
+
+class SparseTable(EmbeddingTable):
+    """The kept values of a pruned table in compressed sparse rows (serving only): `values` (nnz,),
+    their `columns` (nnz,) and `offsets` (rows + 1,), row i being values[offsets[i]:offsets[i + 1]].
+    A lookup scatters a row's values into zeros; a row with nothing kept reads as zeros."""
+
+    def __init__(self, rows: int, dim: int, keep: float):
+        super().__init__()
+        self.rows, self.dim, self.keep = rows, dim, keep
+        nnz = self.kept_values(rows, dim, keep)
+        self.register_buffer("values", torch.zeros(nnz))  # (nnz,)
+        self.register_buffer("columns", torch.zeros(nnz, dtype=torch.uint8 if dim <= 256 else torch.int16))  # (nnz,)
+        self.register_buffer("offsets", torch.zeros(rows + 1, dtype=torch.int32))  # (rows + 1,)
+
+    @staticmethod
+    def kept_values(rows: int, dim: int, keep: float) -> int:
+        return max(1, int(keep * rows * dim))
+
+    @classmethod
+    def from_dense(cls, weight: Tensor, keep: float) -> SparseTable:
+        """The largest `keep` of `weight`'s values by magnitude, in sparse rows."""
+        rows, dim = weight.shape
+        table = cls(rows, dim, keep)
+        flat = weight.flatten()
+        kept = flat.abs().topk(len(table.values)).indices.sort().values  # (nnz,) row-major order
+        table.values.copy_(flat[kept])
+        table.columns.copy_((kept % dim).to(table.columns.dtype))
+        counts = torch.bincount(kept // dim, minlength=rows)  # (rows,)
+        table.offsets[1:] = torch.cumsum(counts, 0).to(torch.int32)
+        return table
+
+    def forward(self, ids: Tensor) -> Tensor:
+        flat = ids.reshape(-1)  # (N,)
+        starts, ends = self.offsets[flat].long(), self.offsets[flat + 1].long()  # (N,), (N,)
+        counts = ends - starts  # (N,)
+        which = torch.repeat_interleave(torch.arange(len(flat), device=ids.device), counts)  # (M,)
+        within = torch.arange(len(which), device=ids.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        positions = starts[which] + within  # (M,) into values
+        out = self.values.new_zeros(len(flat), self.dim)  # (N, d)
+        out[which, self.columns[positions].long()] = self.values[positions]
+        return out.reshape(*ids.shape, self.dim)  # (..., d)
+
+    def num_bytes(self) -> int:
+        return len(self.values) * (FLOAT_BYTES + self.columns.element_size()) + (self.rows + 1) * 4
+
+
 def compressed_table(table: TableInput, dim: int, init_std: float) -> EmbeddingTable:
     """The module a table outside the collection trains as: its compression, or a standalone dense
     table (one to be quantized when published)."""
@@ -244,4 +343,7 @@ def compressed_table(table: TableInput, dim: int, init_std: float) -> EmbeddingT
     if method == "matryoshka":
         c = table.compression
         return MatryoshkaTable(table.num_embeddings, dim, c.dims, c.serve_dim, init_std)
+    if method == "prune":
+        c = table.compression
+        return PrunedTable(table.num_embeddings, dim, c.keep, c.ramp_steps or DEFAULT_RAMP_STEPS, init_std)
     raise ValueError(f"table {table.name!r}: unknown compression method {method!r}")

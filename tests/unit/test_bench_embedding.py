@@ -8,7 +8,7 @@ import math
 import pytest
 import yaml
 
-from muxrec.benchmarks.embedding import bench_embedding, budget_spec, mixed_blocks, qr_buckets, winners
+from muxrec.benchmarks.embedding import bench_embedding, budget_spec, mixed_blocks, prune_keep, qr_buckets, winners
 from muxrec.errors import ConfigError
 from muxrec.spec import FeatureKind
 
@@ -59,6 +59,10 @@ def test_each_method_shrinks_the_own_tables_to_the_budget():
     assert budget_spec(spec, rows, "int4", 1).tables["item"].quantize == "int4"
     nested = budget_spec(spec, rows, "matryoshka", 1 / 4, dim=16).feature("user_id").compression
     assert (nested.dims, nested.serve_dim) == ((4, 8), 4)
+    pruned = budget_spec(spec, rows, "prune", 1 / 4, dim=16).feature("user_id").compression
+    assert (pruned.method, pruned.keep) == ("prune", prune_keep(1 / 4, 16))
+    assert pruned.keep * 16 * (4 + 1) + 4 == pytest.approx(16 * 4 / 4)  # a row's sparse bytes: 1/4 of dense
+    assert prune_keep(1 / 16, 16) is None and budget_spec(spec, rows, "prune", 1 / 16).feature("user_id").compression is None
     mixed = budget_spec(spec, rows, "mixed", 1 / 4, dim=16)
     assert mixed.feature("user_id").compression.blocks == ((0.1429, 16), (1.0, 2))
     with pytest.raises(ConfigError, match="unknown method 'zip'"):
@@ -92,13 +96,17 @@ def test_bench_embedding_writes_rows_a_table_and_a_plot(tmp_path):
     (configs / "models" / "deepfm.yaml").write_text(yaml.safe_dump(model))
     out = tmp_path / "docs"
     rows = list(bench_embedding("small", ["deepfm"], [1], configs, out,
-                                methods=["hash", "unified", "qr", "int8", "hash+int4", "mixed"], budgets=[1.0, 0.25]))
+                                methods=["hash", "unified", "qr", "int8", "hash+int4", "mixed", "prune"], budgets=[1.0, 0.25]))
     assert [(r["method"], r["budget"]) for r in rows] == [("full", 1.0), ("int8", 1.0), ("hash", 0.25),
                                                           ("unified", 0.25), ("qr", 0.25), ("hash+int4", 0.25),
-                                                          ("mixed", 0.25)]
+                                                          ("mixed", 0.25)]  # no prune: see below
+    # D = 4 here: a pruned row's offset (4 bytes) alone weighs 1/4 of a dense row (16), so prune has no run.
+    assert prune_keep(0.25, 4) is None
     full, int8, hashed, hashed4 = rows[0], rows[1], rows[2], rows[5]
     for r in rows[1:]:
         assert r["serve_bytes"] < full["serve_bytes"] and 0.4 < r["test_auc"] < 1.0
+    for r in rows:  # in memory: the tables as served and the rest of the model (MLP, numeric vectors)
+        assert r["resident_bytes"] > r["serve_bytes"]
     for r in (full, *rows[2:5]):  # float32 when served: training holds 3 copies
         assert r["train_bytes"] == 3 * r["serve_bytes"]
     assert int8["train_bytes"] == full["train_bytes"] and int8["stored_rows"] == full["stored_rows"]

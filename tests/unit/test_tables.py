@@ -12,8 +12,8 @@ from muxrec.errors import SpecError
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.models import EncodedRows, build_model, make_config
-from muxrec.models.layers.tables import (DenseTable, MatryoshkaTable, MixedDimTable, PrefixTable, QRTable, QuantizedTable,
-                                         StandaloneTable)
+from muxrec.models.layers.tables import (DenseTable, MatryoshkaTable, MixedDimTable, PrefixTable, PrunedTable, QRTable,
+                                         QuantizedTable, SparseTable, StandaloneTable)
 from muxrec.models.serialization import load_model, model_files, serving_copy
 from muxrec.spec import ModelInputs, load_spec, parse_spec
 
@@ -121,6 +121,11 @@ def test_older_specs_keep_their_fingerprint_and_compression_changes_it():
     data = plain.model_dump(mode="json")
     data["tables"]["item"]["compression"] = {"method": "qr", "buckets": 8}
     assert parse_spec(data).fingerprint() != plain.fingerprint()
+    # A compressed table keeps the fingerprint it had before `keep` and `ramp_steps` existed (computed then).
+    qr = parse_spec(data).model_dump(mode="json")
+    compression = qr["tables"]["item"]["compression"]
+    assert (compression["keep"], compression["ramp_steps"]) == (None, None)
+    assert parse_spec(data).fingerprint() == "8a888872ad69d989f6cc291ce18798e3e2842760a8a7dd2c0b331bce2da2ed92"
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -217,5 +222,54 @@ def test_a_matryoshka_version_keeps_only_the_served_prefix(tmp_path):
                                  ({"method": "matryoshka", "dims": [4, 2]}, "increasing widths"),
                                  ({"method": "matryoshka", "dims": [2, 4], "serve_dim": 3}, "not one of its trained dims"),
                                  ({"method": "qr", "buckets": 4, "serve_dim": 2}, "do not apply to qr")]:
+        with pytest.raises(SpecError, match=message):
+            tiny_spec(features=[{"name": "a", "kind": "categorical", "compression": compression}])
+
+
+def test_pruning_follows_its_schedule_and_serves_the_kept_values_sparse():
+    torch.manual_seed(0)
+    table = PrunedTable(rows=100, dim=8, keep=0.25, ramp_steps=40, init_std=0.1)
+    ids = torch.randint(100, (5, 3))
+    kept = []
+    for _ in range(40):
+        table(ids)  # training: one step of the schedule per call
+        kept.append(float(table.mask.float().mean()))
+    assert kept[19] == pytest.approx(1 - table.sparsity(20), abs=1 / 800)  # renewed every 2 steps
+    assert 1 - table.sparsity(20) > kept[-1] == pytest.approx(0.25, abs=1 / 800)
+    assert torch.equal(table.weight != 0, table.mask)  # pruned values are zero, not only masked
+    table.eval()
+    sparse = table.sparse()
+    assert torch.equal(sparse(ids), table(ids))  # (5, 3, 8): the kept values, the rest zeros
+    assert torch.equal(sparse(torch.arange(100)), table.weight * table.mask)
+    nnz = SparseTable.kept_values(100, 8, 0.25)
+    assert sparse.num_bytes() == nnz * (4 + 1) + 101 * 4 == sum(b.numel() * b.element_size() for b in sparse.buffers())
+    assert sparse.num_bytes() < table.num_bytes() / 2
+    assert table.num_bytes() == sum(t.numel() * t.element_size() for t in (table.weight, table.mask)) == 100 * 8 * 5
+
+
+def test_a_pruned_version_stores_sparse_rows_and_scores_as_trained(tmp_path):
+    data = synthetic_spec(rows=800).model_dump(mode="json", exclude_defaults=True)
+    data["features"] = [{**f, "compression": {"method": "prune", "keep": 0.25, "ramp_steps": 4}}
+                        if f["name"] == "user_id" else f for f in data["features"]]
+    spec = parse_spec(data)
+    vocab, encoded = fitted(spec, synthetic_raw(spec))
+    inputs = ModelInputs.from_spec(spec, vocab.num_embeddings())
+    cfg = make_config("deepfm", {"embedding_dim": 8, "hidden_units": [16], "dropout": 0.0})
+    torch.manual_seed(0)
+    model = build_model("deepfm", cfg, inputs)
+    batch = EncodedRows(encoded["train"], inputs).take(torch.arange(32))
+    for _ in range(4):
+        model(batch)  # training calls: the schedule reaches keep = 0.25
+    model.eval()
+    version = ArtifactRegistry(tmp_path).publish("m", model_files(model, "deepfm", cfg, spec, vocab))
+    assert version.read_json("model.json")["served_as"] == {"user_id": "prune:0.25"}
+    loaded = load_model(version)
+    served = loaded.model.embedding.table("user_id")
+    assert isinstance(served, SparseTable) and served.num_bytes() < model.embedding.table("user_id").num_bytes() / 2
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(batch), model(batch))
+    for compression, message in [({"method": "prune"}, "`keep` is required by prune compression"),
+                                 ({"method": "prune", "keep": 1.0}, "keep: Input should be less than 1"),
+                                 ({"method": "qr", "buckets": 4, "ramp_steps": 9}, "`ramp_steps` does not apply to qr")]:
         with pytest.raises(SpecError, match=message):
             tiny_spec(features=[{"name": "a", "kind": "categorical", "compression": compression}])
