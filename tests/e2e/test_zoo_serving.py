@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from muxrec.models import EncodedRows, build_model
-from muxrec.models.layers.tables import QuantizedTable
+from muxrec.models.layers.tables import QRTable, QuantizedTable, SparseTable
 from muxrec.models.serialization import load_model, model_files
 from muxrec.pipelines.evaluate import split_rows
 from muxrec.spec import ModelInputs
@@ -23,7 +23,7 @@ from muxrec.spec import ModelInputs
 from tests.conftest import MODEL
 from tests.e2e.conftest import ADMIN_TOKEN
 from tests.e2e.test_gateway import _rows
-from tests.helpers import fitted, model_config_files, small_model, synthetic_raw, unified_spec
+from tests.helpers import every_method_spec, fitted, model_config_files, small_model, synthetic_raw, unified_spec
 
 pytestmark = pytest.mark.e2e
 
@@ -107,3 +107,53 @@ def test_a_unified_quantized_model_scores_and_embeds_the_same_online_and_offline
     ids = torch.from_numpy(vocab.tables["unified"].ids(pa.array(users), "user_id", 2))  # (N, 2)
     np.testing.assert_allclose(np.array(embedded["vectors"]), table(ids).sum(dim=1).numpy(), atol=1e-6)
     assert embedded["known"] == [True] * len(users)  # hashed: every non-missing id has rows
+
+
+def test_every_table_method_scores_and_embeds_the_same_online_and_offline(served, reload_back):
+    """A version with a table of every method (every_method_spec: user_id int8, the item table QR, site
+    mixed dims, region a Matryoshka prefix, slot pruned to sparse rows, three features multiplexed): the
+    Ranker's scores over HTTP equal offline scores, and the Embedder serves the int8 user rows and the
+    QR item rows as the loaded tables give them."""
+    spec = every_method_spec(rows=6000, seed=21)
+    vocab, encoded = fitted(spec, synthetic_raw(spec))
+    architecture, cfg = small_model("deepfm")
+    torch.manual_seed(7)
+    model = build_model(architecture, cfg, ModelInputs.from_spec(spec, vocab.num_embeddings()))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # away from the near-zero initialisation: scores differ by row
+    batch = EncodedRows(encoded["train"], model.embedding.inputs).take(torch.arange(512))
+    for _ in range(60):
+        model(batch)  # training-mode calls: the pruned table's schedule reaches keep (ramp 50 steps)
+    model.eval()
+    files = model_files(model, architecture, cfg, spec, vocab)
+    files["importance.json"] = served.v1.read_text("importance.json")
+    version = served.registry.publish(MODEL, files, aliases=())
+    assert version.read_json("model.json")["served_as"] == {"user_id": "int8", "region": "prefix:2", "slot": "prune:0.5"}
+
+    rows = _rows(40)
+    users = sorted({str(r["user_id"]) for r in rows})[:5] + ["never-seen"]
+    items = sorted({str(r["item_id"]) for r in rows})[:5]
+    with httpx.Client(base_url=served.url, timeout=60) as http:
+        http.post("/v1/admin/reload", json={"version": version.version}, headers=AUTH).raise_for_status()
+        answer = http.post("/v1/rank", json={"candidates": rows}).raise_for_status().json()
+        user_vectors = http.post("/v1/embed", json={"entity": "user", "ids": users}).raise_for_status().json()
+        item_vectors = http.post("/v1/embed", json={"entity": "item", "ids": items}).raise_for_status().json()
+    assert answer["model_version"] == user_vectors["model_version"] == version.ref
+
+    loaded = load_model(version)
+    offline = loaded.predict(EncodedRows(encoded["test"], loaded.inputs))[:40, 0]
+    online = np.zeros(40)
+    for item in answer["items"]:
+        online[item["index"]] = item["score"]
+    np.testing.assert_allclose(online, offline, atol=1e-5)
+    assert offline.std() > 1e-4
+
+    emb = loaded.model.embedding
+    assert isinstance(emb.table("user_id"), QuantizedTable) and isinstance(emb.table("item"), QRTable)
+    assert isinstance(emb.table("slot"), SparseTable)
+    for entity, values, feature, table in [("user", users, "user_id", "user_id"), ("item", items, "item_id", "item")]:
+        ids = torch.from_numpy(vocab.tables[table].ids(pa.array(values)))
+        got = np.array((user_vectors if entity == "user" else item_vectors)["vectors"])
+        np.testing.assert_allclose(got, emb.lookup(feature, ids).detach().numpy(), atol=1e-6)
+    assert user_vectors["known"] == [True] * 5 + [False]
