@@ -20,6 +20,7 @@ table from the spec (`TableInput.compression`); a model never knows which method
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm: the row-wise quantization kernels)
@@ -242,7 +243,9 @@ class PrunedTable(EmbeddingTable):
     rising fast then levelling off at 1 - keep; pruned values are set to zero, so they leave the
     table for good unless they grow back above the threshold. The mask is renewed every
     ramp_steps / 20 steps (and at the end of the ramp). A published version keeps exactly the largest
-    `keep` of the values (`sparse()`), whether or not training reached the end of the ramp.
+    `keep` of the values (`sparse()`), whether or not training reached the end of the ramp; in eval the
+    table reads as that already (recomputed whenever its weights changed), so validation and early
+    stopping measure the table as it will be served.
     """
 
     def __init__(self, rows: int, dim: int, keep: float, ramp_steps: int, init_std: float):
@@ -253,6 +256,8 @@ class PrunedTable(EmbeddingTable):
         self.register_buffer("mask", torch.ones(rows, dim, dtype=torch.bool))  # (rows, d)
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         self._every = max(1, ramp_steps // 20)
+        self._served: list[SparseTable] = []  # what eval reads (a list: not a submodule, not saved)
+        self._served_version: tuple[int, int] | None = None
 
     def sparsity(self, step: int) -> float:
         """The pruned fraction at training step `step` (0 at the start, 1 - keep from ramp_steps on)."""
@@ -260,11 +265,15 @@ class PrunedTable(EmbeddingTable):
         return (1 - self.keep) * (1 - (1 - done) ** 3)
 
     def forward(self, ids: Tensor) -> Tensor:
-        if self.training:
-            self.steps += 1
-            step = int(self.steps)
-            if step % self._every == 0 or step == self.ramp_steps:
-                self._prune(self.sparsity(step))
+        if not self.training:  # exactly the values a published version keeps, so validation measures that
+            version = (self.weight._version, self.mask._version)  # bumped by every in-place change
+            if self._served_version != version:
+                self._served, self._served_version = [self.sparse()], version
+            return self._served[0](ids)  # (..., d)
+        self.steps += 1
+        step = int(self.steps)
+        if step % self._every == 0 or step == self.ramp_steps:
+            self._prune(self.sparsity(step))
         return nn.functional.embedding(ids, self.weight * self.mask)  # (..., d)
 
     @torch.no_grad()
@@ -344,6 +353,8 @@ def compressed_table(table: TableInput, dim: int, init_std: float) -> EmbeddingT
         c = table.compression
         return MatryoshkaTable(table.num_embeddings, dim, c.dims, c.serve_dim, init_std)
     if method == "prune":
+        if dim == 1:  # first-order weights: a sparse one-value row would weigh more than it does dense
+            return compressed_table(dataclasses.replace(table, compression=None), dim, init_std)
         c = table.compression
         return PrunedTable(table.num_embeddings, dim, c.keep, c.ramp_steps or DEFAULT_RAMP_STEPS, init_std)
     raise ValueError(f"table {table.name!r}: unknown compression method {method!r}")

@@ -245,6 +245,9 @@ def test_pruning_follows_its_schedule_and_serves_the_kept_values_sparse():
     assert sparse.num_bytes() == nnz * (4 + 1) + 101 * 4 == sum(b.numel() * b.element_size() for b in sparse.buffers())
     assert sparse.num_bytes() < table.num_bytes() / 2
     assert table.num_bytes() == sum(t.numel() * t.element_size() for t in (table.weight, table.mask)) == 100 * 8 * 5
+    early = PrunedTable(rows=100, dim=8, keep=0.25, ramp_steps=40, init_std=0.1).eval()
+    assert float((early(torch.arange(100)) != 0).float().mean()) == 0.25  # eval reads as served, ramp or not
+    assert "_served" not in dict(early.named_modules()) and set(early.state_dict()) == {"weight", "mask", "steps"}
 
 
 def test_a_pruned_version_stores_sparse_rows_and_scores_as_trained(tmp_path):
@@ -266,6 +269,7 @@ def test_a_pruned_version_stores_sparse_rows_and_scores_as_trained(tmp_path):
     loaded = load_model(version)
     served = loaded.model.embedding.table("user_id")
     assert isinstance(served, SparseTable) and served.num_bytes() < model.embedding.table("user_id").num_bytes() / 2
+    assert isinstance(model.linear.weights.table("user_id"), StandaloneTable)  # first-order weights: not pruned
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(batch), model(batch))
     for compression, message in [({"method": "prune"}, "`keep` is required by prune compression"),
