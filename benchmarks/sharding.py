@@ -23,12 +23,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from muxrec.benchmarks.embedding import table_bytes
 from muxrec.benchmarks.environment import commit, machine, write_result
 from muxrec.config import load_model_file
 from muxrec.errors import ConfigError
 from muxrec.models import build_model, make_config
-from muxrec.models.layers.embedding import FeatureEmbedding
-from muxrec.pipelines.prepare import PreparedData, prepare_cached
+from muxrec.pipelines.prepare import prepare_cached
 from muxrec.pipelines.train import TrainJob, fit
 from muxrec.spec import FeatureSpec, load_spec, parse_spec
 
@@ -67,17 +67,12 @@ def bench_sharding(dataset: str, model: str, config_dir: Path, runs: Path, out_d
             progress(f"{sharding} on {workers} worker(s): {row['samples_per_s']:,} samples/s, peak RSS "
                      f"{row['peak_rss_mb']} MiB, valid AUC {row['valid_auc']:.4f}")
     result = {"benchmark": "sharding", "dataset": dataset, "model": model, "epochs": epochs, "train_rows": train_rows,
-              "table_bytes": _table_bytes(prepared, mf.architecture, cfg), "rows": rows, "machine": machine(),
+              "table_bytes": table_bytes(build_model(mf.architecture, cfg, prepared.inputs)), "rows": rows, "machine": machine(),
               "commit": commit(), "date": datetime.date.today().isoformat()}
     if out_dir is not None:
         write_result(out_dir, f"sharding-{dataset}-{model}", result)
         write_report(result, out_dir)
     return result
-
-
-def _table_bytes(prepared: PreparedData, architecture: str, cfg: Any) -> int:
-    model = build_model(architecture, cfg, prepared.inputs)
-    return sum(m.num_bytes() for m in model.modules() if isinstance(m, FeatureEmbedding))
 
 
 def write_report(result: dict[str, Any], out_dir: Path) -> None:

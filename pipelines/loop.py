@@ -49,6 +49,12 @@ def table_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for m in model.modules() if isinstance(m, (nn.EmbeddingBag, nn.Embedding)) for p in m.parameters()]
 
 
+def empty_parameters(model: nn.Module) -> list[str]:
+    """Names of parameters with no elements (a spec without numeric features): they never get a
+    gradient, so DDP must be told to skip them."""
+    return [name for name, p in model.named_parameters() if p.numel() == 0]
+
+
 class Optimizers:
     """Several optimizers stepped as one: the tables' own beside Adam for the rest of the model."""
 

@@ -41,7 +41,8 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 
 from muxrec.config import TrainConfig
 from muxrec.errors import ConfigError
-from muxrec.pipelines.loop import TABLE_OPTIMIZERS, Optimizers, make_optimizer, table_optimizer_kwargs
+from muxrec.pipelines.loop import (TABLE_OPTIMIZERS, Optimizers, empty_parameters, make_optimizer,
+                                   table_optimizer_kwargs)
 from muxrec.spec import ModelInputs
 
 FUSED_MIN_WIDTH_MULTIPLE = 4  # fbgemm's kernels need table widths divisible by this
@@ -161,11 +162,9 @@ def shard(model: nn.Module, cfg: TrainConfig, world: int, group: dist.ProcessGro
         with _quiet_torchrec():
             plans[path] = planner.collective_plan(collection, [sharder], group).plan[""]
     with _quiet_torchrec():
-        # An empty parameter (a spec without numeric features) never gets a gradient: DDP must skip it.
-        empty = [name for name, p in model.named_parameters() if p.numel() == 0]
         dmp = DistributedModelParallel(model, env=ShardingEnv.from_process_group(group), plan=ShardingPlan(plans),
                                        sharders=[sharder], device=torch.device("cpu"),
-                                       data_parallel_wrapper=DefaultDataParallelWrapper(params_to_ignore=empty))
+                                       data_parallel_wrapper=DefaultDataParallelWrapper(params_to_ignore=empty_parameters(model)))
     sharded = ShardedModel(dmp, tables, fused)
     sharded.load_full_state(initial)
     return sharded

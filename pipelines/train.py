@@ -55,7 +55,7 @@ from muxrec.models import Batch, EncodedRows, build_model
 from muxrec.models.registry import entry
 from muxrec.models.serialization import load_state, model_files, serving_copy, state_bytes
 from muxrec.pipelines.importance import permutation_importance
-from muxrec.pipelines.loop import Objective, evaluate_rows, make_optimizer, train_epoch
+from muxrec.pipelines.loop import Objective, empty_parameters, evaluate_rows, make_optimizer, train_epoch
 from muxrec.pipelines.prepare import PreparedData
 from muxrec.pipelines.sharding import check_shardable, plan_summary, shard
 from muxrec.ray_env import ensure_ray
@@ -262,9 +262,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     else:
         state.pop("sharding", None)  # (a run resumed unsharded)
         if world > 1:
-            # An empty parameter (a spec without numeric features) never gets a gradient: DDP must skip it.
-            empty = [name for name, p in model.named_parameters() if p.numel() == 0]
-            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, empty)
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, empty_parameters(model))
         net = ray.train.torch.prepare_model(model) if world > 1 else model
         optimizer = make_optimizer(model, cfg)
     if optimizer_state is not None:

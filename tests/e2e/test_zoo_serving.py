@@ -30,6 +30,16 @@ pytestmark = pytest.mark.e2e
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+def _assert_online_is_offline(answer: dict, offline: np.ndarray) -> None:
+    """The /v1/rank answer's scores, put back in request order, equal `offline` (one per row), which
+    must differ between rows for the comparison to mean anything."""
+    online = np.zeros(len(offline))
+    for item in answer["items"]:
+        online[item["index"]] = item["score"]
+    np.testing.assert_allclose(online, offline, atol=1e-5)
+    assert offline.std() > 1e-4, "scores must differ between rows for the comparison to mean anything"
+
+
 @pytest.fixture
 def reload_back(served):
     yield
@@ -59,12 +69,7 @@ def test_model_scores_the_same_online_and_offline(name, served, reload_back):
 
     loaded = load_model(version)
     assert loaded.name == architecture and loaded.config == cfg
-    offline = loaded.predict(EncodedRows(split_rows(loaded, "test"), loaded.inputs))[:40, 0]
-    online = np.zeros(40)
-    for item in answer["items"]:
-        online[item["index"]] = item["score"]
-    np.testing.assert_allclose(online, offline, atol=1e-5)
-    assert offline.std() > 1e-4, "scores must differ between rows for the comparison to mean anything"
+    _assert_online_is_offline(answer, loaded.predict(EncodedRows(split_rows(loaded, "test"), loaded.inputs))[:40, 0])
 
 
 def test_a_unified_quantized_model_scores_and_embeds_the_same_online_and_offline(served, reload_back):
@@ -94,12 +99,7 @@ def test_a_unified_quantized_model_scores_and_embeds_the_same_online_and_offline
     assert answer["model_version"] == embedded["model_version"] == version.ref
 
     loaded = load_model(version)
-    offline = loaded.predict(EncodedRows(encoded["test"], loaded.inputs))[:40, 0]
-    online = np.zeros(40)
-    for item in answer["items"]:
-        online[item["index"]] = item["score"]
-    np.testing.assert_allclose(online, offline, atol=1e-5)
-    assert offline.std() > 1e-4
+    _assert_online_is_offline(answer, loaded.predict(EncodedRows(encoded["test"], loaded.inputs))[:40, 0])
 
     assert version.read_json("model.json")["served_as"] == {"unified": "int8"}
     table = loaded.model.embedding.table("unified")
@@ -142,12 +142,7 @@ def test_every_table_method_scores_and_embeds_the_same_online_and_offline(served
     assert answer["model_version"] == user_vectors["model_version"] == version.ref
 
     loaded = load_model(version)
-    offline = loaded.predict(EncodedRows(encoded["test"], loaded.inputs))[:40, 0]
-    online = np.zeros(40)
-    for item in answer["items"]:
-        online[item["index"]] = item["score"]
-    np.testing.assert_allclose(online, offline, atol=1e-5)
-    assert offline.std() > 1e-4
+    _assert_online_is_offline(answer, loaded.predict(EncodedRows(encoded["test"], loaded.inputs))[:40, 0])
 
     emb = loaded.model.embedding
     assert isinstance(emb.table("user_id"), QuantizedTable) and isinstance(emb.table("item"), QRTable)
