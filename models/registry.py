@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 from torch import nn
@@ -61,11 +61,22 @@ def make_config(name: str, data: Mapping[str, Any] | None = None) -> Any:
     return from_dict(entry(name).config_cls, data, origin=f"{name} config")
 
 
-def build_model(name: str, cfg: Any, inputs: ModelInputs) -> nn.Module:
-    """Build model `name` for these inputs from its typed config (validated once, by `make_config`)."""
+def build_model(name: str, cfg: Any, inputs: ModelInputs, embedding: FeatureEmbedding | None = None,
+                num_outputs: int | None = None) -> nn.Module:
+    """Build model `name` for these inputs from its typed config (validated once, by `make_config`).
+
+    Args:
+        embedding: a FeatureEmbedding to share (a multi-task model hands its own to the zoo model it uses
+            as a shared bottom); default: a new one of `cfg.embedding_dim`.
+        num_outputs: how many outputs the model's head has; default one logit per task of the spec. A
+            multi-task model builds its bottom with `num_outputs=W` and reads those W values as features.
+    """
     e = entry(name)
     if not isinstance(cfg, e.config_cls):
         raise TypeError(f"build_model({name!r}) takes a {e.config_cls.__name__}, got {type(cfg).__name__}: "
                         f"read a mapping with make_config({name!r}, data) at the loading boundary")
-    embedding = FeatureEmbedding(inputs, cfg.embedding_dim)
+    if num_outputs is not None:
+        # A model's head is one output per task of its inputs: W outputs are W (unnamed) tasks.
+        inputs = replace(inputs, tasks=tuple(f"_output{i}" for i in range(num_outputs)), grades={}, parents={})
+    embedding = FeatureEmbedding(inputs, cfg.embedding_dim) if embedding is None else embedding
     return e.model_cls(cfg, inputs, embedding)
