@@ -153,7 +153,7 @@ def budget_spec(spec: FeatureSpec, rows: dict[str, int], method: str, budget: fl
     return parse_spec(data)
 
 
-def _encoded(spec: FeatureSpec, raw) -> tuple[ModelInputs, dict[str, EncodedRows], dict[str, float]]:
+def encoded_splits(spec: FeatureSpec, raw) -> tuple[ModelInputs, dict[str, EncodedRows], dict[str, float]]:
     """Fit on train rows and encode every split, in-process; (inputs, rows per split, positive rates)."""
     derived = derive(raw, spec)
     parts = {s: derived.filter(pc.equal(derived[SPLIT_COLUMN], s)) for s in ("train", "valid", "test")}
@@ -180,7 +180,7 @@ def _fit(architecture: str, cfg: Any, train_cfg: Any, inputs: ModelInputs, rows:
     best, best_state, best_epoch, stale, t0 = -1.0, None, 0, 0, time.perf_counter()
     for epoch in range(train_cfg.epochs):
         train_epoch(model, model, rows["train"], train_cfg, epoch, optimizer, objective=objective)
-        auc = evaluate_rows(model, rows["valid"], inputs.tasks, train_cfg.eval_batch_size)["auc"]
+        auc = evaluate_rows(model, rows["valid"], inputs, train_cfg.eval_batch_size)["auc"]
         if auc > best:
             best, best_state, best_epoch, stale = auc, copy.deepcopy(model.state_dict()), epoch + 1, 0
         else:
@@ -190,7 +190,7 @@ def _fit(architecture: str, cfg: Any, train_cfg: Any, inputs: ModelInputs, rows:
     seconds = time.perf_counter() - t0
     model.load_state_dict(best_state)
     served, _ = serving_copy(model)  # what a published version holds and scores with
-    test = evaluate_rows(served, rows["test"], inputs.tasks, train_cfg.eval_batch_size)
+    test = evaluate_rows(served, rows["test"], inputs, train_cfg.eval_batch_size)
     latency = forward_latency(served, rows["test"], reps=20)
     return {"latency_ms_b1000": latency["latency_ms_b1000"],"valid_auc": best, "test_auc": test["auc"], "test_logloss": test["logloss"], "best_epoch": best_epoch,
             "train_seconds": round(seconds, 1), "train_bytes": ADAM_COPIES * table_bytes(model),
@@ -232,7 +232,7 @@ def bench_embedding(dataset: str, models: list[str], seeds: list[int], config_di
         raise ConfigError(f"no dataset spec {spec_path}; datasets: {sorted(p.stem for p in config_dir.glob('*.yaml'))}")
     spec = load_spec(spec_path)
     raw = load_source(spec.source)
-    full_inputs, _, _ = _encoded(spec, raw)
+    full_inputs, _, _ = encoded_splits(spec, raw)
     rows_of = {t.name: t.num_embeddings for t in full_inputs.tables}
     full_rows = sum(rows_of.values())
     files = {name: load_model_file(config_dir / "models" / f"{name}.yaml") for name in models}
@@ -244,7 +244,7 @@ def bench_embedding(dataset: str, models: list[str], seeds: list[int], config_di
                 progress(f"prune {budget:g}: no run (a sparse row's offset alone weighs {budget:g} of a dense row)")
             continue
         variant = spec if method == "full" else budget_spec(spec, rows_of, method, budget, dim)
-        inputs, rows, rates = _encoded(variant, raw)
+        inputs, rows, rates = encoded_splits(variant, raw)
         for name in models:
             mf, cfg = files[name], configs[name]
             runs = []

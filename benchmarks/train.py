@@ -112,7 +112,7 @@ def _epochs_loop(mf: ModelFile, prepared: PreparedData, rows: EncodedRows, valid
         t0 = time.perf_counter()
         train_epoch(model, model, rows, cfg, epoch, optimizer, objective=objective)
         t1 = time.perf_counter()
-        evaluate_rows(model, valid, prepared.inputs.tasks, cfg.eval_batch_size)
+        evaluate_rows(model, valid, prepared.inputs, cfg.eval_batch_size)
         passes.append(t1 - t0)
         whole.append(time.perf_counter() - t0)
     return passes, whole

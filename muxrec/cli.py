@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from muxrec.config import EMBEDDING_OPTIMIZERS, SHARDING_TYPES
+from muxrec.config import EMBEDDING_OPTIMIZERS, SHARDING_TYPES, TASK_WEIGHTINGS
 from muxrec.errors import MuxrecError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_cfg = with_overrides(mf.train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                seed=args.seed, num_workers=args.num_workers, patience=args.patience,
                                sharding=args.sharding, embedding_optimizer=args.embedding_optimizer,
-                               embedding_lr=args.embedding_lr)
+                               embedding_lr=args.embedding_lr, task_weighting=args.task_weighting)
     prepared = prepare_cached(spec, args.runs / "prepared")
     job = TrainJob(str(prepared.root), mf.architecture, model_cfg, train_cfg)
     name = args.name or f"{spec.name}-{args.model}"
@@ -91,6 +91,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for b in cal["bins"]:
             print(f"      p in [{b['lo']:.1f}, {b['hi']:.1f}): {b['count']:6d} rows  predicted {b['predicted']:.3f}"
                   f"  observed {b['observed']:.3f}")
+        for key, given in m.items():
+            if key.startswith("given_"):
+                print(f"    on the {given['rows']} rows where {key.removeprefix('given_')} = 1: AUC {given['auc']:.4f}"
+                      f"  logloss {given['logloss']:.4f}")
+    if "blend" in report:
+        weights = ", ".join(f"{t} {w:.2f}" for t, w in report["blend"]["weights"].items())
+        print(f"  blend ({weights}): AUC {report['blend']['auc']:.4f}")
     return 0
 
 
@@ -165,6 +172,21 @@ def cmd_bench_embedding(args: argparse.Namespace) -> int:
             print(f"{row['model']} {row['method']} at {row['budget']:g}: test AUC {row['test_auc']:.4f} ± "
                   f"{row['test_auc_std']:.4f}, {row['serve_bytes']:,} bytes", file=sys.stderr)
     _print_json({"dataset": args.dataset, "rows": rows})
+    return 0
+
+
+def cmd_bench_mtl(args: argparse.Namespace) -> int:
+    from muxrec.benchmarks.mtl import bench_mtl, summary
+
+    progress = None if args.json else (lambda line: print(f"[muxrec] {line}", file=sys.stderr))
+    rows = []
+    for row in bench_mtl(args.dataset, [m.strip() for m in args.models.split(",") if m.strip()], args.single,
+                         _seeds(args.seeds), CONFIG_DIR, None if args.no_save else args.out, progress=progress):
+        rows.append({k: v for k, v in row.items() if k not in ("per_seed", "machine")})
+        if not args.json:
+            print(f"{row['model']}: " + ", ".join(f"{t} {m:.4f} ± {s:.4f}" for t, (m, s) in row["test_auc"].items()),
+                  file=sys.stderr)
+    _print_json({"dataset": args.dataset, "summary": summary(rows), "rows": rows})
     return 0
 
 
@@ -356,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how tables learn (default auto: adam; rowwise_adagrad when tables are model-parallel)")
     tr.add_argument("--embedding-lr", type=float, default=None,
                     help="the tables' learning rate (default: --lr; 0.01 under Adagrad)")
+    tr.add_argument("--task-weighting", default=None, choices=TASK_WEIGHTINGS,
+                    help="multi-task losses: fixed (the spec's label weights, default) or uncertainty (learned)")
     tr.add_argument("--fresh", action="store_true", help="start over instead of resuming an unfinished run")
     paths(tr)
     tr.set_defaults(func=cmd_train)
@@ -421,6 +445,15 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--seeds", default="2026,2027,2028", help="comma-separated seeds")
     bench_output(em, "print only the JSON line on stdout")
     em.set_defaults(func=cmd_bench_embedding)
+
+    mt = be_sub.add_parser("mtl", help="per-task test AUC of every multi-task model beside single-task training")
+    mt.add_argument("--dataset", default="ml-100k-mtl", help="a spec under configs/ with several labels")
+    mt.add_argument("--models", default="shared_bottom,mmoe,ple,esmm,apem,task_expert",
+                    help="multi-task configs/models/<model>.yaml names, comma-separated")
+    mt.add_argument("--single", default="deepfm", help="the single-task model trained on each task alone")
+    mt.add_argument("--seeds", default="2026,2027,2028", help="comma-separated seeds")
+    bench_output(mt, "print only the JSON line on stdout")
+    mt.set_defaults(func=cmd_bench_mtl)
 
     sh = be_sub.add_parser("sharding", help="samples/s and peak memory per worker, TorchRec-sharded vs not")
     sh.add_argument("--dataset", default="synthetic-large", help="a spec under configs/")

@@ -95,6 +95,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 SHARDING_TYPES = ("none", "table_wise", "row_wise", "column_wise", "data_parallel")
 EMBEDDING_OPTIMIZERS = ("adam", "adagrad", "rowwise_adagrad", "sgd")
+TASK_WEIGHTINGS = ("fixed", "uncertainty")
 ADAGRAD_LR = 0.01  # the tables' default learning rate under (row-wise) Adagrad
 
 
@@ -117,6 +118,8 @@ class TrainConfig:
         embedding_lr: the tables' learning rate. Default: lr, except 0.01 for (row-wise) Adagrad, whose
             steps shrink as squared gradients add up (ML-100K DeepFM, valid AUC, table-wise on 2 workers:
             0.7779 at 1e-3, 0.7884 at 0.01, 0.7851 at 0.05; unsharded Adam at 1e-3: 0.7847).
+        task_weighting: how several tasks' losses add up: "fixed" (the spec's label weights) or
+            "uncertainty" (learned per task, Kendall et al. 2018; see pipelines/loop.py Objective).
     """
 
     epochs: int = 30
@@ -131,8 +134,11 @@ class TrainConfig:
     sharding: str = "none"
     embedding_optimizer: str = "auto"
     embedding_lr: float | None = None
+    task_weighting: str = "fixed"
 
     def __post_init__(self) -> None:
+        if self.task_weighting not in TASK_WEIGHTINGS:
+            raise ValueError(f"task_weighting must be one of {', '.join(TASK_WEIGHTINGS)}, got {self.task_weighting!r}")
         if self.sharding not in SHARDING_TYPES:
             raise ValueError(f"sharding must be one of {', '.join(SHARDING_TYPES)}, got {self.sharding!r}")
         if self.embedding_optimizer not in ("auto", *EMBEDDING_OPTIMIZERS):

@@ -113,6 +113,12 @@ class LabelSpec(_Strict):
         when: "< 30"              1 where `source <op> literal`, op one of == != < <= > >= (a quoted
                                   string literal compares as text, a number as a number)
 
+    Several labels make a multi-task model (one output per label). `weight` scales a task's loss
+    (with `task_weighting: fixed`, the default). `parent` names an earlier label that must be 1 for
+    this one to be 1 (conversion after click): a funnel. Models that chain the funnel predict
+    P(child) = P(parent) * P(child | parent); with `funnel: masked` the child learns only from its
+    parent's positive rows. Metrics of a child task are reported on all rows and on those rows.
+
     `grades` adds more cut points on the same graded source, e.g. `threshold: 4, grades: [2, 3, 5]`
     for 1-5 star ratings. They are training targets only (the model still predicts `source >=
     threshold`): one score s per row and P(source >= g) = sigmoid(s + offset_g), a cumulative-link
@@ -123,6 +129,9 @@ class LabelSpec(_Strict):
 
     name: str = Field(pattern=_NAME)
     source: str
+    type: Literal["binary"] = "binary"
+    weight: float = Field(default=1.0, gt=0, allow_inf_nan=False)  # the task's weight in the training loss
+    parent: str | None = None  # a label this one only happens after (love after like): a funnel step
     threshold: float | None = None
     positive: tuple[StrictStr | StrictInt | StrictFloat, ...] | None = Field(default=None, min_length=1,
                                                                               max_length=1000)
@@ -487,6 +496,10 @@ class FeatureSpec(_Strict):
     split: SplitSpec
     tables: dict[str, TableSpec] = Field(default_factory=dict)
     features: list[Feature] = Field(min_length=1)
+    # How tasks are blended into one figure: early stopping, the registry's headline metric (a weighted
+    # mean of task AUCs) and the default ranking order (a weighted sum of task probabilities). Default:
+    # the first label alone.
+    blend: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("features")
     @classmethod
@@ -501,9 +514,17 @@ class FeatureSpec(_Strict):
     @model_validator(mode="after")
     def _tables_and_labels(self) -> FeatureSpec:
         names = {f.name for f in self.features}
+        earlier: list[str] = []
         for label in self.labels:
             if label.name in names:
                 raise ValueError(f"label {label.name!r} has the name of a feature")
+            if label.name in earlier:
+                raise ValueError(f"label {label.name!r} is declared twice")
+            if label.parent is not None and label.parent not in earlier:
+                raise ValueError(f"label {label.name!r}: parent {label.parent!r} must be a label declared before "
+                                 f"it (declared before: {earlier or 'none'})")
+            earlier.append(label.name)
+        check_blend(self.blend, self.label_names, "blend")
         for f in self.features:
             if f.history is not None and f.history.label is not None and f.history.label not in self.label_names:
                 raise ValueError(f"feature {f.name!r}: history label {f.history.label!r} is not one of the "
@@ -555,6 +576,13 @@ class FeatureSpec(_Strict):
     @property
     def label_names(self) -> list[str]:
         return [label.name for label in self.labels]
+
+    @property
+    def task_blend(self) -> dict[str, float]:
+        """`blend` with its default (the first label alone) resolved, weights summing to 1."""
+        blend = self.blend or {self.labels[0].name: 1.0}
+        total = sum(blend.values())
+        return {t: blend[t] / total for t in self.label_names if blend.get(t, 0.0) > 0}
 
     @property
     def label_columns(self) -> list[str]:
@@ -612,6 +640,8 @@ class FeatureSpec(_Strict):
     @cached_property
     def _fingerprint(self) -> str:  # the spec is frozen: hash it once (encode() checks it per call)
         data = self.model_dump(mode="json")
+        if not data["blend"]:
+            del data["blend"]
         # Fields added later are left out while unused, so older specs keep their hash.
         for part, defaults in _ADDED_LATER.items():
             items = data[part]
@@ -632,7 +662,7 @@ class FeatureSpec(_Strict):
 
 # Spec fields added after published models recorded their spec's fingerprint, with their defaults.
 _ADDED_LATER: dict[str, dict[str, Any]] = {
-    "labels": {"grades": [], "positive": None, "when": None},
+    "labels": {"grades": [], "positive": None, "when": None, "type": "binary", "weight": 1.0, "parent": None},
     "split": {"row_number": False, "seed": 0},
     "features": {"bucketize": None, "required": None, "slots": None, "compression": None, "quantize": None},
     "tables": {"multiplex": False, "compression": None, "quantize": None},
@@ -677,6 +707,9 @@ class ModelInputs:
     sequences:  sequence features, (B, L) padded ids looked up position by position
     tasks:      label names; a model predicts the first `num_tasks` of them
     grades:     a task's extra cut-point label columns (`grades:` in the spec), training targets only
+    parents:    task -> the task it follows in a funnel (`parent:` in the spec)
+    weights:    task -> its weight in the training loss
+    blend:      task -> its share of the blended metric and ranking score (sums to 1)
     """
 
     fields: tuple[str, ...]
@@ -688,6 +721,9 @@ class ModelInputs:
     tables: tuple[TableInput, ...]
     tasks: tuple[str, ...]
     grades: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    parents: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    blend: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_spec(cls, spec: FeatureSpec, num_embeddings: dict[str, int]) -> ModelInputs:
@@ -723,7 +759,19 @@ class ModelInputs:
             tables=tuple(tables),
             tasks=tuple(spec.label_names),
             grades={label.name: label.grade_columns for label in spec.labels if label.grades},
+            parents={label.name: label.parent for label in spec.labels if label.parent is not None},
+            weights={label.name: label.weight for label in spec.labels},
+            blend=spec.task_blend,
         )
+
+    def task_blend(self) -> dict[str, float]:
+        """`blend`, or the first task alone when unset (inputs built by hand)."""
+        return self.blend or {self.tasks[0]: 1.0}
+
+    def parent_index(self, task: str) -> int | None:
+        """The position of `task`'s parent among `tasks`, or None."""
+        parent = self.parents.get(task)
+        return None if parent is None else self.tasks.index(parent)
 
     @property
     def label_columns(self) -> tuple[str, ...]:
@@ -733,6 +781,19 @@ class ModelInputs:
     @property
     def num_fields(self) -> int:
         return len(self.fields)
+
+
+def check_blend(blend: dict[str, float], tasks: list[str] | tuple[str, ...], where: str) -> None:
+    """Raise ValueError naming the problem unless `blend` weighs known tasks with finite weights >= 0,
+    at least one of them > 0 (an empty blend is allowed: it means the default)."""
+    unknown = sorted(set(blend) - set(tasks))
+    if unknown:
+        raise ValueError(f"{where}: unknown task(s) {unknown}; tasks: {list(tasks)}")
+    for task, w in blend.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"{where}.{task}: weight must be a finite number >= 0, got {w!r}")
+    if blend and not sum(blend.values()) > 0:
+        raise ValueError(f"{where}: at least one weight must be > 0")
 
 
 def _format_validation_error(err: ValidationError) -> str:

@@ -38,9 +38,20 @@ def evaluate(version: ModelVersion, split: str = "test", raw: pa.Table | None = 
     rows = EncodedRows(split_rows(loaded, split, raw), loaded.inputs)
     probs = loaded.predict(rows)  # (N, T_out)
     labels = rows.labels.numpy()
+    inputs = loaded.inputs
     tasks = {}
     for t in range(probs.shape[1]):
         y, p = labels[:, t], probs[:, t]
-        tasks[loaded.inputs.tasks[t]] = {"auc": roc_auc(y, p), "logloss": log_loss(y, p),
-                                         "calibration": calibration(y, p), "positive_rate": float(np.mean(y))}
-    return {"model": version.ref, "split": split, "rows": len(rows), "tasks": tasks}
+        task = inputs.tasks[t]
+        tasks[task] = {"auc": roc_auc(y, p), "logloss": log_loss(y, p), "calibration": calibration(y, p),
+                       "positive_rate": float(np.mean(y))}
+        parent = inputs.parent_index(task)
+        if parent is not None and labels[:, parent].any():  # also on the rows where the parent happened
+            given = labels[:, parent] == 1
+            tasks[task][f"given_{inputs.tasks[parent]}"] = {
+                "auc": roc_auc(y[given], p[given]), "logloss": log_loss(y[given], p[given]), "rows": int(given.sum())}
+    blend = {t: w for t, w in inputs.task_blend().items() if t in tasks}
+    report = {"model": version.ref, "split": split, "rows": len(rows), "tasks": tasks}
+    if len(tasks) > 1:
+        report["blend"] = {"weights": blend, "auc": sum(w * tasks[t]["auc"] for t, w in blend.items()) / sum(blend.values())}
+    return report

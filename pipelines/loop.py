@@ -13,12 +13,14 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torchrec import optim as trec_optim
 
-from muxrec.config import TrainConfig
+from muxrec.config import TASK_WEIGHTINGS, TrainConfig
 from muxrec.metrics import binary_metrics
 from muxrec.models import Batch, EncodedRows
+from muxrec.models.layers.multitask import conditional_log_probs
 from muxrec.spec import ModelInputs
 
 
@@ -101,7 +103,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, tables: list[nn.Parameter
 
 
 class Objective:
-    """Mean binary cross-entropy over every training target a batch carries.
+    """The training loss over every target a batch carries: each task's binary cross-entropy, blended.
 
     A task t predicts logit s. A task whose label declares grades g_1..g_K also trains
     P(source >= g_k) = sigmoid(s + offset_k): one score, K + 1 cut points (cumulative link, see
@@ -109,15 +111,28 @@ class Objective:
     grade's positive rate and the task's in the training split. That keeps them out of the model
     (the served model is unchanged: it predicts the task) and out of checkpoints; learning them
     measured no better on ML-100K validation (DeepFM 0.7928 learned vs 0.7921 fixed).
+
+    Several tasks are weighed by `weighting`:
+      fixed         the spec's label weights: sum over columns of w * BCE / sum of w (a grade column
+                    carries its task's weight), so equal weights give the plain mean over columns;
+      uncertainty   learned: sum over tasks of exp(-s_t) * L_t + s_t / 2, with s_t = log sigma_t^2 a
+                    parameter of this objective ("Multi-Task Learning Using Uncertainty to Weigh Losses
+                    for Scene Geometry and Semantics", Kendall, Gal, Cipolla, CVPR 2018).
+    With `masked` (a model with `funnel: masked`), a task with a parent learns P(task | parent) from
+    its parent's positive rows only (label masks): the model's outputs are entire-space, so the
+    conditional is their ratio (`conditional_log_probs`).
     """
 
-    def __init__(self, inputs: ModelInputs, rates: Mapping[str, float]):
+    def __init__(self, inputs: ModelInputs, rates: Mapping[str, float], weighting: str = "fixed",
+                 masked: bool = False):
         """rates: the training positive rate of each grade column and of its task."""
 
         def log_odds(column: str) -> float:
             r = min(max(float(rates[column]), 1e-4), 1 - 1e-4)
             return math.log(r / (1 - r))
 
+        if weighting not in TASK_WEIGHTINGS:
+            raise ValueError(f"task weighting must be one of {TASK_WEIGHTINGS}, got {weighting!r}")
         self.num_tasks = len(inputs.tasks)
         self.grades: list[tuple[int, int, Tensor]] = []  # (task, first label column, (K,) offsets)
         column = self.num_tasks
@@ -127,22 +142,79 @@ class Objective:
                 offsets = torch.tensor([log_odds(g) - log_odds(task) for g in grades], dtype=torch.float32)
                 self.grades.append((t, column, offsets))
             column += len(grades)
+        self.weights = torch.tensor([inputs.weights.get(t, 1.0) for t in inputs.tasks], dtype=torch.float32)
+        self.parents = [inputs.parent_index(t) for t in inputs.tasks] if masked else [None] * self.num_tasks
+        self.weighting = weighting
+        self.log_vars = nn.Parameter(torch.zeros(self.num_tasks)) if weighting == "uncertainty" else None
+        self._plain = weighting == "fixed" and bool((self.weights == 1).all()) and not any(
+            p is not None for p in self.parents)
 
     @classmethod
-    def fit(cls, rows: EncodedRows) -> Objective:
+    def fit(cls, rows: EncodedRows, weighting: str = "fixed", masked: bool = False) -> Objective:
         """Rates from these rows (the trainer passes the whole training split's rates instead)."""
         means = rows.labels.double().mean(0).tolist() if len(rows) else [0.5] * len(rows.inputs.label_columns)
-        return cls(rows.inputs, dict(zip(rows.inputs.label_columns, means)))
+        return cls(rows.inputs, dict(zip(rows.inputs.label_columns, means)), weighting, masked)
+
+    def parameters(self) -> list[nn.Parameter]:
+        """What the objective itself learns (the uncertainty weights), to be optimised with the model."""
+        return [self.log_vars] if self.log_vars is not None else []
+
+    def state(self) -> list[float]:
+        return self.log_vars.detach().tolist() if self.log_vars is not None else []
+
+    def load_state(self, values: list[float]) -> None:
+        if self.log_vars is not None and values:
+            with torch.no_grad():
+                self.log_vars.copy_(torch.tensor(values))
+
+    def task_weights(self) -> dict[int, float]:
+        """The weight each task's loss gets now: the fixed ones, or exp(-s_t) learned."""
+        w = torch.exp(-self.log_vars.detach()) if self.log_vars is not None else self.weights
+        return dict(enumerate(w.tolist()))
+
+    def sync_gradients(self) -> None:
+        """Average the objective's own gradients over DDP ranks (the model's are averaged by DDP)."""
+        if self.log_vars is not None and self.log_vars.grad is not None and dist.is_initialized() \
+                and dist.get_world_size() > 1:
+            dist.all_reduce(self.log_vars.grad)
+            self.log_vars.grad /= dist.get_world_size()
 
     def __call__(self, logits: Tensor, labels: Tensor) -> Tensor:
         """logits (B, T_out) for the first T_out tasks; labels (B, tasks + grade columns)."""
         predicted = logits.shape[1]
-        scores, targets = [logits], [labels[:, :predicted]]
+        if self._plain:
+            scores, targets = [logits], [labels[:, :predicted]]
+            for t, column, offsets in self.grades:
+                if t < predicted:
+                    scores.append(logits[:, t:t + 1] + offsets)  # (B, K)
+                    targets.append(labels[:, column:column + len(offsets)])
+            return nn.functional.binary_cross_entropy_with_logits(torch.cat(scores, 1), torch.cat(targets, 1))
+        # Per task: the sum of its columns' mean losses and how many columns that is.
+        sums: list[Tensor] = []
+        counts: list[int] = []
+        for t in range(predicted):
+            p = self.parents[t]
+            if p is not None and p < predicted:
+                log_q, log_not_q = conditional_log_probs(logits[:, t], logits[:, p])  # (B,), (B,)
+                y, rows = labels[:, t], labels[:, p]  # rows: the parent's positives
+                bce = -(y * log_q + (1 - y) * log_not_q)  # (B,)
+                sums.append((bce * rows).sum() / rows.sum().clamp(min=1))
+            else:
+                sums.append(nn.functional.binary_cross_entropy_with_logits(logits[:, t], labels[:, t]))
+            counts.append(1)
         for t, column, offsets in self.grades:
             if t < predicted:
-                scores.append(logits[:, t:t + 1] + offsets)  # (B, K)
-                targets.append(labels[:, column:column + len(offsets)])
-        return nn.functional.binary_cross_entropy_with_logits(torch.cat(scores, 1), torch.cat(targets, 1))
+                k = len(offsets)
+                sums[t] = sums[t] + k * nn.functional.binary_cross_entropy_with_logits(
+                    logits[:, t:t + 1] + offsets, labels[:, column:column + k])
+                counts[t] += k
+        total = torch.stack(sums)  # (T_out,)
+        n = torch.tensor(counts, dtype=torch.float32)  # (T_out,)
+        if self.log_vars is not None:
+            s = self.log_vars[:predicted]
+            return (torch.exp(-s) * total / n + s / 2).sum() / predicted
+        w = self.weights[:predicted]
+        return (w * total).sum() / (w * n).sum()
 
 
 def train_epoch(net: nn.Module, model: nn.Module, rows: Rows, cfg: TrainConfig, epoch: int,
@@ -169,6 +241,7 @@ def train_epoch(net: nn.Module, model: nn.Module, rows: Rows, cfg: TrainConfig, 
             loss = loss + regularization()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        objective.sync_gradients()
         optimizer.step()
         losses.append(loss.item())
         if on_batch is not None:
@@ -176,20 +249,33 @@ def train_epoch(net: nn.Module, model: nn.Module, rows: Rows, cfg: TrainConfig, 
     return float(sum(losses) / max(len(losses), 1))
 
 
-def evaluate_rows(model: nn.Module, rows: Rows, tasks: tuple[str, ...], batch_size: int) -> dict[str, Any]:
-    """Metrics per task, keyed "<task>_auc" etc.; the first task's also as plain "auc"/"logloss"."""
+def evaluate_rows(model: nn.Module, rows: Rows, inputs: ModelInputs, batch_size: int) -> dict[str, Any]:
+    """Metrics per task, keyed "<task>_auc" etc., and the blend's as plain "auc" / "logloss".
+
+    The blend is the spec's (`ModelInputs.blend`: default the first task alone), over the tasks the
+    model predicts. A task with a parent is also measured on its parent's positive rows only, keyed
+    "<task>_given_<parent>_auc" (for conversion after click: the CVR among clicks).
+    """
     model.eval()
     probs, labels = [], []
     with torch.no_grad():
         for batch in rows.batches(batch_size):
             probs.append(torch.sigmoid(model(batch)))  # (B, T_out)
             labels.append(batch.labels)  # (B, T + G)
+    tasks = inputs.tasks
     probs_np = torch.cat(probs).numpy() if probs else np.zeros((0, len(tasks)), np.float32)  # (N, T_out)
     labels_np = torch.cat(labels).numpy() if labels else np.zeros((0, len(tasks)), np.float32)
     out: dict[str, Any] = {}
-    for t in range(probs_np.shape[1]):
-        m = binary_metrics(labels_np[:, t], probs_np[:, t])
-        out.update({f"{tasks[t]}_{k}": v for k, v in m.items()})
-        if t == 0:
-            out.update(m)
+    predicted = tasks[:probs_np.shape[1]]
+    for t, task in enumerate(predicted):
+        out.update({f"{task}_{k}": v for k, v in binary_metrics(labels_np[:, t], probs_np[:, t]).items()})
+        parent = inputs.parent_index(task)
+        if parent is not None and labels_np[:, parent].any():
+            rows_of_parent = labels_np[:, parent] == 1
+            given = binary_metrics(labels_np[rows_of_parent, t], probs_np[rows_of_parent, t])
+            out.update({f"{task}_given_{tasks[parent]}_{k}": v for k, v in given.items()})
+    blend = {t: w for t, w in inputs.task_blend().items() if t in predicted} or {predicted[0]: 1.0}
+    total = sum(blend.values())
+    for metric in ("auc", "logloss"):
+        out[metric] = sum(w * out[f"{t}_{metric}"] for t, w in blend.items()) / total
     return out

@@ -55,7 +55,9 @@ from muxrec.models import Batch, EncodedRows, build_model
 from muxrec.models.registry import entry
 from muxrec.models.serialization import load_state, model_files, serving_copy, state_bytes
 from muxrec.pipelines.importance import permutation_importance
-from muxrec.pipelines.loop import Objective, empty_parameters, evaluate_rows, make_optimizer, train_epoch
+from muxrec.models.multitask import expert_utilisation
+from muxrec.pipelines.loop import (Objective, Optimizers, empty_parameters, evaluate_rows, make_optimizer,
+                                   train_epoch)
 from muxrec.pipelines.prepare import PreparedData
 from muxrec.pipelines.sharding import check_shardable, plan_summary, shard
 from muxrec.ray_env import ensure_ray
@@ -118,12 +120,15 @@ class TrainJob:
     def fingerprint(self, spec_fingerprint: str) -> str:
         """What must not change between a run and its resumption (epochs and workers may)."""
         train = {k: v for k, v in to_dict(self.train).items()
-                 if k not in ("epochs", "num_workers", "patience", "sharding", "embedding_optimizer", "embedding_lr")}
+                 if k not in ("epochs", "num_workers", "patience", "sharding", "embedding_optimizer", "embedding_lr",
+                              "task_weighting")}
         # Set only when not the default, so that fingerprints from before these options still hold.
         if self.train.table_optimizer != "adam":
             train["table_optimizer"] = self.train.table_optimizer
         if self.train.embedding_lr is not None:
             train["embedding_lr"] = self.train.embedding_lr
+        if self.train.task_weighting != "fixed":
+            train["task_weighting"] = self.train.task_weighting
         canon = json.dumps([spec_fingerprint, self.model, to_dict(self.model_config), train], sort_keys=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
@@ -229,7 +234,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(job.model, job.model_config, inputs)
-    objective = Objective(inputs, prepared.positive_rates("train"))  # whole-split rates: equal on every rank
+    # Whole-split rates: equal on every rank.
+    objective = Objective(inputs, prepared.positive_rates("train"), cfg.task_weighting,
+                          masked=getattr(model, "funnel", "none") == "masked")
     fingerprint = job.fingerprint(prepared.spec.fingerprint())
     state = {"epoch": -1, "best_epoch": -1, "best_valid_auc": -1.0, "bad_epochs": 0, "stopped": False,
              "history": [], "fingerprint": fingerprint, "train_seconds": 0.0, "world_size": ctx.get_world_size(),
@@ -266,11 +273,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         net = ray.train.torch.prepare_model(model) if world > 1 else model
         optimizer = make_optimizer(model, cfg)
     if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+        optimizer.load_state_dict(optimizer_state["model"] if "objective" in optimizer_state else optimizer_state)
     if sharded is not None and tables_optimizer_state is not None:
         if not sharded.load_fused_optimizer_state(tables_optimizer_state):
             progress.emit(kind="note", text="the tables' optimizer state was saved under another sharding: "
                                             "their accumulators start afresh")
+    if objective.parameters():  # uncertainty weights: learned beside the model, saved in the state
+        objective.load_state(state.get("task_log_vars", []))
+        optimizer = Optimizers(optimizer, torch.optim.Adam(objective.parameters(), lr=cfg.lr))
+        if optimizer_state is not None and "task_log_vars" in state:
+            optimizer.optimizers[1].load_state_dict(optimizer_state["objective"])
 
     def weights() -> bytes:
         """The model's weights, unsharded (collective when sharded: every rank calls it)."""
@@ -302,7 +314,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         train_loss = train_epoch(net, model, train_rows, cfg, epoch, optimizer, n_batches,
                                  on_batch=on_batch, objective=objective)
-        valid = evaluate_rows(model, valid_rows, inputs.tasks, cfg.eval_batch_size)
+        valid = evaluate_rows(model, valid_rows, inputs, cfg.eval_batch_size)
         seconds = time.perf_counter() - t0
         state["train_seconds"] += seconds
         state["epoch"] = epoch
@@ -315,6 +327,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "valid_auc": valid["auc"],
                    "valid_logloss": valid["logloss"], "best_valid_auc": state["best_valid_auc"],
                    "epoch_seconds": seconds}
+        if len(inputs.tasks) > 1:
+            metrics["valid_task_auc"] = {t: valid[f"{t}_auc"] for t in inputs.tasks if f"{t}_auc" in valid}
+        if objective.parameters():
+            state["task_log_vars"] = objective.state()
+            metrics["task_weights"] = {inputs.tasks[t]: w for t, w in objective.task_weights().items()}
         state["history"].append(metrics)
         if isinstance(train_rows, StreamedRows):
             state["train_rows"] = train_rows.seen
@@ -330,7 +347,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if tables_state:
                     (d / _TABLES_OPTIMIZER).write_bytes(save_safetensors(tables_state))
                 (d / _BEST).write_bytes(best_weights)
-                torch.save(optimizer.state_dict(), d / _OPTIMIZER)
+                saved = optimizer.state_dict() if not objective.parameters() else {
+                    "model": optimizer.optimizers[0].state_dict(), "objective": optimizer.optimizers[1].state_dict()}
+                torch.save(saved, d / _OPTIMIZER)
                 (d / _STATE).write_text(json.dumps(state))
                 checkpoint = Checkpoint.from_directory(str(d))
             ray.train.report(metrics, checkpoint=checkpoint)
@@ -520,7 +539,12 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
         metrics["served_as"] = quantized
     for split in ("valid", "test"):
         rows = EncodedRows(prepared.read(split), prepared.inputs)
-        metrics[split] = evaluate_rows(model, rows, prepared.inputs.tasks, job.train.eval_batch_size)
+        metrics[split] = evaluate_rows(model, rows, prepared.inputs, job.train.eval_batch_size)
+    if callable(getattr(type(model), "gates", None)):  # a multi-task model: which experts each task uses
+        metrics["expert_utilisation"] = expert_utilisation(
+            model, EncodedRows(prepared.read("valid"), prepared.inputs).batches(job.train.eval_batch_size))
+    if len(prepared.inputs.tasks) > 1:
+        metrics["blend"] = prepared.inputs.task_blend()
     files = model_files(model, job.model, cfg, prepared.spec, prepared.vocab)
     files["metrics.json"] = json.dumps(metrics, indent=1)
     files["importance.json"] = json.dumps(permutation_importance(model, prepared.read("valid"), prepared.inputs,
@@ -528,7 +552,8 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
     files["train.json"] = json.dumps(job.to_dict(), indent=1)
     version = registry.publish(model_name, files, metadata={
         "model": job.model, "spec": prepared.spec.name, "valid_auc": metrics["valid"]["auc"],
-        "test_auc": metrics["test"]["auc"], "run": runs[-1]})
+        "test_auc": metrics["test"]["auc"], "run": runs[-1],
+        **({"blend": metrics["blend"]} if "blend" in metrics else {})})
     for name in runs:
         (run_dir(storage, name) / DONE_MARKER).write_text(json.dumps({"version": version.ref}))
     say(f"published {version.ref}: valid AUC {metrics['valid']['auc']:.4f}, "

@@ -37,7 +37,7 @@ def run(prepared: PreparedData, model_name: str, model_cfg: Any, train_cfg: Trai
     best, best_epoch, bad, t0, cpu0, history = -1.0, -1, 0, time.perf_counter(), time.process_time(), []
     for epoch in range(train_cfg.epochs):
         train_epoch(model, model, train_rows, train_cfg, epoch, optimizer)
-        auc = evaluate_rows(model, valid_rows, prepared.inputs.tasks, train_cfg.eval_batch_size)["auc"]
+        auc = evaluate_rows(model, valid_rows, prepared.inputs, train_cfg.eval_batch_size)["auc"]
         history.append(round(auc, 4))
         if auc > best:
             best, best_epoch, bad = auc, epoch, 0

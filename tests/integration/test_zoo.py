@@ -47,7 +47,7 @@ def _fit(name: str, data, stop_above: float = 1.0) -> list[float]:
     aucs = []
     for epoch in range(MAX_EPOCHS):
         train_epoch(model, model, train_rows, TRAIN, epoch, optimizer)
-        aucs.append(evaluate_rows(model, valid_rows, inputs.tasks, TRAIN.eval_batch_size)["auc"])
+        aucs.append(evaluate_rows(model, valid_rows, inputs, TRAIN.eval_batch_size)["auc"])
         if aucs[-1] > stop_above:
             break
     return aucs

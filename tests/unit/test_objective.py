@@ -57,3 +57,67 @@ def test_a_five_pushes_the_score_up_harder_than_a_four_and_a_one_down_harder_tha
     plain = torch.zeros(4, 1, requires_grad=True)
     Objective(_inputs([{"name": "click", "source": "stars", "threshold": 4}]), {})(plain, labels[:, :1]).backward()
     assert plain.grad[3, 0] == plain.grad[2, 0] and plain.grad[0, 0] == plain.grad[1, 0]
+
+
+FUNNEL = [{"name": "click", "source": "y"}, {"name": "buy", "source": "z", "parent": "click"}]
+
+
+def _entire_space(parent_logit, conditional_logit):
+    """Logits of P(parent) and P(parent) * sigmoid(conditional): a chained model's two outputs."""
+    p_child = torch.sigmoid(parent_logit) * torch.sigmoid(conditional_logit)
+    return torch.stack([parent_logit, torch.logit(p_child)], dim=1)  # (B, 2)
+
+
+def test_fixed_weights_scale_each_task():
+    labels_spec = [{"name": "click", "source": "y", "weight": 3.0}, {"name": "buy", "source": "z"}]
+    logits, labels = torch.randn(32, 2), torch.randint(0, 2, (32, 2)).float()
+    loss = Objective(_inputs(labels_spec), {})(logits, labels)
+    expected = (3 * bce(logits[:, 0], labels[:, 0]) + bce(logits[:, 1], labels[:, 1])) / 4
+    assert torch.allclose(loss, expected)
+
+
+def test_masked_child_learns_its_conditional_on_parent_positive_rows_only():
+    inputs = _inputs(FUNNEL)
+    parent, conditional = torch.randn(64), torch.randn(64)
+    labels = torch.stack([torch.randint(0, 2, (64,)), torch.randint(0, 2, (64,))], 1).float()
+    labels[:, 1] *= labels[:, 0]  # no buy without a click
+    loss = Objective(inputs, {}, masked=True)(_entire_space(parent, conditional), labels)
+    rows = labels[:, 0] == 1
+    expected = (bce(parent, labels[:, 0]) + bce(conditional[rows], labels[rows, 1])) / 2
+    assert torch.allclose(loss, expected, atol=1e-5)
+    # The child's labels on rows without a click do not move the loss at all.
+    flipped = labels.clone()
+    flipped[~rows, 1] = 1.0
+    assert torch.allclose(Objective(inputs, {}, masked=True)(_entire_space(parent, conditional), flipped), loss)
+    # Unmasked (entire space), they do.
+    assert not torch.allclose(Objective(inputs, {})(_entire_space(parent, conditional), flipped),
+                              Objective(inputs, {})(_entire_space(parent, conditional), labels))
+
+
+def test_uncertainty_weighting_learns_a_smaller_weight_for_the_noisier_task():
+    inputs = _inputs([{"name": "click", "source": "y"}, {"name": "buy", "source": "z"}])
+    objective = Objective(inputs, {}, weighting="uncertainty")
+    assert objective.task_weights() == {0: 1.0, 1: 1.0}
+    torch.manual_seed(0)
+    x = torch.randn(512, 1)
+    clean = (x[:, 0] > 0).float()  # learnable exactly
+    noisy = torch.randint(0, 2, (512,)).float()  # coin flips
+    model = torch.nn.Linear(1, 2)
+    optimizer = torch.optim.Adam([*model.parameters(), *objective.parameters()], lr=0.05)
+    for _ in range(300):
+        optimizer.zero_grad()
+        objective(model(x), torch.stack([clean, noisy], 1)).backward()
+        optimizer.step()
+    weights = objective.task_weights()
+    assert weights[0] > 1.5 * weights[1], weights
+    state = objective.state()
+    again = Objective(inputs, {}, weighting="uncertainty")
+    again.load_state(state)
+    assert again.task_weights() == weights
+
+
+def test_unknown_weighting_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="task weighting"):
+        Objective(_inputs(FUNNEL), {}, weighting="magic")

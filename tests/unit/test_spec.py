@@ -13,7 +13,7 @@ from tests.helpers import fitted, synthetic_raw, synthetic_spec, tiny_spec
 
 
 @pytest.mark.parametrize("name", ["ml-100k", "ml-100k-graded", "ml-100k-history", "ml-100k-graded-history",
-                                  "ml-100k-unified", "synthetic", "synthetic-large"])
+                                  "ml-100k-unified", "synthetic", "synthetic-large", "ml-100k-mtl"])
 def test_shipped_specs_load_and_round_trip(name):
     spec = load_spec(CONFIGS / f"{name}.yaml")
     again = spec_from_yaml(spec.to_yaml())
@@ -242,3 +242,46 @@ def test_specs_using_the_new_forms_change_the_fingerprint_and_round_trip():
     assert len(prints) == len(variants) and base.fingerprint() not in prints
     for spec in variants:
         assert spec_from_yaml(spec.to_yaml()) == spec
+
+
+def _with_labels(labels, blend=None):
+    data = {"name": "t", "source": {"loader": "csv", "path": "x.csv"}, "labels": labels,
+            "split": {"row_number": True, "buckets": 10, "test": [0], "valid": [1]},
+            "features": [{"name": "color", "kind": "categorical"}]}
+    if blend is not None:
+        data["blend"] = blend
+    return parse_spec(data)
+
+
+@pytest.mark.parametrize("labels, blend, message", [
+    ([{"name": "buy", "source": "z", "parent": "click"}, {"name": "click", "source": "y"}], None,
+     "label 'buy': parent 'click' must be a label declared before it (declared before: none)"),
+    ([{"name": "click", "source": "y", "parent": "click"}], None, "parent 'click' must be a label declared before"),
+    ([{"name": "click", "source": "y"}, {"name": "click", "source": "z"}], None, "label 'click' is declared twice"),
+    ([{"name": "click", "source": "y", "weight": 0}], None, "weight"),
+    ([{"name": "click", "source": "y"}], {"buy": 1.0}, "blend: unknown task(s) ['buy']; tasks: ['click']"),
+    ([{"name": "click", "source": "y"}], {"click": -1}, "blend.click: weight must be a finite number >= 0"),
+    ([{"name": "click", "source": "y"}], {"click": 0}, "blend: at least one weight must be > 0"),
+])
+def test_tasks_parents_weights_and_blend_are_checked(labels, blend, message):
+    with pytest.raises(SpecError) as err:
+        _with_labels(labels, blend)
+    assert message in str(err.value)
+
+
+def test_funnel_and_blend_reach_the_model_inputs():
+    spec = load_spec(CONFIGS / "ml-100k-mtl.yaml")
+    assert spec.label_names == ["like", "love"]
+    assert spec.task_blend == {"like": 0.5, "love": 0.5}
+    inputs = ModelInputs.from_spec(spec, {t.name: 10 for t in spec.tables_list()})
+    assert inputs.parents == {"love": "like"} and inputs.parent_index("love") == 0
+    assert inputs.parent_index("like") is None
+    assert inputs.weights == {"like": 1.0, "love": 1.0}
+    # Default blend: the first label alone.
+    plain = _with_labels([{"name": "click", "source": "y"}, {"name": "buy", "source": "z", "parent": "click"}])
+    assert plain.task_blend == {"click": 1.0}
+    # A spec without the new fields keeps its fingerprint: the defaults are left out of it.
+    one = _with_labels([{"name": "click", "source": "y"}])
+    explicit = _with_labels([{"name": "click", "source": "y", "weight": 1.0, "type": "binary"}], blend={})
+    assert one.fingerprint() == explicit.fingerprint()
+    assert _with_labels([{"name": "click", "source": "y"}], {"click": 1.0}).fingerprint() != one.fingerprint()
