@@ -45,10 +45,15 @@ class Scorer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         probs = self.model.predict_raw(batch)  # (N, T)
         out = {k: batch.column(k) for k in self.keys if k in batch.column_names}
-        tasks = self.model.inputs.tasks
-        out["score"] = pa.array(probs[:, 0].astype(np.float64))
-        for t in range(1, probs.shape[1]):
-            out[f"score_{tasks[t]}"] = pa.array(probs[:, t].astype(np.float64))
+        inputs = self.model.inputs
+        tasks = inputs.tasks[:probs.shape[1]]
+        # The ranking score: the task's probability, or the spec's blend of every task's (as /v1/rank ranks).
+        blend = {t: w for t, w in inputs.task_blend().items() if t in tasks} or {tasks[0]: 1.0}
+        weights = np.array([blend.get(t, 0.0) for t in tasks]) / sum(blend.values())  # (T,)
+        out["score"] = pa.array((probs @ weights).astype(np.float64))
+        if len(tasks) > 1:
+            for t, task in enumerate(tasks):
+                out[f"score_{task}"] = pa.array(probs[:, t].astype(np.float64))
         out["model_version"] = pa.array([self.model.version.ref] * batch.num_rows, pa.string())
         return pa.table(out)
 

@@ -21,13 +21,13 @@ from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from muxrec.artifacts import WEIGHTS, ArtifactRegistry
-from muxrec.errors import find_muxrec_error
+from muxrec.errors import ConfigError, find_muxrec_error
 from muxrec.services.cache import CircuitBreaker, EmbeddingCache, LocalTTLCache, RedisEmbeddingCache, version_tag
 from muxrec.services.metrics import CacheCollector, GatewayMetrics
 from muxrec.services.schema import RequestSchema
 from muxrec.services.settings import ServeSettings
 from muxrec.services.versions import LiveVersion
-from muxrec.spec import FeatureSpec
+from muxrec.spec import FeatureSpec, check_blend
 
 
 def make_cache(settings: ServeSettings) -> EmbeddingCache:
@@ -64,6 +64,10 @@ class GatewayContext:
         live = LiveVersion(registry, settings)
         version = registry.open(settings.model, live.get())
         spec = version.read_spec()
+        try:
+            check_blend(settings.rank_blend, spec.label_names, "rank_blend")
+        except ValueError as err:
+            raise ConfigError(f"serve settings: {err}") from None
         cache = make_cache(settings)
         metrics = GatewayMetrics()
         metrics.registry.register(CacheCollector(cache))

@@ -37,6 +37,7 @@ def _utf8(value: str) -> str:
 
 
 Text = Annotated[StrictStr, AfterValidator(_utf8)]  # JSON allows lone surrogates; UTF-8, Arrow and Redis do not
+Weight = Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)] | Annotated[StrictInt, Field(ge=0)]
 _ARROW = {"string": pa.string(), "number": pa.float64(), "string_list": pa.list_(pa.string())}
 
 
@@ -57,13 +58,16 @@ def _class_name(spec: FeatureSpec, suffix: str) -> str:
 class RankedItem(BaseModel):
     id: str = Field(description="the candidate's item key (or its index when the spec has none)")
     index: int = Field(description="position of the candidate in the request")
-    score: float = Field(description="probability of the first task (e.g. click)")
+    score: float = Field(description="the ranking score: the task's probability, or for a multi-task model the "
+                                     "blend of its tasks' probabilities (weights in `blend`)")
     task_scores: dict[str, float] | None = Field(None, description="every task's probability, multi-task models")
 
 
 class RankResponse(BaseModel):
     model_version: str
     items: list[RankedItem]
+    blend: dict[str, float] | None = Field(None, description="multi-task models: the weights (summing to 1) "
+                                                             "that made `score`")
 
 
 class EmbedRequest(BaseModel):
@@ -104,6 +108,10 @@ class RequestSchema:
             context=(self.Row | None, Field(None, description="fields shared by every candidate (e.g. the user)")),
             candidates=(list[self.Row], Field(min_length=1, max_length=settings.max_candidates)),
             top_k=(StrictInt | None, Field(None, ge=1, le=settings.max_candidates)),
+            # Task names are checked against the live model's tasks when it answers (a reload may add tasks).
+            blend=(dict[Annotated[Text, Field(max_length=128)], Weight] | None,
+                   Field(None, max_length=64, description="multi-task models: rank by the sum of these weights times each task's "
+                                           "probability (default: the Serve config's rank_blend, else the spec's blend)")),
         )
         self.EmbedRequest = create_model(
             "EmbedRequest", __base__=EmbedRequest,

@@ -50,6 +50,9 @@ class ServeSettings(BaseSettings):
     # with Retry-After; keep it below http_options.request_timeout_s (deploy/serve.yaml), whose 408 has none.
     call_timeout_s: float = Field(5.0, gt=0, le=300)
 
+    # Multi-task models: default ranking weights per task (a request's `blend` wins); empty: the spec's blend.
+    rank_blend: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=dict)
+
     admin_token: SecretStr | None = None  # MUXREC_ADMIN_TOKEN; without it /v1/admin/* refuses everything
 
     @field_validator("admin_token")

@@ -4,6 +4,7 @@
 # signature.
 import numpy as np
 from fastapi import APIRouter
+from fastapi.exceptions import RequestValidationError
 
 from muxrec.services.deps import Context, LiveVersionDep, result_of
 from muxrec.services.ranker import ScoreRequest
@@ -25,11 +26,37 @@ def build_router(schema: RequestSchema) -> APIRouter:
         context.metrics.batch_requests.observe(result.batch_requests)
         context.metrics.candidates.observe(len(ids))
         scores = result.scores  # (N, T)
-        order = np.argsort(-scores[:, 0], kind="stable")[:body.top_k]  # (K,)
         multi = scores.shape[1] > 1
-        items = [RankedItem(id=ids[i], index=int(i), score=float(scores[i, 0]),
+        blend = blend_weights(body.blend, context.settings.rank_blend or schema.spec.task_blend, result.tasks)
+        ranking = scores @ np.array([blend.get(t, 0.0) for t in result.tasks])  # (N,)
+        order = np.argsort(-ranking, kind="stable")[:body.top_k]  # (K,)
+        items = [RankedItem(id=ids[i], index=int(i), score=float(ranking[i]),
                             task_scores={t: float(scores[i, k]) for k, t in enumerate(result.tasks)} if multi else None)
                  for i in order]
-        return RankResponse(model_version=result.version, items=items)
+        return RankResponse(model_version=result.version, items=items, blend=blend if multi else None)
 
     return router
+
+
+def blend_weights(requested: dict[str, float] | None, default: dict[str, float], tasks: tuple[str, ...]
+                  ) -> dict[str, float]:
+    """The weights a ranking uses, over the tasks the model predicts, summing to 1.
+
+    `requested` (the request's, already checked to name tasks of the spec with weights >= 0) wins over
+    `default`. A request naming a task the model does not predict, or whose weights are all 0, is a 422;
+    a default reduced to the predicted tasks falls back to the first task when nothing is left.
+    """
+    if requested is not None:
+        errors = [{"loc": ("body", "blend", t), "type": "value_error", "input": w,
+                   "msg": f"the live model does not predict task {t!r}; it predicts {list(tasks)}"}
+                  for t, w in requested.items() if t not in tasks]
+        if not errors and not sum(requested.values()) > 0:
+            errors.append({"loc": ("body", "blend"), "type": "value_error", "input": requested,
+                           "msg": "at least one weight must be > 0"})
+        if errors:
+            raise RequestValidationError(errors)
+        weights = requested
+    else:
+        weights = {t: w for t, w in default.items() if t in tasks and w > 0} or {tasks[0]: 1.0}
+    total = sum(weights.values())
+    return {t: weights[t] / total for t in tasks if weights.get(t, 0) > 0}

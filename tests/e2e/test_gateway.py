@@ -73,6 +73,40 @@ def test_rank_scores_equal_offline_predictions(served):
         [str(r["item_id"]) for r in rows]
 
 
+def test_a_request_blend_reorders_by_its_weighted_task_scores(served):
+    rows = _rows(30)
+    with httpx.Client(base_url=served.url, timeout=30) as http:
+        default = http.post("/v1/rank", json={"candidates": rows}).raise_for_status().json()
+        conversion = http.post("/v1/rank", json={"candidates": rows, "blend": {"conversion": 2}}).raise_for_status().json()
+        mixed = http.post("/v1/rank", json={"candidates": rows, "blend": {"click": 1, "conversion": 3}}).raise_for_status().json()
+    # The served DeepFM predicts both tasks of its spec; the spec's blend is click alone.
+    assert default["blend"] == {"click": 1.0}
+    assert all(item["score"] == item["task_scores"]["click"] for item in default["items"])
+    assert conversion["blend"] == {"conversion": 1.0}
+    assert all(item["score"] == item["task_scores"]["conversion"] for item in conversion["items"])
+    assert mixed["blend"] == {"click": 0.25, "conversion": 0.75}
+    for item in mixed["items"]:
+        s = item["task_scores"]
+        assert item["score"] == pytest.approx(0.25 * s["click"] + 0.75 * s["conversion"], abs=1e-6)
+    for answer in (conversion, mixed):
+        scores = [item["score"] for item in answer["items"]]
+        assert scores == sorted(scores, reverse=True)
+    assert [i["index"] for i in conversion["items"]] != [i["index"] for i in default["items"]]
+
+
+@pytest.mark.parametrize("blend, where, message", [
+    ({"purchase": 1.0}, ["body", "blend", "purchase"], "does not predict task 'purchase'"),
+    ({"click": -1}, ["body", "blend", "click"], "greater than or equal to 0"),
+    ({"click": 0, "conversion": 0}, ["body", "blend"], "at least one weight must be > 0"),
+    ({"click": "high"}, ["body", "blend", "click"], ""),
+])
+def test_a_bad_blend_is_422_naming_it(served, blend, where, message):
+    r = httpx.post(f"{served.url}/v1/rank", json={"candidates": _rows(3), "blend": blend}, timeout=30)
+    assert r.status_code == 422, r.text
+    assert _names(r, where), r.json()["detail"][:3]
+    assert message in r.text
+
+
 def test_context_fields_are_shared_by_candidates(served):
     rows = _rows(5)
     user_cols = ["user_id", "history"]

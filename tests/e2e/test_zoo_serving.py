@@ -14,11 +14,13 @@ import pyarrow as pa
 import pytest
 import torch
 
-from muxrec.models import EncodedRows, build_model
+from muxrec.config import TrainConfig
+from muxrec.models import EncodedRows, build_model, make_config
 from muxrec.models.layers.tables import QRTable, QuantizedTable, SparseTable
 from muxrec.models.serialization import load_model, model_files
 from muxrec.pipelines.evaluate import split_rows
-from muxrec.spec import ModelInputs
+from muxrec.pipelines.loop import Objective, evaluate_rows, make_optimizer, train_epoch
+from muxrec.spec import ModelInputs, spec_from_yaml
 
 from tests.conftest import MODEL
 from tests.e2e.conftest import ADMIN_TOKEN
@@ -69,7 +71,13 @@ def test_model_scores_the_same_online_and_offline(name, served, reload_back):
 
     loaded = load_model(version)
     assert loaded.name == architecture and loaded.config == cfg
-    _assert_online_is_offline(answer, loaded.predict(EncodedRows(split_rows(loaded, "test"), loaded.inputs))[:40, 0])
+    offline = loaded.predict(EncodedRows(split_rows(loaded, "test"), loaded.inputs))[:40]  # (40, T)
+    _assert_online_is_offline(answer, offline[:, 0])  # the spec's blend: click alone
+    for t, task in enumerate(loaded.inputs.tasks[:offline.shape[1]] if offline.shape[1] > 1 else ()):
+        online = np.zeros(40)
+        for item in answer["items"]:
+            online[item["index"]] = item["task_scores"][task]
+        np.testing.assert_allclose(online, offline[:, t], atol=1e-5)  # every task's score, multi-task models too
 
 
 def test_a_unified_quantized_model_scores_and_embeds_the_same_online_and_offline(served, reload_back):
@@ -152,3 +160,41 @@ def test_every_table_method_scores_and_embeds_the_same_online_and_offline(served
         got = np.array((user_vectors if entity == "user" else item_vectors)["vectors"])
         np.testing.assert_allclose(got, emb.lookup(feature, ids).detach().numpy(), atol=1e-6)
     assert user_vectors["known"] == [True] * 5 + [False]
+
+
+def test_a_task_added_by_yaml_alone_trains_publishes_and_serves(served, reload_back):
+    """The served spec plus one label written in YAML (a third task, `pricey`): an
+    MMoE trains on it with the training loop, publishes, goes live by the admin reload and ranks by a
+    request blend naming the new task, every task's score equal to offline."""
+    text = served.spec_path.read_text()
+    assert "\nsplit:" in text and "pricey" not in text
+    text = text.replace("\nsplit:", "\n- {name: pricey, source: price, when: '> 25'}\nsplit:", 1)  # one YAML line
+    spec = spec_from_yaml(text)
+    assert spec.label_names == ["click", "conversion", "pricey"]
+    vocab, encoded = fitted(spec, synthetic_raw(spec))
+    inputs = ModelInputs.from_spec(spec, vocab.num_embeddings())
+    rows = EncodedRows(encoded["train"], inputs)
+    cfg = make_config("mmoe", {"embedding_dim": 8, "funnel": "masked"})
+    torch.manual_seed(7)
+    model = build_model("mmoe", cfg, inputs)
+    train_cfg = TrainConfig(epochs=1, batch_size=256, lr=3e-3)
+    optimizer = make_optimizer(model, train_cfg)
+    train_epoch(model, model, rows, train_cfg, 0, optimizer, objective=Objective.fit(rows, masked=True))
+    metrics = evaluate_rows(model, EncodedRows(encoded["valid"], inputs), inputs, 1024)
+    assert metrics["pricey_auc"] > 0.6 and "pricey_given_click_auc" in metrics  # it learned the new task
+    model.eval()
+    files = model_files(model, "mmoe", cfg, spec, vocab)
+    files["importance.json"] = served.v1.read_text("importance.json")
+    version = served.registry.publish(MODEL, files, aliases=())
+
+    request = _rows(40)
+    with httpx.Client(base_url=served.url, timeout=60) as http:
+        http.post("/v1/admin/reload", json={"version": version.version}, headers=AUTH).raise_for_status()
+        answer = http.post("/v1/rank", json={"candidates": request, "blend": {"pricey": 1}}).raise_for_status().json()
+    assert answer["model_version"] == version.ref and answer["blend"] == {"pricey": 1.0}
+    loaded = load_model(version)
+    offline = loaded.predict(EncodedRows(split_rows(loaded, "test"), loaded.inputs))[:40]  # (40, 3)
+    assert offline.shape == (40, 3)
+    _assert_online_is_offline(answer, offline[:, 2])
+    for item in answer["items"]:  # and P(conversion) <= P(click): the masked funnel is chained
+        assert item["task_scores"]["conversion"] <= item["task_scores"]["click"] + 1e-6

@@ -53,12 +53,14 @@ def test_score_matches_the_model_and_reruns_identically(small_models, rows_dir, 
     shutil.copytree(scored_v1[0], out)
     assert scored_v1[1] == {"output": str(scored_v1[0]), "rows": raw.num_rows, "model_version": v1.ref}
     scored = pq.read_table(out)
-    # DeepFM's head has one logit per label of the spec: click (the first task) and conversion.
-    assert scored.column_names == ["user_id", "item_id", "score", "score_conversion", "model_version"]
+    # DeepFM's head has one logit per label of the spec: a column per task, and the ranking score (the
+    # spec's blend: the first task alone by default).
+    assert scored.column_names == ["user_id", "item_id", "score", "score_click", "score_conversion", "model_version"]
     assert scored["user_id"].to_pylist() == raw["user_id"].to_pylist()  # input order and keys kept
     assert set(scored["model_version"].to_pylist()) == {v1.ref}
     offline = load_model(v1).predict_raw(raw)  # (N, 2)
     np.testing.assert_allclose(scored["score"].to_numpy(), offline[:, 0], atol=1e-6)
+    np.testing.assert_allclose(scored["score_click"].to_numpy(), offline[:, 0], atol=1e-6)
     np.testing.assert_allclose(scored["score_conversion"].to_numpy(), offline[:, 1], atol=1e-6)
 
     names = sorted(p.name for p in out.iterdir())
