@@ -37,11 +37,9 @@ against bytes, one line per method, one panel per model) beside it.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import statistics
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -58,7 +56,7 @@ from muxrec.errors import ConfigError
 from muxrec.models import EncodedRows, build_model, make_config
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.serialization import serving_copy
-from muxrec.pipelines.loop import Objective, evaluate_rows, make_optimizer, train_epoch
+from muxrec.pipelines.loop import evaluate_rows, fit_in_process
 from muxrec.spec import FeatureKind, FeatureSpec, ModelInputs, load_spec, parse_spec
 
 METHODS = ("hash", "unified", "qr", "mixed", "matryoshka", "prune", "int8", "int4", "hash+int4", "unified+int4")
@@ -175,20 +173,8 @@ def _fit(architecture: str, cfg: Any, train_cfg: Any, inputs: ModelInputs, rows:
     """Train with early stopping on validation AUC; the best epoch's test metrics."""
     torch.manual_seed(train_cfg.seed)
     model = build_model(architecture, cfg, inputs)
-    optimizer = make_optimizer(model, train_cfg)
-    objective = Objective(inputs, rates)
-    best, best_state, best_epoch, stale, t0 = -1.0, None, 0, 0, time.perf_counter()
-    for epoch in range(train_cfg.epochs):
-        train_epoch(model, model, rows["train"], train_cfg, epoch, optimizer, objective=objective)
-        auc = evaluate_rows(model, rows["valid"], inputs, train_cfg.eval_batch_size)["auc"]
-        if auc > best:
-            best, best_state, best_epoch, stale = auc, copy.deepcopy(model.state_dict()), epoch + 1, 0
-        else:
-            stale += 1
-            if stale >= train_cfg.patience:
-                break
-    seconds = time.perf_counter() - t0
-    model.load_state_dict(best_state)
+    fitted = fit_in_process(model, rows["train"], rows["valid"], inputs, train_cfg, rates)
+    best, best_epoch, seconds = fitted.valid_auc, fitted.best_epoch, fitted.seconds
     served, _ = serving_copy(model)  # what a published version holds and scores with
     test = evaluate_rows(served, rows["test"], inputs, train_cfg.eval_batch_size)
     latency = forward_latency(served, rows["test"], reps=20)

@@ -4,7 +4,8 @@
     muxrec bench mtl --dataset synthetic --seeds 2026,2027,2028 --json
 
 Per seed, each multi-task model (configs/models/<name>.yaml) trains on the dataset's spec as written
-(every label a task, early stopping on the spec's blend of validation AUCs), and the single-task model
+(every label a task, early stopping on the spec's blend of validation AUCs; every task weighed
+equally where the spec declares no blend, as configs/synthetic.yaml does), and the single-task model
 (`--single`, default DeepFM) trains once per task on a spec holding that label alone (its parent
 dropped: it is then an ordinary label over all rows), with early stopping on that task. Everything
 is trained in-process with the loop a Ray Train worker runs (muxrec.pipelines.loop), on the data
@@ -21,10 +22,8 @@ single-task model's. A table and a plot under docs/benchmarks/mtl-<dataset>.md /
 
 from __future__ import annotations
 
-import copy
 import json
 import statistics
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -39,7 +38,7 @@ from muxrec.data import load_source
 from muxrec.errors import ConfigError
 from muxrec.models import EncodedRows, build_model, make_config
 from muxrec.models.multitask import expert_utilisation
-from muxrec.pipelines.loop import Objective, Optimizers, evaluate_rows, make_optimizer, train_epoch
+from muxrec.pipelines.loop import evaluate_rows, fit_in_process
 from muxrec.spec import FeatureSpec, ModelInputs, load_spec, parse_spec
 
 MTL_MODELS = ("shared_bottom", "mmoe", "ple", "esmm", "apem", "task_expert")
@@ -54,30 +53,25 @@ def single_task_spec(spec: FeatureSpec, task: str) -> FeatureSpec:
     return parse_spec(data)
 
 
+def with_blend(spec: FeatureSpec) -> FeatureSpec:
+    """`spec`, weighing every task equally when it declares no blend (whose default, the first task
+    alone, would early-stop a multi-task model on one task)."""
+    if spec.blend or len(spec.labels) < 2:
+        return spec
+    data = spec.model_dump(mode="json", exclude_defaults=True)
+    data["blend"] = {t: 1.0 for t in spec.label_names}
+    return parse_spec(data)
+
+
 def fit(architecture: str, cfg: Any, train_cfg: TrainConfig, inputs: ModelInputs, rows: dict[str, EncodedRows],
         rates: dict[str, float]) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train with early stopping on the blended validation AUC; the best epoch's model and figures."""
     torch.manual_seed(train_cfg.seed)
     model = build_model(architecture, cfg, inputs)
-    objective = Objective(inputs, rates, train_cfg.task_weighting,
-                          masked=getattr(model, "funnel", "none") == "masked")
-    optimizer = make_optimizer(model, train_cfg)
-    if objective.parameters():
-        optimizer = Optimizers(optimizer, torch.optim.Adam(objective.parameters(), lr=train_cfg.lr))
-    best, best_state, best_epoch, stale, t0 = -1.0, None, 0, 0, time.perf_counter()
-    for epoch in range(train_cfg.epochs):
-        train_epoch(model, model, rows["train"], train_cfg, epoch, optimizer, objective=objective)
-        auc = evaluate_rows(model, rows["valid"], inputs, train_cfg.eval_batch_size)["auc"]
-        if auc > best:
-            best, best_state, best_epoch, stale = auc, copy.deepcopy(model.state_dict()), epoch + 1, 0
-        else:
-            stale += 1
-            if stale >= train_cfg.patience:
-                break
-    seconds = time.perf_counter() - t0
-    model.load_state_dict(best_state)
-    return model, {"valid_auc": best, "best_epoch": best_epoch, "train_seconds": round(seconds, 1),
-                   "task_weights": {inputs.tasks[t]: round(w, 4) for t, w in objective.task_weights().items()}}
+    fitted = fit_in_process(model, rows["train"], rows["valid"], inputs, train_cfg, rates)
+    weights = fitted.objective.task_weights()
+    return model, {"valid_auc": fitted.valid_auc, "best_epoch": fitted.best_epoch, "train_seconds": fitted.seconds,
+                   "task_weights": {inputs.tasks[t]: round(w, 4) for t, w in weights.items()}}
 
 
 def funnel_violations(model: torch.nn.Module, rows: EncodedRows, inputs: ModelInputs, batch_size: int) -> dict:
@@ -100,7 +94,7 @@ def bench_mtl(dataset: str, models: list[str], single: str, seeds: list[int], co
     spec_path = config_dir / f"{dataset}.yaml"
     if not spec_path.is_file():
         raise ConfigError(f"no dataset spec {spec_path}; datasets: {sorted(p.stem for p in config_dir.glob('*.yaml'))}")
-    spec = load_spec(spec_path)
+    spec = with_blend(load_spec(spec_path))
     if len(spec.labels) < 2:
         raise ConfigError(f"{spec_path}: a multi-task benchmark needs a spec with several labels, it has "
                           f"{spec.label_names}")
@@ -186,7 +180,8 @@ def write_report(dataset: str, out_dir: Path) -> None:
         "",
         f"Test AUC per task, mean ± std over seeds {rows[0]['seeds']}, every multi-task model beside the single-task "
         f"model trained on each task alone, in one run. Spec: `configs/{dataset}.yaml`; models: `configs/models/`; "
-        "in-process training, early stopping on validation AUC (multi-task: the spec's blend of tasks). "
+        "in-process training, early stopping on validation AUC (multi-task: the spec's blend of tasks, "
+        f"here {rows[0].get('blend') or 'equal weights'}). "
         "`x_given_y`: AUC of task x on the rows where its parent y happened. Funnel: test rows where "
         "P(child) > P(parent).",
         "",

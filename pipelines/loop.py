@@ -8,7 +8,10 @@ spec declares `grades:` for its label.
 
 from __future__ import annotations
 
+import copy
 import math
+import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import numpy as np
@@ -21,6 +24,7 @@ from muxrec.config import TASK_WEIGHTINGS, TrainConfig
 from muxrec.metrics import binary_metrics
 from muxrec.models import Batch, EncodedRows
 from muxrec.models.layers.multitask import conditional_log_probs
+from muxrec.models.layers.tables import PrunedTable
 from muxrec.spec import ModelInputs
 
 
@@ -247,6 +251,49 @@ def train_epoch(net: nn.Module, model: nn.Module, rows: Rows, cfg: TrainConfig, 
         if on_batch is not None:
             on_batch()
     return float(sum(losses) / max(len(losses), 1))
+
+
+def still_ramping(model: nn.Module) -> bool:
+    """Whether a table of the model is still on its pruning schedule: its validation AUC is then that of a
+    model still adapting to the sparsity it will be served at, so early stopping must not count it."""
+    return any(isinstance(m, PrunedTable) and int(m.steps) < m.ramp_steps for m in model.modules())
+
+
+@dataclass
+class Fitted:
+    """What `fit_in_process` reports; the model holds its best epoch's weights afterwards."""
+
+    valid_auc: float
+    best_epoch: int  # 1-based
+    history: list[float]  # validation AUC per epoch
+    seconds: float
+    objective: Objective
+
+
+def fit_in_process(model: nn.Module, train: Rows, valid: Rows, inputs: ModelInputs, cfg: TrainConfig,
+                   rates: Mapping[str, float] | None = None) -> Fitted:
+    """Train in this process with early stopping on validation AUC (the blend), as a Ray Train worker
+    does: the benchmarks and tuning use it. Epochs spent on a pruning schedule (`still_ramping`) never
+    count towards `patience`. `rates`: the training split's positive rates (default: from `train`)."""
+    masked = getattr(model, "funnel", "none") == "masked"
+    objective = Objective(inputs, rates, cfg.task_weighting, masked) if rates is not None \
+        else Objective.fit(train, cfg.task_weighting, masked)
+    optimizer = make_optimizer(model, cfg)
+    if objective.parameters():
+        optimizer = Optimizers(optimizer, torch.optim.Adam(objective.parameters(), lr=cfg.lr))
+    best, best_state, best_epoch, bad, history, t0 = -1.0, None, 0, 0, [], time.perf_counter()
+    for epoch in range(cfg.epochs):
+        train_epoch(model, model, train, cfg, epoch, optimizer, objective=objective)
+        auc = evaluate_rows(model, valid, inputs, cfg.eval_batch_size)["auc"]
+        history.append(auc)
+        if auc > best:
+            best, best_state, best_epoch, bad = auc, copy.deepcopy(model.state_dict()), epoch + 1, 0
+        elif not still_ramping(model):
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    return Fitted(best, best_epoch, history, round(time.perf_counter() - t0, 1), objective)
 
 
 def evaluate_rows(model: nn.Module, rows: Rows, inputs: ModelInputs, batch_size: int) -> dict[str, Any]:

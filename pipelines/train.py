@@ -57,7 +57,7 @@ from muxrec.models.serialization import load_state, model_files, serving_copy, s
 from muxrec.pipelines.importance import permutation_importance
 from muxrec.models.multitask import expert_utilisation
 from muxrec.pipelines.loop import (Objective, Optimizers, empty_parameters, evaluate_rows, make_optimizer,
-                                   train_epoch)
+                                   still_ramping, train_epoch)
 from muxrec.pipelines.prepare import PreparedData
 from muxrec.pipelines.sharding import check_shardable, plan_summary, shard
 from muxrec.ray_env import ensure_ray
@@ -321,7 +321,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if valid["auc"] > state["best_valid_auc"]:
             state.update(best_valid_auc=valid["auc"], best_epoch=epoch, bad_epochs=0)
             best_weights = weights()
-        else:
+        elif not still_ramping(model):  # epochs on a pruning schedule do not count towards patience
             state["bad_epochs"] += 1
         state["stopped"] = state["bad_epochs"] >= cfg.patience
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "valid_auc": valid["auc"],

@@ -23,7 +23,7 @@ import torch
 
 from muxrec.config import TrainConfig, load_model_file, model_file, with_overrides
 from muxrec.models import EncodedRows, build_model, make_config
-from muxrec.pipelines.loop import evaluate_rows, make_optimizer, train_epoch
+from muxrec.pipelines.loop import fit_in_process
 from muxrec.pipelines.prepare import PreparedData
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,21 +33,12 @@ def run(prepared: PreparedData, model_name: str, model_cfg: Any, train_cfg: Trai
         train_rows: EncodedRows, valid_rows: EncodedRows) -> dict:
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_name, model_cfg, prepared.inputs)
-    optimizer = make_optimizer(model, train_cfg)
-    best, best_epoch, bad, t0, cpu0, history = -1.0, -1, 0, time.perf_counter(), time.process_time(), []
-    for epoch in range(train_cfg.epochs):
-        train_epoch(model, model, train_rows, train_cfg, epoch, optimizer)
-        auc = evaluate_rows(model, valid_rows, prepared.inputs, train_cfg.eval_batch_size)["auc"]
-        history.append(round(auc, 4))
-        if auc > best:
-            best, best_epoch, bad = auc, epoch, 0
-        else:
-            bad += 1
-            if bad >= train_cfg.patience:
-                break
-    return {"valid_auc": round(best, 5), "best_epoch": best_epoch + 1, "epochs": len(history),
-            "seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(time.process_time() - cpu0, 1),
-            "history": history}
+    cpu0 = time.process_time()
+    fitted = fit_in_process(model, train_rows, valid_rows, prepared.inputs, train_cfg,
+                            prepared.positive_rates("train"))
+    return {"valid_auc": round(fitted.valid_auc, 5), "best_epoch": fitted.best_epoch, "epochs": len(fitted.history),
+            "seconds": fitted.seconds, "cpu_seconds": round(time.process_time() - cpu0, 1),
+            "history": [round(a, 4) for a in fitted.history]}
 
 
 def main() -> int:

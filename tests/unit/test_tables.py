@@ -278,3 +278,15 @@ def test_a_pruned_version_stores_sparse_rows_and_scores_as_trained(tmp_path):
                                  ({"method": "qr", "buckets": 4, "ramp_steps": 9}, "`ramp_steps` does not apply to qr")]:
         with pytest.raises(SpecError, match=message):
             tiny_spec(features=[{"name": "a", "kind": "categorical", "compression": compression}])
+
+
+def test_a_pruned_table_is_ramping_until_its_schedule_ends_and_early_stopping_waits_for_it():
+    from muxrec.pipelines.loop import still_ramping
+
+    table = PrunedTable(rows=50, dim=4, keep=0.5, ramp_steps=3, init_std=0.1)
+    model = torch.nn.Sequential(table)
+    assert still_ramping(model)
+    for _ in range(3):
+        table(torch.arange(5))
+    assert not still_ramping(model) and float((table.mask == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
+    assert not still_ramping(torch.nn.Sequential(torch.nn.Linear(2, 2)))  # no pruned table: never ramping
