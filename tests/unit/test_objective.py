@@ -121,3 +121,37 @@ def test_unknown_weighting_is_refused():
 
     with pytest.raises(ValueError, match="task weighting"):
         Objective(_inputs(FUNNEL), {}, weighting="magic")
+
+
+def test_metrics_per_task_read_its_own_labels_and_the_child_also_its_parent_rows():
+    import numpy as np
+
+    from muxrec.metrics import roc_auc
+    from muxrec.pipelines.loop import evaluate_rows
+
+    inputs = _inputs(FUNNEL)
+    inputs = ModelInputs(**{**inputs.__dict__, "blend": {"click": 0.25, "buy": 0.75}})
+    torch.manual_seed(3)
+    n = 400
+    click = torch.randint(0, 2, (n,)).float()
+    buy = click * torch.randint(0, 2, (n,)).float()
+    scores = torch.randn(n, 2)
+
+    class Rows:  # what the loop reads: batches with labels
+        def batches(self, batch_size, generator=None):
+            for start in range(0, n, batch_size):
+                yield type("B", (), {"labels": torch.stack([click, buy], 1)[start:start + batch_size],
+                                     "rows": slice(start, start + batch_size)})()
+
+    class Model(torch.nn.Module):
+        def forward(self, batch):
+            return scores[batch.rows]  # (B, 2)
+
+    out = evaluate_rows(Model(), Rows(), inputs, 128)
+    p = torch.sigmoid(scores).numpy()
+    assert out["click_auc"] == roc_auc(click.numpy(), p[:, 0])
+    assert out["buy_auc"] == roc_auc(buy.numpy(), p[:, 1])
+    clicked = click.numpy() == 1
+    assert out["buy_given_click_auc"] == roc_auc(buy.numpy()[clicked], p[clicked, 1])
+    assert out["buy_given_click_rows"] == int(clicked.sum()) and out["buy_rows"] == n
+    assert out["auc"] == np.float64(0.25 * out["click_auc"] + 0.75 * out["buy_auc"])
