@@ -180,7 +180,8 @@ def cmd_bench_mtl(args: argparse.Namespace) -> int:
 
     progress = None if args.json else (lambda line: print(f"[muxrec] {line}", file=sys.stderr))
     rows = []
-    for row in bench_mtl(args.dataset, [m.strip() for m in args.models.split(",") if m.strip()], args.single,
+    for row in bench_mtl(args.dataset, [m.strip() for m in args.models.split(",") if m.strip()],
+                         [m.strip() for m in args.single.split(",") if m.strip()],
                          _seeds(args.seeds), CONFIG_DIR, None if args.no_save else args.out, progress=progress):
         rows.append({k: v for k, v in row.items() if k not in ("per_seed", "machine")})
         if not args.json:
@@ -450,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--dataset", default="ml-100k-mtl", help="a spec under configs/ with several labels")
     mt.add_argument("--models", default="shared_bottom,mmoe,ple,esmm,apem,task_expert",
                     help="multi-task configs/models/<model>.yaml names, comma-separated")
-    mt.add_argument("--single", default="deepfm", help="the single-task model trained on each task alone")
+    mt.add_argument("--single", default="deepfm,shared_bottom",
+                    help="single-task models trained on each task alone, comma-separated")
     mt.add_argument("--seeds", default="2026,2027,2028", help="comma-separated seeds")
     bench_output(mt, "print only the JSON line on stdout")
     mt.set_defaults(func=cmd_bench_mtl)

@@ -33,7 +33,7 @@ def test_bench_mtl_writes_rows_a_table_and_a_plot(tmp_path):
         model["train"].update(epochs=2, batch_size=256)
         (configs / "models" / f"{name}.yaml").write_text(yaml.safe_dump(model))
     out = tmp_path / "docs"
-    rows = list(bench_mtl("small", ["esmm", "mmoe"], "deepfm", [1, 2], configs, out))
+    rows = list(bench_mtl("small", ["esmm", "mmoe"], ["deepfm"], [1, 2], configs, out))
     assert [r["model"] for r in rows] == ["esmm", "mmoe", "deepfm (click alone)", "deepfm (conversion alone)"]
     esmm, mmoe = rows[0], rows[1]
     assert set(esmm["test_auc"]) == {"click", "conversion", "conversion_given_click"}
@@ -56,4 +56,4 @@ def test_bench_mtl_writes_rows_a_table_and_a_plot(tmp_path):
     (configs / "single.yaml").write_text(yaml.safe_dump(single_task_spec(synthetic_spec(rows=500), "click").model_dump(
         mode="json", exclude_defaults=True)))
     with pytest.raises(ConfigError, match="several labels"):
-        next(bench_mtl("single", ["esmm"], "deepfm", [1], configs, None))
+        next(bench_mtl("single", ["esmm"], ["deepfm"], [1], configs, None))
