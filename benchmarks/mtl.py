@@ -27,14 +27,14 @@ import json
 import statistics
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from muxrec.benchmarks.embedding import encoded_splits
 from muxrec.benchmarks.environment import commit, machine, write_result
-from muxrec.config import TrainConfig, load_model_file
+from muxrec.config import TrainConfig, load_model_file, with_overrides
 from muxrec.data import load_source
 from muxrec.errors import ConfigError
 from muxrec.models import EncodedRows, build_model, make_config
@@ -90,8 +90,11 @@ def funnel_violations(model: torch.nn.Module, rows: EncodedRows, inputs: ModelIn
 
 
 def bench_mtl(dataset: str, models: list[str], singles: list[str], seeds: list[int], config_dir: Path,
-              out_dir: Path | None, progress: Callable[[str], None] | None = None) -> Iterator[dict[str, Any]]:
-    """One result row per model (each multi-task model, then each single-task model per task)."""
+              out_dir: Path | None, progress: Callable[[str], None] | None = None,
+              overrides: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+    """One result row per model (each multi-task model, then each single-task model per task).
+
+    `overrides` (`train.lr=5e-3`) apply to every model's YAML, e.g. the synthetic protocol's training."""
     spec_path = config_dir / f"{dataset}.yaml"
     if not spec_path.is_file():
         raise ConfigError(f"no dataset spec {spec_path}; datasets: {sorted(p.stem for p in config_dir.glob('*.yaml'))}")
@@ -99,7 +102,8 @@ def bench_mtl(dataset: str, models: list[str], singles: list[str], seeds: list[i
     if len(spec.labels) < 2:
         raise ConfigError(f"{spec_path}: a multi-task benchmark needs a spec with several labels, it has "
                           f"{spec.label_names}")
-    files = {name: load_model_file(config_dir / "models" / f"{name}.yaml") for name in [*models, *singles]}
+    files = {name: with_overrides(load_model_file(config_dir / "models" / f"{name}.yaml"), overrides)
+             for name in [*models, *singles]}
     configs = {name: make_config(mf.architecture, mf.model) for name, mf in files.items()}
     raw = load_source(spec.source)
     say = progress or (lambda line: None)
@@ -125,14 +129,15 @@ def bench_mtl(dataset: str, models: list[str], singles: list[str], seeds: list[i
     for name in models:
         result = runs(name, spec, spec.label_names)
         row = {"dataset": dataset, "model": name, "kind": "multi-task", "tasks": spec.label_names, "seeds": seeds,
-               "blend": spec.task_blend, **result, "commit": commit(), "machine": machine()}
+               "blend": spec.task_blend, "overrides": list(overrides), **result, "commit": commit(),
+               "machine": machine()}
         _save(row, out_dir)
         yield row
     for single in singles:
         for task in spec.label_names:
             result = runs(single, single_task_spec(spec, task), [task])
             row = {"dataset": dataset, "model": f"{single} ({task} alone)", "kind": "single-task", "tasks": [task],
-                   "seeds": seeds, **result, "commit": commit(), "machine": machine()}
+                   "seeds": seeds, "overrides": list(overrides), **result, "commit": commit(), "machine": machine()}
             _save(row, out_dir)
             yield row
 
@@ -192,7 +197,8 @@ def write_report(dataset: str, out_dir: Path) -> None:
         "`x_given_y`: AUC of task x on the rows where its parent y happened. Funnel: test rows where "
         "P(child) > P(parent).",
         "",
-        f"Made by `muxrec bench mtl --dataset {dataset} --seeds {','.join(str(x) for x in rows[0]['seeds'])} --json`.",
+        f"Made by `muxrec bench mtl --dataset {dataset} --seeds {','.join(str(x) for x in rows[0]['seeds'])}"
+        + "".join(f" --set {o}" for o in rows[0].get("overrides", [])) + " --json`.",
         "",
         "| model | " + " | ".join(tasks + given) + " | funnel rows over parent | s / run |",
         "|---|" + "---|" * (len(tasks) + len(given)) + "---|---|",

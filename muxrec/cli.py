@@ -182,7 +182,8 @@ def cmd_bench_mtl(args: argparse.Namespace) -> int:
     rows = []
     for row in bench_mtl(args.dataset, [m.strip() for m in args.models.split(",") if m.strip()],
                          [m.strip() for m in args.single.split(",") if m.strip()],
-                         _seeds(args.seeds), CONFIG_DIR, None if args.no_save else args.out, progress=progress):
+                         _seeds(args.seeds), CONFIG_DIR, None if args.no_save else args.out, progress=progress,
+                         overrides=args.set):
         rows.append({k: v for k, v in row.items() if k not in ("per_seed", "machine")})
         if not args.json:
             print(f"{row['model']}: " + ", ".join(f"{t} {m:.4f} ± {s:.4f}" for t, (m, s) in row["test_auc"].items()),
@@ -454,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--single", default="deepfm,shared_bottom",
                     help="single-task models trained on each task alone, comma-separated")
     mt.add_argument("--seeds", default="2026,2027,2028", help="comma-separated seeds")
+    mt.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="override every model's YAML, e.g. --set train.lr=5e-3 (repeatable; recorded in the results)")
     bench_output(mt, "print only the JSON line on stdout")
     mt.set_defaults(func=cmd_bench_mtl)
 
