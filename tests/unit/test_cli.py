@@ -38,6 +38,10 @@ def test_help_everywhere():
      "epochs must be >= 1"),
     (["train", "--spec", str(CONFIGS / "ml-100k.yaml"), "--model", "deepfm", "--sharding", "row_wise",
       "--embedding-optimizer", "adam"], "fused CPU kernels, which have no Adam"),
+    (["train", "--spec", str(CONFIGS / "ml-100k-mtl.yaml"), "--model", "esmm", "--task-weighting", "uncertainty",
+      "--epochs", "0"], "epochs must be >= 1"),
+    (["bench", "mtl", "--dataset", "ml-100k"], "a multi-task benchmark needs a spec with several labels"),
+    (["bench", "mtl", "--dataset", "ml-100k-mtl", "--single", "nope"], "configs/models/nope.yaml does not exist"),
     (["evaluate", "--name", "nope"], "no model named 'nope'"),
     (["bench", "ctr", "--dataset", "nope", "--model", "deepfm"], "no dataset spec"),
 ])
