@@ -55,9 +55,12 @@ def test_model_scores_the_same_online_and_offline(name, served, reload_back):
     architecture, cfg = small_model(name)
     torch.manual_seed(7)
     model = build_model(architecture, cfg, base.inputs).eval()
-    with torch.no_grad():  # move every weight off its init (LR starts at zero, BatchNorm at identity)
+    # Move every weight off its init (LR starts at zero, BatchNorm at identity). Multi-task models stack
+    # a bottom, experts and towers, which shrink a small nudge: at 0.05 PLE's scores differed by 5e-5.
+    scale = 0.1 if hasattr(model, "funnel") else 0.05
+    with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+            p.add_(torch.randn_like(p) * scale)
     files = model_files(model, architecture, cfg, base.spec, base.vocab)
     files["importance.json"] = served.v1.read_text("importance.json")
     version = served.registry.publish(MODEL, files, aliases=())
