@@ -169,3 +169,12 @@ def every_method_spec(rows: int = 4000, seed: int = 7) -> FeatureSpec:
              "device": {"table": "unified", "slots": 2}}
     data["features"] = [{**f, **extra.get(f["name"], {})} for f in data["features"]]
     return parse_spec(data)
+
+
+def spec_data(spec: FeatureSpec) -> tuple[FeatureSpec, Any, ModelInputs, "EncodedRows"]:
+    """(spec, vocabulary, model inputs, encoded train rows) of the spec's synthetic rows."""
+    from muxrec.models import EncodedRows
+
+    vocab, encoded = fitted(spec, synthetic_raw(spec))
+    inputs = inputs_for(spec, vocab)
+    return spec, vocab, inputs, EncodedRows(encoded["train"], inputs)

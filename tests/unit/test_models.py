@@ -12,25 +12,18 @@ import torch
 
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.errors import ConfigError
-from muxrec.models import EncodedRows, build_model, known_models, make_config
+from muxrec.models import build_model, known_models, make_config
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.serialization import load_model, model_files
 
-from tests.helpers import fitted, inputs_for, mixed_dim_spec, qr_spec, synthetic_raw, synthetic_spec
+from tests.helpers import mixed_dim_spec, qr_spec, spec_data, synthetic_spec
 
 ALL_MODELS = known_models()
 
 
-def _data(spec):
-    """(spec, vocabulary, model inputs, encoded train rows) of the spec's synthetic rows."""
-    vocab, encoded = fitted(spec, synthetic_raw(spec))
-    inputs = inputs_for(spec, vocab)
-    return spec, vocab, inputs, EncodedRows(encoded["train"], inputs)
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    return _data(synthetic_spec(rows=800))
+    return spec_data(synthetic_spec(rows=800))
 
 
 def _tiny_config(name):
@@ -136,7 +129,7 @@ def test_bad_configs_name_the_field():
 @pytest.fixture(scope="module")
 def mixed():
     """The tiny data under a spec whose user_id, item and title tables have their own dims (2, 6, 3)."""
-    return _data(mixed_dim_spec(rows=800))
+    return spec_data(mixed_dim_spec(rows=800))
 
 
 def test_a_table_with_its_own_dim_is_projected_to_the_model_width(mixed):
@@ -191,7 +184,7 @@ def test_every_model_trains_and_round_trips_with_mixed_table_dims(name, mixed, t
 def qr():
     """The tiny data with quotient-remainder tables for user_id, item (+ history) and tags, mixed dims for
     site and a Matryoshka table for region (qr_spec)."""
-    return _data(qr_spec(rows=800))
+    return spec_data(qr_spec(rows=800))
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)

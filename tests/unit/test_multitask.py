@@ -14,30 +14,24 @@ import torch
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.errors import ConfigError
 from muxrec.metrics import roc_auc
-from muxrec.models import EncodedRows, build_model, make_config
+from muxrec.models import build_model, make_config
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.layers.multitask import chain_funnel, conditional_log_probs
 from muxrec.models.multitask import expert_utilisation
 from muxrec.models.serialization import load_model, model_files
 from muxrec.spec import parse_spec
 
-from tests.helpers import fitted, inputs_for, synthetic_raw, synthetic_spec
+from tests.helpers import spec_data, synthetic_spec
 
 MULTI_TASK = ["apem", "esmm", "mmoe", "ple", "shared_bottom", "task_expert"]
 GATED = ["apem", "mmoe", "ple", "task_expert"]
 FUNNELS = ["chain", "masked"]
 
 
-def _data(spec):
-    vocab, encoded = fitted(spec, synthetic_raw(spec))
-    inputs = inputs_for(spec, vocab)
-    return spec, vocab, inputs, EncodedRows(encoded["train"], inputs)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     """The synthetic data (click, conversion), conversion declared after click."""
-    spec, vocab, inputs, rows = _data(synthetic_spec(rows=800))
+    spec, vocab, inputs, rows = spec_data(synthetic_spec(rows=800))
     inputs = dataclasses.replace(inputs, parents={"conversion": "click"})
     return spec, vocab, inputs, rows
 
@@ -271,12 +265,12 @@ def _spec_without_numeric_features(labels):
 
 @pytest.fixture(scope="module")
 def one_task():
-    return _data(synthetic_spec(rows=600, labels=("click",)))
+    return spec_data(synthetic_spec(rows=600, labels=("click",)))
 
 
 @pytest.fixture(scope="module")
 def no_numeric():
-    return _data(_spec_without_numeric_features(("click", "conversion")))
+    return spec_data(_spec_without_numeric_features(("click", "conversion")))
 
 
 @pytest.mark.parametrize("name", MULTI_TASK)
