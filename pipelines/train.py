@@ -537,12 +537,14 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
     model, quantized = serving_copy(model)  # evaluate what will be served
     if quantized:
         metrics["served_as"] = quantized
+    evaluated = {}
     for split in ("valid", "test"):
-        rows = EncodedRows(prepared.read(split), prepared.inputs)
-        metrics[split] = evaluate_rows(model, rows, prepared.inputs, job.train.eval_batch_size)
-    if callable(getattr(type(model), "gates", None)):  # a multi-task model: which experts each task uses
-        metrics["expert_utilisation"] = expert_utilisation(
-            model, EncodedRows(prepared.read("valid"), prepared.inputs).batches(job.train.eval_batch_size))
+        evaluated[split] = EncodedRows(prepared.read(split), prepared.inputs)
+        metrics[split] = evaluate_rows(model, evaluated[split], prepared.inputs, job.train.eval_batch_size)
+    # Which experts each task uses, on validation rows ({} for a model without gates).
+    utilisation = expert_utilisation(model, evaluated["valid"].batches(job.train.eval_batch_size))
+    if utilisation:
+        metrics["expert_utilisation"] = utilisation
     if len(prepared.inputs.tasks) > 1:
         metrics["blend"] = prepared.inputs.task_blend()
     files = model_files(model, job.model, cfg, prepared.spec, prepared.vocab)
