@@ -29,6 +29,10 @@ class DataError(MuxrecError):
     """Input data does not match the spec: missing columns, NaN / inf, wrong types."""
 
 
+class ImageError(DataError):
+    """An image cannot be used: not an image, corrupt, too large, or its file is missing."""
+
+
 class DataNotFoundError(MuxrecError):
     """A dataset is not on disk where muxrec looks for it."""
 
