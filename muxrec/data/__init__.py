@@ -66,8 +66,10 @@ def _read_files(path: str, fmt: str) -> pa.Table:
 
 
 def synthetic_config(source: SourceSpec) -> SyntheticConfig:
+    """The generator's config from a spec's `source.options`; YAML lists become the config's tuples."""
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in source.options.items()}
     try:
-        return SyntheticConfig(**source.options)
+        return SyntheticConfig(**options)
     except (TypeError, ValueError) as err:
         raise DataError(f"synthetic source options: {err}") from None
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from muxrec.data import synthetic_config
 from muxrec.data.synthetic import CARDINALITY, SyntheticConfig, generate
+from muxrec.spec import SourceSpec
 
 
 def test_same_seed_same_data_other_seed_other_data():
@@ -69,3 +71,9 @@ def test_config_is_validated():
     with pytest.raises(ValueError, match="rows must be >= 1"):
         SyntheticConfig(rows=0)
     assert set(CARDINALITY) >= {"region", "ad_type", "device", "daypart", "slot"}
+
+
+def test_a_list_from_yaml_options_makes_a_usable_config():
+    cfg = synthetic_config(SourceSpec(loader="synthetic", options={"rows": 50, "history_len": [2, 4]}))
+    assert cfg.history_len == (2, 4)
+    assert generate(cfg)[0].num_rows == 50  # the config is hashable: _world caches by it
