@@ -13,6 +13,13 @@ The click logit is a sum of planted effects (see `SyntheticTruth`):
 A second task, conversion, can only happen after a click (for ESMM-style models). Items carry short
 titles made of topic words, so a text tower can recover the item topic.
 
+Items also have a latent **style** s ~ N(0, 1) that only their pixels show: the click logit gains
+`style_effect * s` (0 by default), and with `image_dir` set every item gets a 64x64 PNG (see
+`draw_item_images`) whose shape and hue tell its topic and whose texture tells its style, and each row an
+`image` column with its item's file path. A vision tower can learn both from the pixels, also for items
+it never saw, where an item-id embedding has nothing. Style and images come from their own random
+streams, so with the defaults every other column is what it was before they existed.
+
 Rows are made in chunks of CHUNK_ROWS: the "world" (entities and planted effects) comes from the seed
 alone, and chunk c from the seed and c, so any chunk can be made in any process (Ray Data makes them
 in parallel, see muxrec.pipelines.sources) and the rows never depend on how chunks are grouped into
@@ -21,12 +28,21 @@ blocks. Everything is vectorised, so millions of users and items are cheap.
 
 from __future__ import annotations
 
+import io
+import json
+import math
+import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from PIL import Image
+
+from muxrec.errors import DataError
 
 TOPIC_WORDS = (
     ("galaxy", "orbit", "rocket", "nebula", "comet", "lunar"),
@@ -56,10 +72,18 @@ class SyntheticConfig:
     # was swamped by the other signals (DIN gained 0.005 from histories); at 2.5 DIN clearly learns it.
     topic_match: float = 2.5
     base_logit: float = -1.3
+    style_effect: float = 0.0  # click logit per unit of the item's latent style, which only its image shows
+    image_dir: str | None = None  # absolute; when set, item images are written there and rows get `image`
 
     def __post_init__(self) -> None:
         if self.rows < 1:
             raise ValueError(f"rows must be >= 1, got {self.rows}")
+        if isinstance(self.style_effect, bool) or not isinstance(self.style_effect, (int, float)) \
+                or not math.isfinite(self.style_effect):
+            raise ValueError(f"style_effect must be a finite number, got {self.style_effect!r}")
+        if self.image_dir is not None and not (isinstance(self.image_dir, str) and os.path.isabs(self.image_dir)):
+            raise ValueError(f"image_dir must be an absolute path, a str (workers may run in another folder), "
+                             f"got {self.image_dir!r}")
         if not 1 <= self.preferred_topics <= len(TOPIC_WORDS):
             raise ValueError(f"preferred_topics must be in 1..{len(TOPIC_WORDS)}")
         lo, hi = self.history_len
@@ -86,6 +110,16 @@ class SyntheticTruth:
 CARDINALITY = {"region": 20, "ad_type": 10, "device": 4, "daypart": 6, "slot": 5, "site": 50,
                "noise_a": 30, "noise_b": 100}
 CHUNK_ROWS = 50_000
+IMAGE_SIZE = 64
+# One shape per topic of TOPIC_WORDS, and one hue (topic / 8 of the colour wheel).
+SHAPES = ("circle", "square", "triangle", "ring", "cross", "diamond", "star", "band")
+# Random streams [seed, _STYLE_STREAM] and [seed, _IMAGE_STREAM, block], apart from chunk c's [seed, c] (c < 10**6
+# up to 5e10 rows): style and images never shift the draws of the other columns.
+_STYLE_STREAM = 1_000_003
+_IMAGE_STREAM = 1_000_004
+_RENDER_BLOCK = 256  # items drawn together; each block has its own stream, so any item can be drawn alone
+_RENDER_VERSION = 1  # bump when the drawing changes: folders of older images are then refused, not mixed
+_IMAGES_MARKER = ".synthetic-images.json"
 _WORDS = pa.array([w for words in TOPIC_WORDS for w in words] + list(FILLER_WORDS), pa.string())
 _TOPIC_SIZE = len(TOPIC_WORDS[0])
 
@@ -122,6 +156,7 @@ class _World:
     """Entities and planted effects: everything that is shared by all rows."""
 
     item_topic: np.ndarray  # (items,)
+    item_style: np.ndarray  # (items,) latent style s ~ N(0, 1), shown by the item image only
     title_words: np.ndarray  # (items, 4) indices into _WORDS, -1 = none
     user_pref: np.ndarray  # (users, preferred_topics)
     history_offsets: np.ndarray  # (users + 1,) into history_items
@@ -164,7 +199,8 @@ def _world(cfg: SyntheticConfig) -> _World:
     history_items = np.where(from_pref, liked, rng.integers(0, cfg.items, size=len(owner)))
 
     return _World(
-        item_topic=item_topic, title_words=title_words, user_pref=user_pref,
+        item_topic=item_topic, item_style=np.random.default_rng([cfg.seed, _STYLE_STREAM]).normal(size=cfg.items),
+        title_words=title_words, user_pref=user_pref,
         history_offsets=np.concatenate([[0], np.cumsum(lengths)]), history_items=history_items,
         user_cdf=_cdf(cfg.users, 0.8), item_cdf=_cdf(cfg.items, 0.9),
         column_cdf={name: _cdf(k, 0.6) for name, k in CARDINALITY.items()},
@@ -207,7 +243,8 @@ def generate_chunk(cfg: SyntheticConfig, chunk: int) -> pa.Table:
              + 0.5 * score - 0.3 * log_price
              + w.pair[cols["region"], cols["ad_type"]]
              + w.triple[cols["device"], cols["daypart"], cols["slot"]]
-             + np.where(match, cfg.topic_match, -cfg.topic_match / 3))
+             + np.where(match, cfg.topic_match, -cfg.topic_match / 3)
+             + cfg.style_effect * w.item_style[item])
     ctr = 1.0 / (1.0 + np.exp(-logit))
     click = rng.random(n) < ctr
     cvr_logit = -0.8 - 0.9 * log_price + 0.6 * (cols["device"] == 0)
@@ -217,6 +254,7 @@ def generate_chunk(cfg: SyntheticConfig, chunk: int) -> pa.Table:
     h_start, h_len = w.history_offsets[user], np.diff(w.history_offsets)[user]
     h_index = np.repeat(h_start - np.cumsum(h_len) + h_len, h_len) + np.arange(h_len.sum())
     tags = pa.array(np.array(TAGS)[tag_ids[tag_used]], pa.string())
+    images = {"image": _image_paths(cfg).take(pa.array(item))} if cfg.image_dir else {}
     return pa.table({
         "row_id": pa.array(np.arange(start, start + n), pa.int64()),
         "user_id": pa.array(user, pa.int64()),
@@ -229,6 +267,7 @@ def generate_chunk(cfg: SyntheticConfig, chunk: int) -> pa.Table:
         "score": pa.array(score),
         "noise_num": pa.array(noise_num),
         "title": pc.binary_join(_lists(_WORDS.take(pa.array(words[words >= 0])), (words >= 0).sum(axis=1)), " "),
+        **images,
         "history": _lists(pc.cast(pa.array(w.history_items[h_index]), pa.string()), h_len),
         "click": pa.array(click.astype(np.int8)),
         "true_ctr": pa.array(ctr),  # ground truth for tests and oracle AUC; no spec reads it
@@ -236,12 +275,162 @@ def generate_chunk(cfg: SyntheticConfig, chunk: int) -> pa.Table:
     })
 
 
+def item_latents(cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Every item's topic (items,) and latent style s (items,): what its image shows."""
+    w = _world(cfg)
+    return w.item_topic.copy(), w.item_style.copy()
+
+
+def draw_item_images(cfg: SyntheticConfig, items: np.ndarray | None = None) -> np.ndarray:
+    """The images of `items` (default every item) as pixels, the same in every process.
+
+    Each image is a light grey background with one shape of the item's topic (SHAPES) in the topic's hue,
+    jittered per item (hue, saturation, brightness, position, size, angle) so that no two items look alike;
+    the shape is filled with a sine grating at a random angle whose contrast, frequency and brightness grow
+    with the item's style s; mild noise covers every pixel.
+
+    Args:
+        cfg: the dataset (its seed and item count decide the images).
+        items: (n,) item ids.
+    Returns:
+        (n, IMAGE_SIZE, IMAGE_SIZE, 3) uint8.
+    """
+    w = _world(cfg)
+    items = np.arange(cfg.items) if items is None else np.asarray(items, dtype=np.int64)
+    if items.size and not 0 <= items.min() <= items.max() < cfg.items:
+        raise ValueError(f"items must be in 0..{cfg.items - 1}")
+    out = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)  # (n, S, S, 3)
+    blocks = items // _RENDER_BLOCK
+    for block in np.unique(blocks):
+        rows = blocks == block
+        out[rows] = _draw_block(w, cfg.seed, int(block))[items[rows] - block * _RENDER_BLOCK]
+    return out
+
+
+def _draw_block(w: _World, seed: int, block: int) -> np.ndarray:
+    """Items block * _RENDER_BLOCK ... of the world, drawn from the block's own random stream."""
+    ids = np.arange(block * _RENDER_BLOCK, min((block + 1) * _RENDER_BLOCK, len(w.item_topic)))
+    b, size = len(ids), IMAGE_SIZE
+    topic, style = w.item_topic[ids], w.item_style[ids]
+    rng = np.random.default_rng([seed, _IMAGE_STREAM, block])
+    hue = topic / len(SHAPES) + rng.normal(0.0, 0.02, b)
+    saturation = rng.uniform(0.6, 0.85, b)
+    value = rng.uniform(0.6, 0.8, b) * (1.0 + 0.15 * np.tanh(style))
+    centre = np.clip(rng.normal(0.0, 0.08, (2, b)), -0.2, 0.2)[:, :, None, None]  # (2, b, 1, 1)
+    radius = (0.55 * np.exp(rng.uniform(-0.15, 0.15, b)))[:, None, None]  # (b, 1, 1)
+    angle = rng.uniform(-0.35, 0.35, b)[:, None, None]
+    background = rng.uniform(0.84, 0.94, b)[:, None, None, None]  # (b, 1, 1, 1)
+    stripe_angle = rng.uniform(0.0, np.pi, b)[:, None, None]
+    stripe_phase = rng.uniform(0.0, 2 * np.pi, b)[:, None, None]
+    noise = rng.normal(0.0, 0.025, (b, size, size, 3))
+
+    grid = (np.arange(size) + 0.5) / size * 2 - 1  # pixel centres in [-1, 1]
+    x, y = grid[None, None, :] - centre[0], grid[None, :, None] - centre[1]  # (b, 1, S), (b, S, 1)
+    u = (x * np.cos(angle) + y * np.sin(angle)) / radius  # (b, S, S), the shape's own axes
+    v = (y * np.cos(angle) - x * np.sin(angle)) / radius  # (b, S, S)
+    mask = np.zeros(u.shape, bool)  # (b, S, S)
+    for shape in np.unique(topic):
+        mask[topic == shape] = _shape_mask(int(shape), u[topic == shape], v[topic == shape])
+    # Style: contrast 0.03 .. 0.37 and 1.5 .. 6 cycles across the image for s = -2 .. 2.
+    contrast = (0.4 / (1.0 + np.exp(-1.2 * style)))[:, None, None]  # (b, 1, 1)
+    cycles = (3.0 * np.exp(0.35 * style))[:, None, None]
+    along = grid[None, None, :] * np.cos(stripe_angle) + grid[None, :, None] * np.sin(stripe_angle)  # (b, S, S)
+    shade = 1.0 + contrast * np.sin(np.pi * cycles * along + stripe_phase)  # (b, S, S)
+    colour = _hsv_to_rgb(hue % 1.0, saturation, value)[:, None, None, :]  # (b, 1, 1, 3)
+    pixels = np.where(mask[..., None], colour * shade[..., None], background) + noise  # (b, S, S, 3)
+    return np.rint(np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def _shape_mask(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Where (u, v), in the shape's own axes (radius 1), is inside SHAPES[shape]."""
+    au, av, rho = np.abs(u), np.abs(v), np.hypot(u, v)
+    inside = (
+        lambda: rho <= 1.0,  # circle
+        lambda: np.maximum(au, av) <= 0.85,  # square
+        lambda: (v <= 0.6) & (au <= 0.55 * (v + 1.0)),  # triangle, apex up
+        lambda: (rho <= 1.0) & (rho >= 0.6),  # ring
+        lambda: (np.minimum(au, av) <= 0.3) & (np.maximum(au, av) <= 1.0),  # cross
+        lambda: au + av <= 1.15,  # diamond
+        lambda: rho <= 0.6 + 0.4 * np.cos(5 * np.arctan2(v, u)),  # star, five points
+        lambda: av <= 0.35,  # band across the image
+    )
+    return inside[shape]()
+
+
+def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(n,) hue, saturation, value in [0, 1] -> (n, 3) RGB in [0, 1]."""
+    k = (np.array([5.0, 3.0, 1.0])[None, :] + 6.0 * h[:, None]) % 6.0  # (n, 3)
+    return v[:, None] * (1.0 - s[:, None] * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))  # (n, 3)
+
+
+def render_item_images(cfg: SyntheticConfig, folder: str | os.PathLike[str]) -> list[Path]:
+    """Write every item's image as `folder/item_{i:05d}.png` (see `draw_item_images`); their paths.
+
+    Idempotent and safe to run from several processes at once: a file already holding the same PNG is
+    kept, others are written to a temporary file and renamed into place, and a marker written last lets
+    later calls skip the drawing. A folder holding another dataset's images is refused, never mixed.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"item_{i:05d}.png" for i in range(cfg.items)]
+    marker = folder / _IMAGES_MARKER
+    fingerprint = {"seed": cfg.seed, "items": cfg.items, "size": IMAGE_SIZE, "version": _RENDER_VERSION}
+    found = _read_marker(marker)
+    if found is not None and found != fingerprint:
+        raise DataError(f"image_dir {folder} holds the images of another synthetic dataset ({found}, wanted "
+                        f"{fingerprint}): use another image_dir or empty it")
+    if found is not None and all(p.is_file() for p in paths):
+        return paths
+    for start in range(0, cfg.items, _RENDER_BLOCK):
+        ids = np.arange(start, min(start + _RENDER_BLOCK, cfg.items))
+        for i, pixels in zip(ids, draw_item_images(cfg, ids)):
+            data = _png(pixels)
+            if not (paths[i].is_file() and paths[i].read_bytes() == data):
+                _write_atomically(paths[i], data)
+    _write_atomically(marker, json.dumps(fingerprint).encode())
+    return paths
+
+
+@lru_cache(maxsize=4)  # once per process and config, like _world
+def _image_paths(cfg: SyntheticConfig) -> pa.Array:
+    """(items,) the path of each item's image, written first if need be."""
+    return pa.array([str(p) for p in render_item_images(cfg, cfg.image_dir)], pa.string())
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+def _read_marker(marker: Path) -> dict | None:
+    try:
+        return json.loads(marker.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"unreadable marker": str(marker)}
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Readers see the old file or the whole new one, never a part (the rename is atomic)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def generate(cfg: SyntheticConfig = SyntheticConfig()) -> tuple[pa.Table, SyntheticTruth]:
     """Every chunk in this process, as one table, with what was planted."""
     table = pa.concat_tables([generate_chunk(cfg, c) for c in range(num_chunks(cfg))])
     truth = SyntheticTruth(
         informative=("site", "ad_type", "tags", "score", "price", "region", "device", "daypart", "slot",
-                     "item_id", "history", "title"),
+                     "item_id", "history", "title", *(("image",) if cfg.image_dir else ())),
         noise=("noise_a", "noise_b", "noise_num"),
         pairs=(("region", "ad_type"),),
         triples=(("device", "daypart", "slot"),),
