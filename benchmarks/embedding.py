@@ -54,6 +54,7 @@ from muxrec.data import load_source
 from muxrec.encoding import (SPLIT_COLUMN, Vocabulary, count_values, derive, encode, moments, quantile_sketch)
 from muxrec.errors import ConfigError
 from muxrec.models import EncodedRows, build_model, make_config
+from muxrec.models.encoders.content import ContentVectors
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.serialization import serving_copy
 from muxrec.pipelines.loop import evaluate_rows, fit_in_process
@@ -151,9 +152,13 @@ def budget_spec(spec: FeatureSpec, rows: dict[str, int], method: str, budget: fl
     return parse_spec(data)
 
 
-def encoded_splits(spec: FeatureSpec, raw) -> tuple[ModelInputs, dict[str, EncodedRows], dict[str, float]]:
-    """Fit on train rows and encode every split, in-process; (inputs, rows per split, positive rates)."""
+def encoded_splits(spec: FeatureSpec, raw, content: ContentVectors | None = None
+                   ) -> tuple[ModelInputs, dict[str, EncodedRows], dict[str, float]]:
+    """Fit on train rows and encode every split, in-process; (inputs, rows per split, positive rates).
+    A spec with content features needs their encoders (`content`)."""
     derived = derive(raw, spec)
+    if spec.content:
+        derived = content.attach(derived)
     parts = {s: derived.filter(pc.equal(derived[SPLIT_COLUMN], s)) for s in ("train", "valid", "test")}
     train = parts["train"]
     vocab = Vocabulary.fit(spec, count_values(train, spec), moments(train, spec), quantile_sketch(train, spec))

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torchrec import KeyedJaggedTensor
 
+from muxrec.encoding import content_matrix
 from muxrec.spec import ModelInputs
 
 
@@ -28,12 +29,15 @@ class Batch:
     dense:      (B, N) normalised numeric features, N = len(ModelInputs.numeric)
     sequences:  name -> (B, L) ids padded with 0, and (B,) lengths
     labels:     (B, T + G) float 0/1 (the tasks, then their grade columns), or None at inference
+    content:    (B, C) content features' encoder vectors side by side (ModelInputs.content gives each
+                one's width, in order), or None when the spec has none
     """
 
     sparse: KeyedJaggedTensor
     dense: Tensor
     sequences: dict[str, tuple[Tensor, Tensor]]
     labels: Tensor | None = None
+    content: Tensor | None = None
 
     def __len__(self) -> int:
         return self.dense.shape[0]
@@ -97,7 +101,8 @@ class EncodedRows:
     def __init__(self, table: pa.Table | dict, inputs: ModelInputs, with_labels: bool = True):
         if isinstance(table, dict):
             table = _Columns(table)
-        missing = [c for c in (*inputs.pooled, *inputs.numeric, *inputs.sequences) if c not in table.column_names]
+        missing = [c for c in (*inputs.pooled, *inputs.numeric, *inputs.sequences, *inputs.content)
+                   if c not in table.column_names]
         if missing:
             raise ValueError(f"encoded rows lack feature column(s) {missing}")
         self.inputs = inputs
@@ -124,6 +129,11 @@ class EncodedRows:
             self._sequences[name] = (torch.from_numpy(ids), torch.from_numpy(lengths))
         dense = [_ids(table, n, None)[0].astype(np.float32, copy=False) for n in inputs.numeric]
         self._dense = torch.from_numpy(np.stack(dense, axis=1) if dense else np.zeros((self.num_rows, 0), np.float32))
+        self._content = None
+        if inputs.content:
+            vectors = [table.arrays[n] if isinstance(table, _Columns) else content_matrix(table.column(n), d, n)
+                       for n, d in inputs.content.items()]
+            self._content = torch.from_numpy(np.concatenate(vectors, axis=1).astype(np.float32, copy=False))  # (N, C)
         self._labels = None
         if with_labels:
             if isinstance(table, _Columns):
@@ -162,7 +172,8 @@ class EncodedRows:
         )
         sequences = {n: (ids[rows], lens[rows]) for n, (ids, lens) in self._sequences.items()}
         labels = self._labels[rows] if self._labels is not None else None
-        return Batch(sparse, self._dense[rows], sequences, labels)
+        content = self._content[rows] if self._content is not None else None
+        return Batch(sparse, self._dense[rows], sequences, labels, content)
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
         """Consecutive batches; shuffled when a generator is given."""

@@ -21,9 +21,10 @@ from torch import nn
 
 from muxrec.artifacts import ModelVersion
 from muxrec.config import to_dict
-from muxrec.encoding import Vocabulary, derive, encode, encode_arrays
+from muxrec.encoding import Vocabulary, attach_content, derive, encode, encode_arrays
 from muxrec.errors import ArtifactError
 from muxrec.models.batch import EncodedRows
+from muxrec.models.encoders.content import ContentVectors, check_digests, registry_of
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.registry import build_model, make_config
 from muxrec.spec import FeatureSpec, ModelInputs, spec_from_yaml
@@ -60,16 +61,22 @@ def serving_copy(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
     return served.eval(), done
 
 
-def model_files(model: nn.Module, name: str, cfg: Any, spec: FeatureSpec, vocab: Vocabulary) -> dict[str, bytes | str]:
+def model_files(model: nn.Module, name: str, cfg: Any, spec: FeatureSpec, vocab: Vocabulary,
+                encoders: dict[str, str] | None = None) -> dict[str, bytes | str]:
     """A version's files. Tables are stored as served (`serving_copy`; model.json lists those changed);
-    pass the model through `serving_copy` first to evaluate what will be served."""
+    pass the model through `serving_copy` first to evaluate what will be served. `encoders`: the pinned
+    content encoders' weight hashes (ref -> sha256) the model was trained with, checked when it loads."""
+    if spec.content and set(encoders or {}) != {f.encoder for f in spec.content}:
+        raise ArtifactError(f"the spec's content encoders {sorted({f.encoder for f in spec.content})} need their "
+                            f"weight hashes, got {sorted(encoders or {})}")
     served, quantized = serving_copy(model)
+    meta = {"name": name, "config": to_dict(cfg), **({"served_as": quantized} if quantized else {}),
+            **({"encoders": encoders} if spec.content else {})}
     return {
         WEIGHTS: state_bytes(served),
         SPEC: spec.to_yaml(),
         VOCABULARY: vocab.to_json(),
-        MODEL: json.dumps({"name": name, "config": to_dict(cfg), **({"served_as": quantized} if quantized else {})},
-                          indent=1),
+        MODEL: json.dumps(meta, indent=1),
     }
 
 
@@ -84,17 +91,29 @@ class LoadedModel:
     vocab: Vocabulary
     inputs: ModelInputs
     version: ModelVersion
+    content: ContentVectors | None = None  # the pinned encoders of content features (hash-checked)
+
+    def derive(self, raw: pa.Table, labels: bool = False, vectors: dict[str, np.ndarray] | None = None) -> pa.Table:
+        """Raw source columns -> derived columns, content features as vectors: `vectors` (feature ->
+        (N, dim), computed elsewhere, e.g. the gateway's cache) or from the pinned encoders."""
+        derived = derive(raw, self.spec, labels=labels, split=False)
+        if self.content is None:
+            return derived
+        if vectors is None:
+            vectors = self.content.vectors(derived)
+        return attach_content(derived, self.spec, vectors)
 
     def encode(self, raw: pa.Table, labels: bool = False) -> pa.Table:
         """Raw source columns -> encoded columns, with this model's vocabulary."""
-        return encode(derive(raw, self.spec, labels=labels, split=False), self.spec, self.vocab)
+        return encode(self.derive(raw, labels), self.spec, self.vocab)
 
     def predict(self, rows: EncodedRows, batch_size: int = 8192) -> np.ndarray:
         return predict_proba(self.model, rows, batch_size)
 
-    def predict_raw(self, raw: pa.Table, batch_size: int = 8192) -> np.ndarray:
-        """(N, T) probabilities for raw rows."""
-        arrays = encode_arrays(derive(raw, self.spec, labels=False, split=False), self.spec, self.vocab)
+    def predict_raw(self, raw: pa.Table, batch_size: int = 8192, vectors: dict[str, np.ndarray] | None = None
+                    ) -> np.ndarray:
+        """(N, T) probabilities for raw rows (content vectors given, or computed by the pinned encoders)."""
+        arrays = encode_arrays(self.derive(raw, vectors=vectors), self.spec, self.vocab)
         return self.predict(EncodedRows(arrays, self.inputs, with_labels=False), batch_size)
 
 
@@ -121,4 +140,13 @@ def load_model(version: ModelVersion) -> LoadedModel:
                 m.for_serving(empty=True)
     load_state(model, version.file(WEIGHTS).read_bytes())
     model.eval()
-    return LoadedModel(model, meta["name"], cfg, spec, vocab, inputs, version)
+    content = None
+    if spec.content:
+        registry = registry_of(version)
+        pinned = {f.encoder for f in spec.content}
+        if set(meta.get("encoders", {})) != pinned:
+            raise ArtifactError(f"{version.ref}: model.json records encoders {sorted(meta.get('encoders', {}))}, "
+                                f"its spec pins {sorted(pinned)}")
+        check_digests(meta["encoders"], registry, version.ref)
+        content = ContentVectors(spec, registry)
+    return LoadedModel(model, meta["name"], cfg, spec, vocab, inputs, version, content)

@@ -44,9 +44,57 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from muxrec.pipelines.prepare import prepare
     from muxrec.spec import load_spec
 
-    prepared = prepare(load_spec(args.spec), args.out, reuse=not args.force)
+    prepared = prepare(load_spec(args.spec), args.out, reuse=not args.force, registry=args.registry)
     print(json.dumps({"prepared": str(prepared.root), **prepared.stats}, indent=1))
     return 0
+
+
+def cmd_encoders_fit_text(args: argparse.Namespace) -> int:
+    from muxrec.artifacts import ArtifactRegistry
+    from muxrec.models.encoders.text import TextTowerConfig
+    from muxrec.pipelines.encoders import fit_text_encoder
+    from muxrec.ray_env import ensure_ray
+    from muxrec.spec import load_spec
+
+    spec = load_spec(args.source_spec)
+    ensure_ray()
+    version = fit_text_encoder(spec.source, args.column, ArtifactRegistry(args.registry), args.name,
+                               _config(TextTowerConfig, max_len=args.max_len))
+    _print_json({"encoder": f"{version.name}@{version.version}", **version.metadata})
+    return 0
+
+
+def cmd_encoders_align(args: argparse.Namespace) -> int:
+    from muxrec.artifacts import ArtifactRegistry
+    from muxrec.pipelines.align import AlignConfig, align
+    from muxrec.spec import load_spec
+
+    cfg = _config(AlignConfig, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                  width_mult=args.width_mult, fine_tune_layers=args.fine_tune_layers)
+    result = align(load_spec(args.source_spec), args.text_column, args.image_column, ArtifactRegistry(args.registry),
+                   args.name, cfg)
+    _print_json(result)
+    return 0
+
+
+def cmd_encoders_catalog(args: argparse.Namespace) -> int:
+    from muxrec.artifacts import ArtifactRegistry
+    from muxrec.pipelines.content import write_catalog
+    from muxrec.spec import load_spec
+
+    report = write_catalog(load_spec(args.spec), args.feature, ArtifactRegistry(args.registry), args.output)
+    _print_json(report)
+    return 0
+
+
+def _config(cls: type, **given: Any) -> Any:
+    """cls built from the given non-None values (its defaults for the rest); a bad value is one line."""
+    from muxrec.errors import ConfigError
+
+    try:
+        return cls(**{k: v for k, v in given.items() if v is not None})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{cls.__name__}: {err}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -65,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                seed=args.seed, num_workers=args.num_workers, patience=args.patience,
                                sharding=args.sharding, embedding_optimizer=args.embedding_optimizer,
                                embedding_lr=args.embedding_lr, task_weighting=args.task_weighting)
-    prepared = prepare_cached(spec, args.runs / "prepared")
+    prepared = prepare_cached(spec, args.runs / "prepared", registry=args.registry)
     job = TrainJob(str(prepared.root), mf.architecture, model_cfg, train_cfg)
     name = args.name or f"{spec.name}-{args.model}"
     result = train(job, ArtifactRegistry(args.registry), name, args.runs / "ray", fresh=args.fresh)
@@ -358,7 +406,38 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output root (default ./runs/prepared)")
     pr.add_argument("--force", action="store_true",
                     help="prepare again even if the output was made from the same spec and source files")
+    pr.add_argument("--registry", type=Path, default=_default("MUXREC_REGISTRY", "artifacts"),
+                    help="registry holding the encoders of content features (env MUXREC_REGISTRY; default ./artifacts)")
     pr.set_defaults(func=cmd_prepare)
+
+    en = sub.add_parser("encoders", help="content encoders (text / image towers) as versioned registry artifacts")
+    en_sub = en.add_subparsers(dest="encoders_command", required=True, parser_class=_Parser)
+    ft = en_sub.add_parser("fit-text", help="fit the text tower's projection on a catalog's texts (PCA) and publish it")
+    ft.add_argument("--source-spec", type=Path, required=True, help="a spec whose source holds the texts")
+    ft.add_argument("--column", required=True, help="the source column of item texts, e.g. item_text")
+    ft.add_argument("--name", required=True, help="registry name of the encoder, e.g. ml-100k-text")
+    ft.add_argument("--max-len", type=int, default=None, help="tokens per text (default 64)")
+    paths(ft)
+    ft.set_defaults(func=cmd_encoders_fit_text)
+    al = en_sub.add_parser("align", help="train image + text towers by ALIGN (Ray Train) and publish both")
+    al.add_argument("--source-spec", type=Path, required=True, help="a spec whose source holds item images and titles")
+    al.add_argument("--text-column", default="title")
+    al.add_argument("--image-column", default="image")
+    al.add_argument("--name", required=True, help="registry name prefix: publishes <name>-text and <name>-image")
+    al.add_argument("--epochs", type=int, default=None)
+    al.add_argument("--batch-size", type=int, default=None)
+    al.add_argument("--lr", type=float, default=None)
+    al.add_argument("--seed", type=int, default=None)
+    al.add_argument("--width-mult", type=float, default=None, help="MobileNetV2 width multiplier")
+    al.add_argument("--fine-tune-layers", type=int, default=None, help="MiniLM layers trained (default 0: frozen)")
+    paths(al)
+    al.set_defaults(func=cmd_encoders_align)
+    ca = en_sub.add_parser("catalog", help="item vectors of a content feature for every distinct value (Ray Data)")
+    ca.add_argument("--spec", type=Path, required=True, help="feature spec YAML with the content feature")
+    ca.add_argument("--feature", required=True, help="the content feature, e.g. item_text")
+    ca.add_argument("--output", type=Path, required=True, help="Parquet file: value, vector")
+    paths(ca)
+    ca.set_defaults(func=cmd_encoders_catalog)
 
     tr = sub.add_parser("train", help="train a model with Ray Train and publish it to the registry")
     tr.add_argument("--spec", type=Path, required=True, help="feature spec YAML")

@@ -5,7 +5,10 @@ Three steps, each a pure function over Arrow tables so that Ray Data can run the
   derive(raw, spec)          raw source columns -> one typed column per feature, labels, split
   count_values / moments /   per-block statistics (partials); Vocabulary.fit merges them (train
   quantile_sketch            rows only; merge_sketches folds sketches pairwise, for aggregations)
-  encode(derived, spec, v)   typed values -> int64 ids / list<int64> ids / float32
+  attach_content(derived, …) content features (text with an encoder, image): their strings (text, an
+                             image path) replaced by the encoder's vectors, computed by the caller
+                             (muxrec.models.encoders.ContentVectors offline, the gateway's cache online)
+  encode(derived, spec, v)   typed values -> int64 ids / list<int64> ids / float32 (vectors as they are)
 
 Id 0 of every table is the out-of-vocabulary (and missing) bucket, so unknown categories at serving
 time are never an error. The serving gateway runs derive + encode on request rows: the encoding a
@@ -312,6 +315,13 @@ def split_of(table: pa.Table, spec: FeatureSpec) -> pa.Array:
     names = np.full(table.num_rows, "train", dtype=object)
     names[np.isin(bucket, spec.split.valid)] = "valid"
     names[np.isin(bucket, spec.split.test)] = "test"
+    cold = spec.split.cold
+    if cold is not None:
+        _require_columns(table, [cold.column], "split.cold")
+        text = _as_string(table.column(cold.column), _where(table, "split.cold", cold.column))
+        item_bucket = value_hashes(text, cold.seed) % np.uint64(cold.buckets)
+        names[np.isin(item_bucket, cold.valid)] = "valid"
+        names[np.isin(item_bucket, cold.test)] = "test"
     return pa.array(names, pa.string())
 
 
@@ -319,6 +329,11 @@ def _derive_feature(table: pa.Table, f: Feature) -> pa.Array:
     column = f.name if f.history else f.column
     raw = table.column(column)
     where = _where(table, f"feature {f.name!r}", column)
+    if f.is_content:  # text / an image path, read by the feature's encoder later (attach_content)
+        values = _missing_as_null(_as_string(raw, where), f.fill)
+        if f.is_required:
+            _reject_missing(values, where)
+        return pc.fill_null(values, "") if f.kind == FeatureKind.TEXT else values
     if f.bucketize is not None:
         values = _numeric(raw, where, f.fill, nullable=True)
     elif f.kind == FeatureKind.CATEGORICAL:
@@ -366,6 +381,36 @@ def derive(table: pa.Table, spec: FeatureSpec, *, labels: bool = True, split: bo
     if split:
         columns[SPLIT_COLUMN] = split_of(table, spec)
     return pa.table(columns)
+
+
+def attach_content(derived: pa.Table, spec: FeatureSpec, vectors: dict[str, np.ndarray]) -> pa.Table:
+    """`derived` with each content feature's column replaced by its (N, dim) vectors, as float32 lists.
+
+    `vectors` maps every content feature of the spec to one finite row per derived row, `dim` wide."""
+    columns = {name: derived.column(name) for name in derived.column_names}
+    for f in spec.content:
+        if f.name not in vectors:
+            raise DataError(f"feature {f.name!r}: no vectors from its encoder {f.encoder}")
+        v = np.asarray(vectors[f.name], dtype=np.float32)
+        if v.shape != (derived.num_rows, f.dim):
+            raise DataError(f"feature {f.name!r}: vectors of shape {v.shape}, expected ({derived.num_rows}, {f.dim})")
+        if not np.isfinite(v).all():
+            raise DataError(f"feature {f.name!r}: NaN/inf in the vectors of row {_first(~np.isfinite(v).all(axis=1))}")
+        columns[f.name] = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), f.dim)
+    return pa.table(columns)
+
+
+def content_matrix(column: pa.ChunkedArray | pa.Array, dim: int, feature: str) -> np.ndarray:
+    """A content feature's vector column (attach_content) -> (N, dim) float32."""
+    col = _flat(column)
+    if not (pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type)) or \
+            not pa.types.is_floating(col.type.value_type):
+        raise DataError(f"feature {feature!r} holds {col.type}, not its encoder's vectors: content features are "
+                        f"read by their encoder first (attach_content)")
+    values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    if len(values) != len(col) * dim:
+        raise DataError(f"feature {feature!r}: vectors are not {dim} wide")
+    return values.reshape(len(col), dim)
 
 
 # ---- vocabulary --------------------------------------------------------------------------------
@@ -710,14 +755,17 @@ EncodedArrays = dict[str, "np.ndarray | tuple[np.ndarray, np.ndarray]"]
 
 def encode_arrays(derived: pa.Table, spec: FeatureSpec, vocab: Vocabulary) -> EncodedArrays:
     """`encode`'s feature columns as numpy, for a caller that wants tensors rather than Arrow (the
-    Ranker): int64 (N,) ids, float32 (N,) normalised numbers, and for list kinds (offsets (N+1,) int32,
-    ids (M,) int64)."""
+    Ranker): int64 (N,) ids, float32 (N,) normalised numbers, for list kinds (offsets (N+1,) int32,
+    ids (M,) int64), and float32 (N, dim) vectors of content features."""
     if vocab.spec_fingerprint != spec.fingerprint():
         raise DataError("the vocabulary was fitted for another version of the feature spec; re-run prepare")
     columns: dict = {}
     lookups, listed = [], []  # vocabulary lookups, run together; (feature, offsets) of id features
     for f in spec.features:
         col = _flat(derived.column(f.name))
+        if f.is_content:
+            columns[f.name] = content_matrix(col, f.dim, f.name)  # (N, dim)
+            continue
         if f.kind == FeatureKind.NUMERIC:
             x = col.to_numpy(zero_copy_only=False).astype(np.float64)
             columns[f.name] = vocab.numeric[f.name].normalize(x, f.normalize).astype(np.float32)
@@ -753,6 +801,8 @@ def encode(derived: pa.Table, spec: FeatureSpec, vocab: Vocabulary) -> pa.Table:
         if isinstance(value, tuple):
             offsets, ids = value
             columns[name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids, pa.int64()))
+        elif value.ndim == 2:  # a content feature's vectors
+            columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(value.reshape(-1)), value.shape[1])
         else:
             columns[name] = pa.array(value)
     labels = set(spec.label_columns)

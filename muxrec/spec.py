@@ -59,6 +59,8 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stri
 from muxrec.errors import SpecError
 
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A pinned content encoder: a registry name and an exact version, e.g. "synthetic-text@v0002".
+ENCODER_REF = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}@v[0-9]{4,}$"
 
 
 class FeatureKind(StrEnum):
@@ -66,7 +68,8 @@ class FeatureKind(StrEnum):
     MULTI_CATEGORICAL = "multi_categorical"  # a bag of ids per row, pooled
     NUMERIC = "numeric"  # one float per row, normalised
     SEQUENCE = "sequence"  # an ordered list of ids per row, not pooled (behaviour history)
-    TEXT = "text"  # free text, tokenised into hashed word ids and pooled
+    TEXT = "text"  # free text: hashed word ids, pooled; or, with `encoder`, a text-tower vector
+    IMAGE = "image"  # an image file (a path; base64 bytes in requests), read by its `encoder` into a vector
 
 
 # Kinds whose values are looked up in an embedding table.
@@ -190,6 +193,30 @@ class LabelSpec(_Strict):
         return tuple(f"{self.name}@{g:g}" for g in self.grades)
 
 
+class ColdSpec(_Strict):
+    """Whole items held out of training, for cold-start evaluation: every row whose `column` value hashes
+    (blake2b-64 of its text, salted with `seed`) into a `test` / `valid` bucket goes to that split, whatever
+    the row rule says, so those items' ids are never seen in training and map to the OOV id."""
+
+    column: str
+    buckets: int = Field(gt=1)
+    test: list[int] = Field(default_factory=list)
+    valid: list[int] = Field(default_factory=list)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+
+    @model_validator(mode="after")
+    def _buckets_in_range(self) -> ColdSpec:
+        for part in ("test", "valid"):
+            bad = [b for b in getattr(self, part) if not 0 <= b < self.buckets]
+            if bad:
+                raise ValueError(f"cold {part} buckets {bad} are outside 0..{self.buckets - 1}")
+        if set(self.test) & set(self.valid):
+            raise ValueError("a cold bucket cannot be in both test and valid")
+        if not self.test and not self.valid:
+            raise ValueError("cold needs `test` and/or `valid` buckets")
+        return self
+
+
 class SplitSpec(_Strict):
     """Deterministic split: each row gets a bucket h % buckets, then `test` / `valid` buckets, else train.
 
@@ -213,6 +240,7 @@ class SplitSpec(_Strict):
     buckets: int = Field(gt=1)
     test: list[int]
     valid: list[int]
+    cold: ColdSpec | None = None  # items held out of training whole (cold-start evaluation)
 
     @model_validator(mode="after")
     def _buckets_in_range(self) -> SplitSpec:
@@ -233,7 +261,7 @@ class SplitSpec(_Strict):
     @property
     def columns(self) -> list[str]:
         """The source columns the rule reads."""
-        return list(self.hash or ())
+        return list(self.hash or ()) + ([self.cold.column] if self.cold else [])
 
 
 class CompressionSpec(_Strict):
@@ -380,6 +408,9 @@ class Feature(_Strict):
     bucketize: BucketSpec | None = None  # categorical kind: a numeric source cut into buckets
     # numeric
     normalize: Literal["standard", "minmax", "none"] = "standard"
+    # content (text with an encoder, image): a pinned encoder version and the Matryoshka width read
+    encoder: str | None = Field(default=None, pattern=ENCODER_REF)
+    dim: int | None = Field(default=None, gt=0)
     # None: by kind. A numeric feature without `fill` is required; the other kinds are not: a
     # missing (null or empty) value reads as the missing id / an empty list, in prepared data and
     # in requests alike. `required: true` rejects missing values in both places.
@@ -392,6 +423,20 @@ class Feature(_Strict):
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> Feature:
         kind = self.kind
+        if kind == FeatureKind.IMAGE and self.encoder is None:
+            raise ValueError("an image feature needs `encoder: <name>@<version>` (the vision tower reading it)")
+        if self.encoder is not None:
+            if kind not in (FeatureKind.TEXT, FeatureKind.IMAGE):
+                raise ValueError("`encoder` applies to text and image features")
+            if self.dim is None:
+                raise ValueError("a feature with an `encoder` needs `dim` (the encoder width it reads, e.g. 32)")
+            for attr in ("table", "min_count", "hash_buckets", "embedding_dim", "max_len", "pooling", "separator",
+                         "slice", "slots", "compression", "quantize"):
+                if getattr(self, attr) is not None:
+                    raise ValueError(f"`{attr}` does not apply to a feature read by an encoder")
+            return self
+        if self.dim is not None:
+            raise ValueError("`dim` applies to features read by an `encoder`")
         if kind == FeatureKind.NUMERIC:
             for attr in ("table", "min_count", "hash_buckets", "embedding_dim", "max_len", "pooling",
                          "separator", "slice", "history", "slots", "compression", "quantize"):
@@ -449,14 +494,19 @@ class Feature(_Strict):
         return self.kind == FeatureKind.NUMERIC or self.bucketize is not None
 
     @property
+    def is_content(self) -> bool:
+        """Read by a content encoder into a vector (no embedding table of its own)."""
+        return self.encoder is not None
+
+    @property
     def table_name(self) -> str | None:
-        if self.kind == FeatureKind.NUMERIC:
+        if self.kind == FeatureKind.NUMERIC or self.is_content:
             return None
         return self.table or self.name
 
     @property
     def effective_pooling(self) -> Literal["sum", "mean"] | None:
-        if self.kind in (FeatureKind.NUMERIC, FeatureKind.SEQUENCE):
+        if self.kind in (FeatureKind.NUMERIC, FeatureKind.SEQUENCE) or self.is_content:
             return None
         if self.kind == FeatureKind.CATEGORICAL:
             return "sum"
@@ -556,6 +606,9 @@ class FeatureSpec(_Strict):
                 raise ValueError(f"table {table.name!r} is multiplexed (each feature hashed by its own seed), so a "
                                  f"sequence feature there would not meet its items' rows; give it a table without "
                                  f"`multiplex`")
+        if self.split.cold is not None and self.split.cold.column not in self.keys.values():
+            raise ValueError(f"split.cold.column {self.split.cold.column!r} must be a key column "
+                             f"(keys: {self.keys or 'none'}): cold items are held out by their id")
         for f in self.features:
             if f.slots is not None and not (f.table is not None and self.tables[f.table].multiplex):
                 raise ValueError(f"feature {f.name!r}: `slots` needs a multiplexed shared table "
@@ -571,7 +624,13 @@ class FeatureSpec(_Strict):
         raise KeyError(f"no feature {name!r}; known: {[f.name for f in self.features]}")
 
     def of_kind(self, *kinds: FeatureKind) -> list[Feature]:
-        return [f for f in self.features if f.kind in kinds]
+        """Features of these kinds, content features (read by an encoder) left out."""
+        return [f for f in self.features if f.kind in kinds and not f.is_content]
+
+    @property
+    def content(self) -> list[Feature]:
+        """Features read by a content encoder (text with `encoder`, image), in spec order."""
+        return [f for f in self.features if f.is_content]
 
     @property
     def label_names(self) -> list[str]:
@@ -622,7 +681,9 @@ class FeatureSpec(_Strict):
                 # A derived history arrives as a list of item ids under the feature's own name.
                 cols[f.name] = RequestColumn(f.name, "string_list", required=False)
                 continue
-            if f.reads_numbers:
+            if f.kind == FeatureKind.IMAGE:
+                typ = "image"  # the image file's bytes, base64-encoded
+            elif f.reads_numbers:
                 typ = "number"
             elif f.kind in (FeatureKind.MULTI_CATEGORICAL, FeatureKind.SEQUENCE) and f.separator is None:
                 typ = "string_list"
@@ -663,8 +724,9 @@ class FeatureSpec(_Strict):
 # Spec fields added after published models recorded their spec's fingerprint, with their defaults.
 _ADDED_LATER: dict[str, dict[str, Any]] = {
     "labels": {"grades": [], "positive": None, "when": None, "type": "binary", "weight": 1.0, "parent": None},
-    "split": {"row_number": False, "seed": 0},
-    "features": {"bucketize": None, "required": None, "slots": None, "compression": None, "quantize": None},
+    "split": {"row_number": False, "seed": 0, "cold": None},
+    "features": {"bucketize": None, "required": None, "slots": None, "compression": None, "quantize": None,
+                 "encoder": None, "dim": None},
     "tables": {"multiplex": False, "compression": None, "quantize": None},
 }
 _ADDED_LATER_TO_COMPRESSION = ("keep", "ramp_steps")
@@ -705,6 +767,7 @@ class ModelInputs:
                 EmbeddingBagCollection's), then those of compressed tables
     numeric:    numeric features, the columns of the dense (B, N) tensor
     sequences:  sequence features, (B, L) padded ids looked up position by position
+    content:    content features (read by an encoder) -> their vector width, the columns of (B, sum of widths)
     tasks:      label names; a model predicts the first `num_tasks` of them
     grades:     a task's extra cut-point label columns (`grades:` in the spec), training targets only
     parents:    task -> the task it follows in a funnel (`parent:` in the spec)
@@ -724,6 +787,7 @@ class ModelInputs:
     parents: dict[str, str] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
     blend: dict[str, float] = field(default_factory=dict)
+    content: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_spec(cls, spec: FeatureSpec, num_embeddings: dict[str, int]) -> ModelInputs:
@@ -762,6 +826,7 @@ class ModelInputs:
             parents={label.name: label.parent for label in spec.labels if label.parent is not None},
             weights={label.name: label.weight for label in spec.labels},
             blend=spec.task_blend,
+            content={f.name: f.dim for f in spec.content},
         )
 
     def task_blend(self) -> dict[str, float]:

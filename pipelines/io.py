@@ -11,6 +11,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray
 from ray.data import Dataset
 
 
@@ -100,3 +101,9 @@ def replacing(final: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def collect(ds: Dataset, schema: pa.Schema) -> pa.Table:
+    """Every row of `ds` on the driver as one table of `schema` (for small results: distinct values, vectors)."""
+    blocks = [b for b in ray.get(ds.to_arrow_refs()) if b.num_rows]
+    return pa.concat_tables([b.select(schema.names).cast(schema) for b in blocks]) if blocks else schema.empty_table()

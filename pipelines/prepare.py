@@ -34,9 +34,13 @@ from ray.data import Dataset
 from muxrec.data import find_dataset
 from muxrec.data.movielens import ML100K_FILES
 from muxrec.encoding import SPLIT_COLUMN, SPLITS, Vocabulary, count_values, derive, encode, moments, quantile_sketch
-from muxrec.errors import DataError, MuxrecError, find_muxrec_error
+from muxrec.artifacts import ArtifactRegistry
+from muxrec.errors import ConfigError, DataError, MuxrecError, find_muxrec_error
+from muxrec.log import say
+from muxrec.models.encoders.content import encoder_digests
+from muxrec.pipelines.content import catalog_vectors, distinct_values, with_catalog
 from muxrec.history import add_histories
-from muxrec.pipelines.io import replacing, write_parquet_by
+from muxrec.pipelines.io import collect, replacing, write_parquet_by
 from muxrec.pipelines.sources import ROW_COLUMN, source_dataset
 from muxrec.ray_env import ensure_ray
 from muxrec.spec import FeatureSpec, ModelInputs, SourceSpec, load_spec
@@ -141,14 +145,9 @@ def fit_vocabulary(derived: Dataset, spec: FeatureSpec, empty: pa.Table) -> Voca
                                                     "columns": [_SKETCH_COLUMNS[c] for c in sketch_schema.names]},
                                   batch_format="pyarrow", batch_size=None)
     renamed = pa.schema([pa.field(_SKETCH_COLUMNS[f.name], f.type) for f in sketch_schema])
-    sketches = _collect(sketch_ds, renamed).rename_columns(sketch_schema.names)
-    return Vocabulary.fit(spec, _collect(counts, count_values(empty, spec).schema),
-                          _collect(moments_ds, moments(empty, spec).schema), sketches)
-
-
-def _collect(ds: Dataset, schema: pa.Schema) -> pa.Table:
-    blocks = [b for b in ray.get(ds.to_arrow_refs()) if b.num_rows]
-    return pa.concat_tables([b.select(schema.names).cast(schema) for b in blocks]) if blocks else schema.empty_table()
+    sketches = collect(sketch_ds, renamed).rename_columns(sketch_schema.names)
+    return Vocabulary.fit(spec, collect(counts, count_values(empty, spec).schema),
+                          collect(moments_ds, moments(empty, spec).schema), sketches)
 
 
 def _source_files(source: SourceSpec) -> list[Path]:
@@ -193,13 +192,21 @@ def _reusable(root: Path, fingerprint: str) -> PreparedData | None:
     return prepared
 
 
-def prepare(spec: FeatureSpec, out_root: str | Path, reuse: bool = False) -> PreparedData:
+def prepare(spec: FeatureSpec, out_root: str | Path, reuse: bool = False,
+            registry: str | Path | None = None) -> PreparedData:
     """Run preprocessing for `spec` into out_root/<spec.name>/ and return the result.
 
     With `reuse`, an existing output made from the same spec and the same source files is returned
-    as it is.
+    as it is. A spec with content features (text / image read by a pinned encoder) needs the `registry`
+    holding those encoder versions: their vectors are computed once per distinct value (pipelines.content).
     """
     out_root = Path(out_root)
+    digests = {}
+    if spec.content:
+        if registry is None:
+            raise ConfigError(f"spec {spec.name!r} has content features read by encoders "
+                              f"{sorted({f.encoder for f in spec.content})}: give the registry holding them")
+        digests = encoder_digests(spec, ArtifactRegistry(registry))
     fingerprint = input_fingerprint(spec)
     if reuse and (done := _reusable(out_root / spec.name, fingerprint)) is not None:
         return done
@@ -211,11 +218,16 @@ def prepare(spec: FeatureSpec, out_root: str | Path, reuse: bool = False) -> Pre
         derived = with_histories(raw, spec).map_batches(derive, fn_kwargs={"spec": spec}, batch_format="pyarrow",
                                                         batch_size=None)
         vocab = fit_vocabulary(derived, spec, empty)
+        if spec.content:
+            say(f"encoding content with {', '.join(sorted(digests))}")
+            catalog = catalog_vectors(distinct_values(derived, spec), spec, registry)
+            derived = derived.map_batches(with_catalog, fn_kwargs={"spec": spec, "catalog": catalog},
+                                          batch_format="pyarrow", batch_size=None)
         encoded = derived.map_batches(encode, fn_kwargs={"spec": spec, "vocab": vocab},
                                       batch_format="pyarrow", batch_size=None)
 
         summary = {"spec": spec.name, "spec_fingerprint": spec.fingerprint(), "input_fingerprint": fingerprint,
-                   "splits": {}}
+                   **({"encoders": digests} if digests else {}), "splits": {}}
         with replacing(out_root / spec.name) as staging:
             rows = write_parquet_by(encoded, SPLIT_COLUMN, {s: staging / s for s in SPLITS})
             for split in SPLITS:
@@ -234,6 +246,6 @@ def prepare(spec: FeatureSpec, out_root: str | Path, reuse: bool = False) -> Pre
     return PreparedData.load(out_root / spec.name)
 
 
-def prepare_cached(spec: FeatureSpec, out_root: str | Path) -> PreparedData:
+def prepare_cached(spec: FeatureSpec, out_root: str | Path, registry: str | Path | None = None) -> PreparedData:
     """Reuse out_root/<spec.name> when it was prepared from this exact spec and source, else prepare."""
-    return prepare(spec, out_root, reuse=True)
+    return prepare(spec, out_root, reuse=True, registry=registry)

@@ -547,7 +547,7 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
         metrics["expert_utilisation"] = utilisation
     if len(prepared.inputs.tasks) > 1:
         metrics["blend"] = prepared.inputs.task_blend()
-    files = model_files(model, job.model, cfg, prepared.spec, prepared.vocab)
+    files = model_files(model, job.model, cfg, prepared.spec, prepared.vocab, prepared.stats.get("encoders"))
     files["metrics.json"] = json.dumps(metrics, indent=1)
     files["importance.json"] = json.dumps(permutation_importance(model, prepared.read("valid"), prepared.inputs,
                                                                  seed=job.train.seed), indent=1)

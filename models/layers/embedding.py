@@ -29,6 +29,10 @@ class FeatureEmbedding(nn.Module):
     module of its own, outside the collection; its features are pooled here. Every table, dense or
     not, is read through `table(name)` (models/layers/tables.py), never as a raw weight matrix.
 
+    A content feature (text or an image read by a shared, pinned encoder) arrives as its encoder's vector
+    (batch.content) and a learned linear map (its width -> D, one per feature) makes it a field; the encoder
+    itself is not part of the model (it is trained once and shared, see muxrec.models.encoders.content).
+
     A table whose spec sets its own `embedding_dim` d (e.g. a small d for a large vocabulary) is stored
     d wide, and a learned linear map (d -> D, one per such table) brings its features to the model's
     width, so every field is still D wide for the layers above.
@@ -74,6 +78,7 @@ class FeatureEmbedding(nn.Module):
         self._pooling = {f: t.pooling for t in inputs.tables for f in t.feature_names}
         self.projections = nn.ModuleDict({name: nn.Linear(d, dim, bias=False) for name, d in own.items()})
         self.numeric = nn.Parameter(torch.empty(len(inputs.numeric), dim))  # (N, D)
+        self.content = nn.ModuleDict({name: nn.Linear(width, dim) for name, width in inputs.content.items()})
         self._field_index = {name: i for i, name in enumerate(inputs.fields)}
         for table in self.tables().values():
             if isinstance(table, DenseTable):  # a table outside the collection initialises itself
@@ -165,6 +170,10 @@ class FeatureEmbedding(nn.Module):
         if self.inputs.numeric:
             scaled = batch.dense[:, :, None] * self.numeric[None]  # (B, N, D)
             columns.update({name: scaled[:, i] for i, name in enumerate(self.inputs.numeric)})
+        start = 0
+        for name, width in self.inputs.content.items():
+            columns[name] = self.content[name](batch.content[:, start:start + width])  # (B, D)
+            start += width
         for name in self.inputs.sequences:
             vectors, mask = sequences[name] = self.sequence(batch, name)  # (B, L, D), (B, L)
             weights = mask.to(vectors.dtype)[:, None, :]  # (B, 1, L)

@@ -36,7 +36,8 @@ def load_ml100k(root: Path) -> pa.Table:
     """One row per rating, joined with the user's and the item's attributes, in u.data order.
 
     Columns: user_id, item_id, rating, timestamp (int64); age (int64), gender, occupation,
-    zip_code (string); title, release_date (string, "" when unknown); genres (list<string>).
+    zip_code (string); title, release_date (string, "" when unknown); genres (list<string>);
+    item_text (string: the title and the genre names, what a text tower reads).
     """
     root = Path(root)
     genres = _read(root / "u.genre", ["name", "index"], "|", {"name": pa.string(), "index": pa.int64()})
@@ -54,8 +55,11 @@ def load_ml100k(root: Path) -> pa.Table:
                         **{f: pa.int8() for f in flag_names}})
     flags = np.stack([items[f].to_numpy() for f in flag_names], axis=1).astype(bool)  # (items, genres)
     item_genres = pa.array([[genre_names[j] for j in np.flatnonzero(row)] for row in flags], pa.list_(pa.string()))
+    # The item's text for a text tower: its title and its genres, e.g. "Toy Story (1995). Animation, Comedy".
+    item_text = pa.array([f"{t}. {', '.join(g)}" for t, g in zip(items["title"].to_pylist(), item_genres.to_pylist())],
+                         pa.string())
     items = pa.table({"item_id": items["item_id"], "title": items["title"],
-                      "release_date": items["release_date"], "genres": item_genres})
+                      "release_date": items["release_date"], "genres": item_genres, "item_text": item_text})
 
     # A lookup join by id keeps u.data order (the split and the DIN histories depend on it).
     columns = {name: ratings[name] for name in ratings.column_names}
@@ -68,6 +72,6 @@ def load_ml100k(root: Path) -> pa.Table:
                 columns[name] = side[name].take(position)
     joined = pa.table(columns)
     order = ["user_id", "item_id", "rating", "timestamp", "age", "gender", "occupation", "zip_code",
-             "title", "release_date", "genres"]
+             "title", "release_date", "genres", "item_text"]
     return joined.select(order).combine_chunks()
 

@@ -18,7 +18,7 @@ def test_loader_returns_one_arrow_row_per_rating(ml100k_dir):
     table = load_ml100k(ml100k_dir)
     assert table.num_rows == 100_000
     assert table.column_names == ["user_id", "item_id", "rating", "timestamp", "age", "gender", "occupation",
-                                  "zip_code", "title", "release_date", "genres"]
+                                  "zip_code", "title", "release_date", "genres", "item_text"]
     first = table.slice(0, 1).to_pylist()[0]
     assert (first["user_id"], first["item_id"], first["rating"]) == (196, 242, 3)  # u.data order
     assert first["gender"] in ("M", "F") and isinstance(first["genres"], list) and first["genres"]
