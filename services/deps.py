@@ -22,6 +22,7 @@ from ray.serve.handle import DeploymentHandle
 
 from muxrec.artifacts import WEIGHTS, ArtifactRegistry
 from muxrec.errors import ConfigError, find_muxrec_error
+from muxrec.services.content import ContentVectorsClient
 from muxrec.services.cache import CircuitBreaker, EmbeddingCache, LocalTTLCache, RedisEmbeddingCache, version_tag
 from muxrec.services.metrics import CacheCollector, GatewayMetrics
 from muxrec.services.schema import RequestSchema
@@ -55,6 +56,10 @@ class GatewayContext:
     selector: DeploymentHandle
     dims: dict[tuple[str, str], int] = field(default_factory=dict)  # (cache tag, entity) -> vector length
     _tags: dict[str, str] = field(default_factory=dict)
+    content: ContentVectorsClient = field(init=False)  # item texts / images -> vectors, cached
+
+    def __post_init__(self) -> None:
+        self.content = ContentVectorsClient(self)
 
     @classmethod
     def start(cls, settings: ServeSettings, ranker: DeploymentHandle, embedder: DeploymentHandle,

@@ -1,4 +1,5 @@
-"""Embedder deployment: user / item vectors from a model version's embedding tables.
+"""Embedder deployment: user / item vectors from a model version's embedding tables, and content vectors
+(item texts, images) from the encoders its content features pin.
 
 The table of an entity is the one read by the feature whose source column is the spec's key for
 that entity (keys: {user: user_id, item: item_id}). Unknown ids get the out-of-vocabulary row and
@@ -19,6 +20,7 @@ from muxrec.artifacts import ArtifactRegistry
 from muxrec.encoding import OOV_ID
 from muxrec.errors import ConfigError
 from muxrec.models.serialization import LoadedModel
+from muxrec.services.content import ContentCall
 from muxrec.services.settings import ServeSettings
 from muxrec.services.versions import ModelStore, serving_version
 from muxrec.spec import Feature, FeatureKind
@@ -57,6 +59,14 @@ def lookup(model: LoadedModel, entity: str, ids: list[str]) -> tuple[np.ndarray,
     return vectors.astype(np.float32, copy=False), known
 
 
+def content_feature(model: LoadedModel, name: str) -> Feature:
+    """The content feature `name` of the model's spec (read by an encoder)."""
+    names = [f.name for f in model.spec.content]
+    if name not in names:
+        raise ConfigError(f"{model.version.ref} has no content feature {name!r} (content features: {names or 'none'})")
+    return model.spec.feature(name)
+
+
 @serve.deployment(name="Embedder")
 class Embedder:
     def __init__(self, settings: ServeSettings):
@@ -67,6 +77,23 @@ class Embedder:
     async def prepare(self, version: str) -> list[str]:
         await asyncio.to_thread(self.store.get, version)
         return self.store.versions
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.001)
+    async def content(self, requests: list[ContentCall]) -> list[np.ndarray]:
+        """(N, dim) vectors per request, from the pinned encoder of the version's content feature; the
+        requests for one (version, feature) go through the encoder together, off the event loop."""
+        out: dict[int, np.ndarray] = {}
+        for key in {(r.version, r.feature) for r in requests}:
+            group = [i for i, r in enumerate(requests) if (r.version, r.feature) == key]
+            model = await asyncio.to_thread(self.store.get, key[0])
+            f = content_feature(model, key[1])
+            values = [v for i in group for v in requests[i].values]
+            vectors = await asyncio.to_thread(model.content.catalog, f, values)  # (sum N, dim)
+            start = 0
+            for i in group:
+                out[i] = vectors[start:start + len(requests[i].values)]
+                start += len(requests[i].values)
+        return [out[i] for i in range(len(requests))]
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
     async def embed(self, requests: list[EmbedRequest]) -> list[EmbedResult]:

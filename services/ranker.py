@@ -23,6 +23,7 @@ import pyarrow as pa
 from ray import serve
 
 from muxrec.artifacts import ArtifactRegistry
+from muxrec.errors import ConfigError
 from muxrec.services.settings import ServeSettings
 from muxrec.services.versions import ModelStore, serving_version
 
@@ -31,6 +32,7 @@ from muxrec.services.versions import ModelStore, serving_version
 class ScoreRequest:
     version: str
     rows: pa.Table
+    content: dict[str, np.ndarray] | None = None  # content feature -> (N, dim) vectors (the gateway's cache)
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,13 @@ class Ranker:
     def _score_group(self, version: str, group: list[ScoreRequest], positions: list[int]) -> dict[int, ScoreResult]:
         model = self.store.get(version)
         tables = [r.rows for r in group]
+        content = None
+        if model.spec.content:
+            if any(r.content is None for r in group):
+                raise ConfigError(f"{model.version.ref} reads content features: the request needs their vectors")
+            content = {f.name: np.concatenate([r.content[f.name] for r in group]) for f in model.spec.content}
         try:
-            probs = model.predict_raw(pa.concat_tables(tables, promote_options="permissive"))  # (N, T)
+            probs = model.predict_raw(pa.concat_tables(tables, promote_options="permissive"), vectors=content)  # (N, T)
         except Exception:
             if len(group) == 1:
                 raise

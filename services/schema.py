@@ -38,7 +38,7 @@ def _utf8(value: str) -> str:
 
 Text = Annotated[StrictStr, AfterValidator(_utf8)]  # JSON allows lone surrogates; UTF-8, Arrow and Redis do not
 Weight = Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)] | Annotated[StrictInt, Field(ge=0)]
-_ARROW = {"string": pa.string(), "number": pa.float64(), "string_list": pa.list_(pa.string())}
+_ARROW = {"string": pa.string(), "image": pa.string(), "number": pa.float64(), "string_list": pa.list_(pa.string())}
 
 
 def _annotation(column: RequestColumn, settings: ServeSettings) -> Any:
@@ -48,6 +48,8 @@ def _annotation(column: RequestColumn, settings: ServeSettings) -> Any:
         return Annotated[StrictFloat, Field(allow_inf_nan=False)] | StrictInt
     if column.type == "string_list":
         return Annotated[list[category], Field(max_length=MAX_LIST_ITEMS)]
+    if column.type == "image":  # base64 of the file's bytes; decoded and checked by services/content.py
+        return Annotated[StrictStr, Field(max_length=4 * -(-settings.max_image_bytes // 3))]
     return category
 
 
@@ -83,6 +85,21 @@ class EmbedResponse(BaseModel):
     ids: list[str]
     vectors: list[list[float]]
     known: list[bool] = Field(description="False where the id is unknown to the model (out-of-vocabulary row)")
+    cache_hits: list[bool]
+
+
+class ContentEmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    feature: Annotated[StrictStr, Field(max_length=128)] = Field(description="a content feature of the live model's "
+                                                                            "spec (text with an encoder, or image)")
+    values: list[Annotated[StrictStr, Field(max_length=1 << 20)]] = Field(
+        min_length=1, max_length=256, description="texts, or base64-encoded image files")
+
+
+class ContentEmbedResponse(BaseModel):
+    encoder: str
+    dim: int
+    vectors: list[list[float]]
     cache_hits: list[bool]
 
 

@@ -46,6 +46,7 @@ class ServeSettings(BaseSettings):
     max_embed_ids: int = Field(1000, gt=0, le=100_000)
     max_body_bytes: int = Field(1 << 20, gt=0)
     max_string_length: int = Field(512, gt=0)
+    max_image_bytes: int = Field(256 << 10, gt=0)  # one image of an `image` feature, before base64
     # A model call without an answer this long (e.g. its only replica died and is restarting) is a 503
     # with Retry-After; keep it below http_options.request_timeout_s (deploy/serve.yaml), whose 408 has none.
     call_timeout_s: float = Field(5.0, gt=0, le=300)

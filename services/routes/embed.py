@@ -3,12 +3,15 @@
 # No `from __future__ import annotations`: FastAPI reads the body model from the signature.
 import numpy as np
 from fastapi import APIRouter
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic_core import to_json
 
 from muxrec.services.deps import Cache, Context, LiveVersionDep, result_of
 from muxrec.services.embedder import EmbedRequest as EmbedCall
-from muxrec.services.schema import EmbedResponse, RequestSchema
+from muxrec.services.content import decode_images
+from muxrec.services.schema import ContentEmbedRequest, ContentEmbedResponse, EmbedResponse, RequestSchema
+from muxrec.spec import FeatureKind
 
 
 def build_router(schema: RequestSchema) -> APIRouter:
@@ -43,6 +46,28 @@ def build_router(schema: RequestSchema) -> APIRouter:
         # FastAPI's validation of the response (N x D floats, again) is skipped.
         payload = {"model_version": context.ref(version), "entity": body.entity, "dim": matrix.shape[1], "ids": ids,
                    "vectors": matrix.tolist(), "known": known, "cache_hits": [v is not None for v in cached]}
+        return Response(to_json(payload), media_type="application/json")
+
+    @router.post("/v1/embed/content", response_model=ContentEmbedResponse,
+                 summary="Vectors of item texts or images from the encoder a content feature pins, through the cache")
+    async def embed_content(body: ContentEmbedRequest, context: Context, version: LiveVersionDep) -> Response:
+        content = {f.name: f for f in schema.spec.content}
+        if body.feature not in content:
+            raise RequestValidationError([{"loc": ("body", "feature"), "type": "value_error", "input": body.feature,
+                                           "msg": f"not a content feature of the live model; content features: "
+                                                  f"{sorted(content) or 'none'}"}])
+        f = content[body.feature]
+        values: list = body.values
+        if f.kind == FeatureKind.IMAGE:
+            values = decode_images(values, context.settings.max_image_bytes, lambda i: ("body", "values", i))
+        else:
+            too_long = [i for i, v in enumerate(values) if len(v) > context.settings.max_string_length]
+            if too_long:
+                raise RequestValidationError([{"loc": ("body", "values", i), "type": "string_too_long", "input": None,
+                                               "msg": f"at most {context.settings.max_string_length} characters"}
+                                              for i in too_long[:50]])
+        vectors, hits = await context.content.vectors(version, f, values)
+        payload = {"encoder": f.encoder, "dim": f.dim, "vectors": vectors.tolist(), "cache_hits": hits}
         return Response(to_json(payload), media_type="application/json")
 
     return router

@@ -20,7 +20,8 @@ def build_router(schema: RequestSchema) -> APIRouter:
                  summary="Score candidates for one context and return them best first")
     async def rank(body: RankRequest, context: Context, version: LiveVersionDep) -> RankResponse:
         table, ids = schema.to_table(body)
-        result = await result_of(context.ranker.score, ScoreRequest(version, table),
+        content = await context.content.for_rows(version, schema.spec, table)  # None without content features
+        result = await result_of(context.ranker.score, ScoreRequest(version, table, content),
                                  timeout_s=context.settings.call_timeout_s)
         context.metrics.batch_size.observe(result.batch_rows)
         context.metrics.batch_requests.observe(result.batch_requests)
