@@ -151,8 +151,8 @@ def check_digests(expected: dict[str, str], registry: ArtifactRegistry, what: st
 
 def read_images(images: Sequence[str | bytes | None], size: int, feature: str, rows: Sequence[int] | None = None
                 ) -> np.ndarray:
-    """(N, size, size, 3) uint8 from image files (a path) or encoded bytes (a request's); None reads as a
-    black image. A file that is missing, not an image or too large is a DataError naming the feature and row."""
+    """(N, size, size, 3) uint8 from image files (a path) or encoded bytes (a request's); None is left
+    black. A file that is missing, not an image or too large is a DataError naming the feature and row."""
     from muxrec.images import ImageError, decode_image, read_image_file
 
     out = np.zeros((len(images), size, size, 3), np.uint8)  # (N, S, S, 3)
@@ -190,14 +190,16 @@ class ContentVectors:
 
     def catalog(self, f: Feature, values: Sequence[str | bytes | None], rows: Sequence[int] | None = None
                 ) -> np.ndarray:
-        """(N, f.dim) vectors of `values` (texts; images as paths or bytes, None reads as a black image)."""
+        """(N, f.dim) vectors of `values` (texts; images as paths or bytes, None: no image, a zero vector)."""
         enc = self.encoder(f.encoder)
         if (enc.kind == "image") != (f.kind == FeatureKind.IMAGE):
             raise DataError(f"feature {f.name!r} is {f.kind.value} but encoder {f.encoder} is a {enc.kind} tower")
         if not len(values):
             return np.zeros((0, f.dim), np.float32)
-        if enc.kind == "image":
-            return enc.encode(read_images(list(values), enc.image_size, f.name, rows), f.dim)
+        if enc.kind == "image":  # no image: a zero vector (as the gateway gives one)
+            vectors = enc.encode(read_images(list(values), enc.image_size, f.name, rows), f.dim)
+            vectors[[i for i, v in enumerate(values) if v is None]] = 0.0
+            return vectors
         return enc.encode(["" if v is None else v for v in values], f.dim)
 
     def vectors(self, derived: pa.Table) -> dict[str, np.ndarray]:
