@@ -240,6 +240,20 @@ def cmd_bench_mtl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_encoders(args: argparse.Namespace) -> int:
+    from muxrec.artifacts import ArtifactRegistry
+    from muxrec.benchmarks.encoders import bench_encoders
+    from muxrec.ray_env import ensure_ray
+
+    progress = None if args.json else (lambda line: print(f"[muxrec] {line}", file=sys.stderr))
+    ensure_ray()
+    row = bench_encoders(args.dataset, _seeds(args.seeds), CONFIG_DIR, ArtifactRegistry(args.registry),
+                         None if args.no_save else args.out, model=args.model, overrides=args.set,
+                         redis_url=args.redis_url, progress=progress)
+    _print_json({k: v for k, v in row.items() if k != "machine"})
+    return 0
+
+
 def _budgets(text: str) -> list[float]:
     """`1,1/4,1/16` or `1,0.25`: memory budgets as fractions of the full tables."""
     try:
@@ -538,6 +552,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override every model's YAML, e.g. --set train.lr=5e-3 (repeatable; recorded in the results)")
     bench_output(mt, "print only the JSON line on stdout")
     mt.set_defaults(func=cmd_bench_mtl)
+
+    ec = be_sub.add_parser("encoders", help="cold-start AUC with and without shared text / image encoders, and their cost")
+    ec.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "synthetic"])
+    ec.add_argument("--model", default="deepfm", help="a configs/models/<model>.yaml name")
+    ec.add_argument("--seeds", default="2026,2027,2028", help="comma-separated seeds")
+    ec.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="override the model's YAML, e.g. --set train.lr=5e-3 (repeatable; recorded in the results)")
+    ec.add_argument("--redis-url", default=os.environ.get("MUXREC_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                    help="the Redis the cache latency is measured on")
+    bench_output(ec, "print only the JSON line on stdout")
+    ec.set_defaults(func=cmd_bench_encoders)
 
     sh = be_sub.add_parser("sharding", help="samples/s and peak memory per worker, TorchRec-sharded vs not")
     sh.add_argument("--dataset", default="synthetic-large", help="a spec under configs/")

@@ -95,8 +95,8 @@ def write_catalog(spec: FeatureSpec, feature: str, registry: ArtifactRegistry, o
     if not f.is_content:
         raise ConfigError(f"feature {feature!r} is not read by an encoder (content features: "
                           f"{[c.name for c in spec.content]})")
-    one = parse_spec({**spec.model_dump(mode="json", exclude_defaults=True),
-                      "features": [f.model_dump(mode="json", exclude_defaults=True)]})
+    one = parse_spec({**spec.model_dump(mode="json", exclude_defaults=True), "tables": {},
+                      "features": [f.model_dump(mode="json", exclude_defaults=True)]})  # the feature alone
     ensure_ray()
     t0 = time.perf_counter()
     derived = source_dataset(one.source).map_batches(derive, fn_kwargs={"spec": one, "labels": False, "split": False},
