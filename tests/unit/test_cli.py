@@ -26,7 +26,8 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_help_everywhere():
-    for args in ([], ["train"], ["data", "download"], ["bench", "ctr"], ["evaluate"], ["prepare"]):
+    for args in ([], ["train"], ["data", "download"], ["bench", "ctr"], ["evaluate"], ["prepare"],
+                 ["encoders", "fit-text"], ["encoders", "align"], ["encoders", "catalog"], ["bench", "encoders"]):
         out = run_cli(*args, "--help")
         assert out.returncode == 0 and "usage: muxrec" in out.stdout
 
@@ -44,6 +45,9 @@ def test_help_everywhere():
     (["bench", "mtl", "--dataset", "ml-100k-mtl", "--single", "nope"], "configs/models/nope.yaml does not exist"),
     (["evaluate", "--name", "nope"], "no model named 'nope'"),
     (["bench", "ctr", "--dataset", "nope", "--model", "deepfm"], "no dataset spec"),
+    (["prepare", "--spec", str(CONFIGS / "ml-100k-text.yaml")], "no model named 'ml-100k-text'"),  # its encoder
+    (["encoders", "catalog", "--spec", str(CONFIGS / "ml-100k.yaml"), "--feature", "genres", "--output", "x.parquet"],
+     "feature 'genres' is not read by an encoder"),
 ])
 def test_bad_input_exits_2_with_a_message(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
