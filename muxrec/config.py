@@ -120,6 +120,9 @@ class TrainConfig:
             0.7779 at 1e-3, 0.7884 at 0.01, 0.7851 at 0.05; unsharded Adam at 1e-3: 0.7847).
         task_weighting: how several tasks' losses add up: "fixed" (the spec's label weights) or
             "uncertainty" (learned per task, Kendall et al. 2018; see pipelines/loop.py Objective).
+        id_dropout: the share of training rows whose item id is replaced by the out-of-vocabulary id, so
+            that the model learns to score an item from its content and attributes alone, as it must a new
+            item ("DropoutNet: Addressing Cold Start in Recommender Systems", Volkovs et al. 2017); 0 = off.
     """
 
     epochs: int = 30
@@ -135,8 +138,11 @@ class TrainConfig:
     embedding_optimizer: str = "auto"
     embedding_lr: float | None = None
     task_weighting: str = "fixed"
+    id_dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
         if self.task_weighting not in TASK_WEIGHTINGS:
             raise ValueError(f"task_weighting must be one of {', '.join(TASK_WEIGHTINGS)}, got {self.task_weighting!r}")
         if self.sharding not in SHARDING_TYPES:

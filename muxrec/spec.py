@@ -768,6 +768,7 @@ class ModelInputs:
     numeric:    numeric features, the columns of the dense (B, N) tensor
     sequences:  sequence features, (B, L) padded ids looked up position by position
     content:    content features (read by an encoder) -> their vector width, the columns of (B, sum of widths)
+    item_feature: the single-valued categorical feature reading the spec's item key (its `keys: {item: ...}`)
     tasks:      label names; a model predicts the first `num_tasks` of them
     grades:     a task's extra cut-point label columns (`grades:` in the spec), training targets only
     parents:    task -> the task it follows in a funnel (`parent:` in the spec)
@@ -788,6 +789,7 @@ class ModelInputs:
     weights: dict[str, float] = field(default_factory=dict)
     blend: dict[str, float] = field(default_factory=dict)
     content: dict[str, int] = field(default_factory=dict)
+    item_feature: str | None = None
 
     @classmethod
     def from_spec(cls, spec: FeatureSpec, num_embeddings: dict[str, int]) -> ModelInputs:
@@ -827,6 +829,8 @@ class ModelInputs:
             weights={label.name: label.weight for label in spec.labels},
             blend=spec.task_blend,
             content={f.name: f.dim for f in spec.content},
+            item_feature=next((f.name for f in spec.of_kind(FeatureKind.CATEGORICAL)
+                               if f.column == spec.keys.get("item") and (f.slots or 1) == 1), None),
         )
 
     def task_blend(self) -> dict[str, float]:

@@ -18,9 +18,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torchrec import KeyedJaggedTensor
 from torchrec import optim as trec_optim
 
 from muxrec.config import TASK_WEIGHTINGS, TrainConfig
+from muxrec.encoding import OOV_ID
+from muxrec.errors import ConfigError
 from muxrec.metrics import binary_metrics
 from muxrec.models import Batch, EncodedRows
 from muxrec.models.layers.multitask import conditional_log_probs
@@ -236,9 +239,14 @@ def train_epoch(net: nn.Module, model: nn.Module, rows: Rows, cfg: TrainConfig, 
     regularization = getattr(model, "regularization", None)
     net.train()
     losses = []
+    item = rows.inputs.item_feature if cfg.id_dropout else None
+    if cfg.id_dropout and item is None:
+        raise ConfigError("id_dropout needs the spec's item key (keys: {item: ...}) read by a categorical feature")
     for step, batch in enumerate(rows.batches(cfg.batch_size, shuffle)):
         if max_batches is not None and step >= max_batches:
             break
+        if item is not None:
+            batch = drop_ids(batch, item, cfg.id_dropout)
         logits = net(batch)  # (B, T_out)
         loss = objective(logits, batch.labels)
         if regularization is not None:
@@ -251,6 +259,22 @@ def train_epoch(net: nn.Module, model: nn.Module, rows: Rows, cfg: TrainConfig, 
         if on_batch is not None:
             on_batch()
     return float(sum(losses) / max(len(losses), 1))
+
+
+def drop_ids(batch: Batch, feature: str, p: float) -> Batch:
+    """`batch` with single-valued id feature `feature` set to the out-of-vocabulary id on a random share `p`
+    of its rows (torch's global generator: seeded per epoch by train_epoch)."""
+    kjt = batch.sparse
+    keys, rows = kjt.keys(), kjt.stride()
+    lengths = kjt.lengths().view(len(keys), rows)  # (K, B)
+    k = keys.index(feature)
+    start = int(lengths[:k].sum())
+    drop = torch.rand(rows) < p  # (B,)
+    owner = torch.repeat_interleave(torch.arange(rows), lengths[k])  # (n,) the row of each value
+    values = kjt.values().clone()
+    values[start:start + len(owner)] = torch.where(drop[owner], OOV_ID, values[start:start + len(owner)])
+    sparse = KeyedJaggedTensor(keys=keys, values=values, lengths=kjt.lengths())
+    return Batch(sparse, batch.dense, batch.sequences, batch.labels, batch.content)
 
 
 def still_ramping(model: nn.Module) -> bool:

@@ -121,7 +121,7 @@ class TrainJob:
         """What must not change between a run and its resumption (epochs and workers may)."""
         train = {k: v for k, v in to_dict(self.train).items()
                  if k not in ("epochs", "num_workers", "patience", "sharding", "embedding_optimizer", "embedding_lr",
-                              "task_weighting")}
+                              "task_weighting", "id_dropout")}
         # Set only when not the default, so that fingerprints from before these options still hold.
         if self.train.table_optimizer != "adam":
             train["table_optimizer"] = self.train.table_optimizer
@@ -129,6 +129,8 @@ class TrainJob:
             train["embedding_lr"] = self.train.embedding_lr
         if self.train.task_weighting != "fixed":
             train["task_weighting"] = self.train.task_weighting
+        if self.train.id_dropout:
+            train["id_dropout"] = self.train.id_dropout
         canon = json.dumps([spec_fingerprint, self.model, to_dict(self.model_config), train], sort_keys=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 

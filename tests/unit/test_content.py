@@ -215,3 +215,27 @@ def test_cold_split_holds_whole_items_out_of_training():
         assert set(split[colors == color]) <= {"valid", "test"}
     with pytest.raises(SpecError, match="split.cold.column 'color' must be a key column"):
         parse_spec({**base, "split": {**base["split"], "cold": {"column": "color", "buckets": 4, "test": [0]}}})
+
+
+def test_id_dropout_replaces_the_item_id_on_a_share_of_rows_only():
+    from muxrec.config import TrainConfig
+    from muxrec.pipelines.loop import drop_ids
+
+    base = tiny_spec().model_dump(mode="json", exclude_defaults=True)
+    spec = parse_spec({**base, "keys": {"item": "color"}})
+    raw = tiny_raw(400)
+    derived = derive(raw, spec)
+    vocab = Vocabulary.fit(spec, count_values(derived, spec), moments(derived, spec), quantile_sketch(derived, spec))
+    inputs = inputs_for(spec, vocab)
+    assert inputs.item_feature == "color"
+    batch = EncodedRows(encode(derived, spec, vocab), inputs).take(torch.arange(400))
+    torch.manual_seed(0)
+    dropped = drop_ids(batch, "color", 0.3)
+    before, after = batch.sparse["color"].values(), dropped.sparse["color"].values()
+    changed = before != after
+    assert (after[changed] == 0).all() and 0.2 < changed.float().mean() < 0.4
+    for other in ("tags", "title"):  # other features untouched, lengths too
+        assert torch.equal(batch.sparse[other].values(), dropped.sparse[other].values())
+    assert torch.equal(batch.sparse.lengths(), dropped.sparse.lengths())
+    with pytest.raises(ValueError, match=r"id_dropout must be in \[0, 1\)"):
+        TrainConfig(id_dropout=1.0)
