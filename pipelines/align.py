@@ -320,7 +320,7 @@ def _schedule(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def _gather(z: Tensor, world: int) -> Tensor:
+def gather_embeddings(z: Tensor, world: int) -> Tensor:
     """(b, D) per worker -> (world * b, D) in rank order, with gradients flowing back to each worker's rows."""
     if world == 1:
         return z
@@ -366,7 +366,8 @@ def train_pair(job: AlignJob, rank: int = 0, world: int = 1, net: nn.Module | No
                 flip = torch.from_numpy(flips[lo: lo + per_worker])[:, None, None, None]  # (b, 1, 1, 1)
                 images = torch.where(flip, images.flip(-1), images)  # (b, 3, S, S)
             z_image, z_text, scale = net(images, text_inputs(rows))  # (b, D), (b, D), ()
-            loss = matryoshka_align_loss(_gather(z_image, world), _gather(z_text, world), scale, cfg.dims)
+            loss = matryoshka_align_loss(gather_embeddings(z_image, world), gather_embeddings(z_text, world), scale,
+                                         cfg.dims)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

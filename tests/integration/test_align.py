@@ -18,7 +18,8 @@ import torch
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.errors import ArtifactError
 from muxrec.models.encoders.content import load_encoder, read_images
-from muxrec.pipelines.align import AlignConfig, align, catalog_pairs, split_items
+from muxrec.pipelines.align import (AlignConfig, AlignPair, align, build_pair, catalog_pairs, gather_embeddings,
+                                    matryoshka_align_loss, split_items)
 from muxrec.spec import parse_spec
 
 from tests.helpers import synthetic_spec
@@ -97,3 +98,53 @@ def test_held_out_images_find_their_own_titles(aligned):
     assert trained.keys() == result["valid_recall"].keys() == {"8", "64"}
     for width, published in result["valid_recall"].items():
         assert trained[width] == pytest.approx(published)
+
+
+def _worker_gradients(rank: int, world: int, store: str, out: str) -> None:
+    """One of `world` processes: a DDP step's gradients on its share of the global batch, saved to `out`."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        pair, images, sentences = _small_batch()
+        net = torch.nn.parallel.DistributedDataParallel(pair)
+        share = len(images) // world
+        rows = slice(rank * share, (rank + 1) * share)
+        z_image, z_text, scale = net(images[rows], sentences[rows])  # (b, 8) each
+        gathered = gather_embeddings(z_image, world), gather_embeddings(z_text, world)  # (2b, 8) each
+        matryoshka_align_loss(*gathered, scale, (4, 8)).backward()
+        torch.save(_gradients(pair), out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _small_batch() -> tuple[AlignPair, torch.Tensor, torch.Tensor]:
+    pair = build_pair(AlignConfig(width_mult=0.25, image_size=32, dims=(4, 8), seed=3)).eval()  # BatchNorm fixed
+    g = torch.Generator().manual_seed(0)
+    return pair, torch.rand(8, 3, 32, 32, generator=g), torch.randn(8, 384, generator=g)
+
+
+def _gradients(pair: AlignPair) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in pair.named_parameters() if p.grad is not None}
+
+
+def test_two_workers_take_the_step_of_the_global_batch(tmp_path):
+    """Embeddings gathered from every worker before the softmax (autograd-aware) and DDP's averaging give the
+    gradient of the loss over the whole global batch, on every worker (BatchNorm in eval mode, so that the
+    towers do not depend on how the batch is split)."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker_gradients, args=(r, 2, str(tmp_path / "store"), str(tmp_path / f"g{r}.pt")))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    pair, images, sentences = _small_batch()
+    z_image, z_text, scale = pair(images, sentences)  # (8, 8) each: one process, the whole batch
+    matryoshka_align_loss(z_image, z_text, scale, (4, 8)).backward()
+    expected = _gradients(pair)
+    assert {"log_scale", "vision.projection.weight", "text.projection.weight"} <= expected.keys()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"g{rank}.pt")
+        assert got.keys() == expected.keys()
+        for name, grad in expected.items():
+            assert torch.allclose(got[name], grad, rtol=1e-4, atol=1e-6), name
