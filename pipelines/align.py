@@ -494,8 +494,9 @@ def _show(event: dict[str, Any]) -> None:
         f"{event['temperature']:.4f}  valid {parts}  ({event['seconds']:.1f}s)")
 
 
-def fit_pair(job: AlignJob, storage: Path, run_name: str) -> tuple[AlignPair, list[dict[str, Any]]]:
-    """Run the Ray Train job; the trained pair (as rank 0 left it) and its per-epoch metrics."""
+def fit_pair(job: AlignJob, pair: AlignPair, storage: Path, run_name: str) -> list[dict[str, Any]]:
+    """Run the Ray Train job and load the trained weights (as rank 0 left them) into `pair`, built from the same
+    config; returns the per-epoch metrics."""
     cfg = job.cfg
     cpus = int(ray.cluster_resources().get("CPU", 1))
     folder = storage / run_name
@@ -526,7 +527,6 @@ def fit_pair(job: AlignJob, storage: Path, run_name: str) -> tuple[AlignPair, li
     with result.checkpoint.as_directory() as d:
         weights = load_safetensors((Path(d) / _WEIGHTS).read_bytes())
         state = json.loads((Path(d) / _STATE).read_text())
-    pair = build_pair(cfg)
     for prefix, tower in (("vision.", pair.vision), ("text.", pair.text)):
         part = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
         missing, unexpected = tower.load_state_dict(part, strict=False)
@@ -534,7 +534,7 @@ def fit_pair(job: AlignJob, storage: Path, run_name: str) -> tuple[AlignPair, li
             raise MuxrecError(f"ALIGN run {run_name}: its checkpoint does not fit the {prefix[:-1]} tower")
     with torch.no_grad():
         pair.log_scale.fill_(state["log_scale"])
-    return pair, state["history"]
+    return state["history"]
 
 
 def align(spec: FeatureSpec, text_column: str, image_column: str, registry: ArtifactRegistry, name: str,
@@ -556,6 +556,10 @@ def align(spec: FeatureSpec, text_column: str, image_column: str, registry: Arti
         width), "valid_items": ..., "train_items": ..., "epochs": ..., "seconds": ..., "history": [...]}.
     """
     t0 = time.perf_counter()
+    try:
+        pair = build_pair(cfg)  # here first, so that a config the towers refuse fails before any work
+    except ValueError as err:
+        raise ConfigError(f"AlignConfig: {err}") from None
     ensure_ray()
     images, titles = catalog_pairs(spec.source, image_column, text_column)
     train_rows, valid_rows = split_items(len(images), cfg.valid_share, cfg.seed)
@@ -566,9 +570,9 @@ def align(spec: FeatureSpec, text_column: str, image_column: str, registry: Arti
     run_name = f"align-{name}"
     if storage is None:
         with tempfile.TemporaryDirectory(prefix="muxrec-align-") as d:
-            pair, history = fit_pair(job, Path(d), run_name)
+            history = fit_pair(job, pair, Path(d), run_name)
     else:
-        pair, history = fit_pair(job, Path(storage).resolve(), run_name)
+        history = fit_pair(job, pair, Path(storage).resolve(), run_name)
 
     common = {"align": {**asdict(cfg), "dims": list(cfg.dims)}, "epochs": cfg.epochs, "items": len(images),
               "valid_items": len(valid_rows), "source": spec.name, "text_column": text_column,
