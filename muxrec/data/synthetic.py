@@ -74,6 +74,9 @@ class SyntheticConfig:
     base_logit: float = -1.3
     style_effect: float = 0.0  # click logit per unit of the item's latent style, which only its image shows
     image_dir: str | None = None  # absolute; when set, item images are written there and rows get `image`
+    # The share of clearly styled items (|s| > 0.5) whose title names the style ("vivid" / "muted"): noisy text
+    # supervision, from which an image-text model (ALIGN) can learn to see style in pixels. 0: titles never do.
+    style_words: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rows < 1:
@@ -81,6 +84,8 @@ class SyntheticConfig:
         if isinstance(self.style_effect, bool) or not isinstance(self.style_effect, (int, float)) \
                 or not math.isfinite(self.style_effect):
             raise ValueError(f"style_effect must be a finite number, got {self.style_effect!r}")
+        if not 0.0 <= self.style_words <= 1.0:
+            raise ValueError(f"style_words must be in [0, 1], got {self.style_words!r}")
         if self.image_dir is not None and not (isinstance(self.image_dir, str) and os.path.isabs(self.image_dir)):
             raise ValueError(f"image_dir must be an absolute path, a str (workers may run in another folder), "
                              f"got {self.image_dir!r}")
@@ -117,6 +122,8 @@ SHAPES = ("circle", "square", "triangle", "ring", "cross", "diamond", "star", "b
 # up to 5e10 rows): style and images never shift the draws of the other columns.
 _STYLE_STREAM = 1_000_003
 _IMAGE_STREAM = 1_000_004
+_STYLE_WORDS_STREAM = 1_000_005
+STYLE_WORDS = ("vivid", "muted")  # for s > 0.5 and s < -0.5
 _RENDER_BLOCK = 256  # items drawn together; each block has its own stream, so any item can be drawn alone
 _RENDER_VERSION = 1  # bump when the drawing changes: folders of older images are then refused, not mixed
 _IMAGES_MARKER = ".synthetic-images.json"
@@ -251,6 +258,9 @@ def generate_chunk(cfg: SyntheticConfig, chunk: int) -> pa.Table:
     conversion = click & (rng.random(n) < 1.0 / (1.0 + np.exp(-cvr_logit)))
 
     words = w.title_words[item]  # (n, 4)
+    title = pc.binary_join(_lists(_WORDS.take(pa.array(words[words >= 0])), (words >= 0).sum(axis=1)), " ")
+    if cfg.style_words:
+        title = pc.binary_join_element_wise(title, _style_suffixes(cfg).take(pa.array(item)), "")
     h_start, h_len = w.history_offsets[user], np.diff(w.history_offsets)[user]
     h_index = np.repeat(h_start - np.cumsum(h_len) + h_len, h_len) + np.arange(h_len.sum())
     tags = pa.array(np.array(TAGS)[tag_ids[tag_used]], pa.string())
@@ -266,13 +276,22 @@ def generate_chunk(cfg: SyntheticConfig, chunk: int) -> pa.Table:
         "price": pa.array(price),
         "score": pa.array(score),
         "noise_num": pa.array(noise_num),
-        "title": pc.binary_join(_lists(_WORDS.take(pa.array(words[words >= 0])), (words >= 0).sum(axis=1)), " "),
+        "title": title,
         **images,
         "history": _lists(pc.cast(pa.array(w.history_items[h_index]), pa.string()), h_len),
         "click": pa.array(click.astype(np.int8)),
         "true_ctr": pa.array(ctr),  # ground truth for tests and oracle AUC; no spec reads it
         "conversion": pa.array(conversion.astype(np.int8)),
     })
+
+
+@lru_cache(maxsize=2)
+def _style_suffixes(cfg: SyntheticConfig) -> pa.Array:
+    """Per item, " vivid" / " muted" for a `style_words` share of the items with s > 0.5 / s < -0.5, else ""."""
+    style = _world(cfg).item_style
+    named = np.random.default_rng([cfg.seed, _STYLE_WORDS_STREAM]).random(cfg.items) < cfg.style_words
+    suffix = np.where(style > 0.5, f" {STYLE_WORDS[0]}", np.where(style < -0.5, f" {STYLE_WORDS[1]}", ""))
+    return pa.array(np.where(named, suffix, ""), pa.string())
 
 
 def item_latents(cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -11,8 +11,8 @@ import pytest
 
 from muxrec.data import synthetic_config
 from muxrec.data.synthetic import (
-    CARDINALITY, IMAGE_SIZE, SHAPES, TOPIC_WORDS, SyntheticConfig, draw_item_images, generate, item_latents,
-    render_item_images,
+    CARDINALITY, IMAGE_SIZE, SHAPES, TOPIC_WORDS, SyntheticConfig, draw_item_images, generate, generate_chunk,
+    item_latents, render_item_images,
 )
 from muxrec.errors import DataError
 from muxrec.images import read_image_file
@@ -199,3 +199,22 @@ def test_spec_options_reach_the_config_with_image_dir_made_absolute(tmp_path, mo
     assert Path(table["image"][0].as_py()).parent == tmp_path / "items" and os.path.isabs(table["image"][0].as_py())
     with pytest.raises(DataError, match="synthetic source options: style_effect must be a finite number"):
         synthetic_config(SourceSpec(loader="synthetic", options={"style_effect": "high"}))
+
+
+def test_style_words_name_the_style_of_some_styled_items_and_change_nothing_else():
+    from muxrec.data.synthetic import STYLE_WORDS, item_latents
+
+    plain = generate_chunk(SyntheticConfig(rows=3000, seed=3), 0)
+    worded = generate_chunk(SyntheticConfig(rows=3000, seed=3, style_words=0.5), 0)
+    assert all(plain[c].equals(worded[c]) for c in plain.column_names if c != "title")
+    _, style = item_latents(SyntheticConfig(rows=3000, seed=3))
+    items = plain["item_id"].to_numpy()
+    changed = np.array([a != b for a, b in zip(plain["title"].to_pylist(), worded["title"].to_pylist())])
+    words = np.array([t.rsplit(" ", 1)[-1] for t in worded["title"].to_pylist()])
+    assert changed.any() and not changed.all()
+    assert (words[changed & (style[items] > 0.5)] == STYLE_WORDS[0]).all()
+    assert (words[changed & (style[items] < -0.5)] == STYLE_WORDS[1]).all()
+    assert not changed[np.abs(style[items]) <= 0.5].any()  # only clearly styled items are named
+    named = {i for i in items[changed]}
+    styled = {i for i in items if abs(style[i]) > 0.5}
+    assert 0.3 < len(named) / len(styled) < 0.7  # about half of them
