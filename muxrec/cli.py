@@ -73,7 +73,7 @@ def cmd_encoders_align(args: argparse.Namespace) -> int:
                   width_mult=args.width_mult, fine_tune_layers=args.fine_tune_layers)
     result = align(load_spec(args.source_spec), args.text_column, args.image_column, ArtifactRegistry(args.registry),
                    args.name, cfg)
-    _print_json(result)
+    _print_json({k: v for k, v in result.items() if k != "history"})  # per-epoch figures were printed as it ran
     return 0
 
 
