@@ -52,3 +52,12 @@ def find_muxrec_error(err: BaseException | None) -> MuxrecError | None:
         # Ray's task errors carry the original exception as `.cause`.
         err = getattr(err, "cause", None) or err.__cause__ or err.__context__
     return found
+
+
+def train_worker_error(err: BaseException) -> MuxrecError | None:
+    """The MuxrecError behind a failed Ray Train run (Ray reports worker exceptions by rank), when it is not
+    `err` itself: the one-line error to show the user instead of Ray's wrapper."""
+    for cause in (find_muxrec_error(e) for e in [err, *getattr(err, "worker_failures", {}).values()]):
+        if cause is not None and cause is not err:
+            return cause
+    return None

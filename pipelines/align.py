@@ -64,7 +64,7 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 from muxrec.artifacts import ArtifactRegistry
-from muxrec.errors import ConfigError, MuxrecError, find_muxrec_error
+from muxrec.errors import ConfigError, MuxrecError, train_worker_error
 from muxrec.log import say
 from muxrec.models.encoders.content import load_encoder, publish_encoder, read_images
 from muxrec.models.encoders.matryoshka import check_dims, matryoshka_loss, matryoshka_prefix
@@ -517,10 +517,9 @@ def fit_pair(job: AlignJob, pair: AlignPair, storage: Path, run_name: str) -> li
         with ProgressFollower(progress_file, _show):
             result = trainer.fit()
     except Exception as err:
-        failures = list(getattr(err, "worker_failures", {}).values())
-        for cause in (find_muxrec_error(e) for e in [err, *failures]):
-            if cause is not None and cause is not err:
-                raise cause from None
+        ours = train_worker_error(err)  # show the user-facing error as it is, not Ray's wrapper
+        if ours is not None:
+            raise ours from None
         raise
     if result.checkpoint is None:
         raise MuxrecError(f"ALIGN run {run_name} produced no checkpoint")

@@ -2,8 +2,7 @@
 
 Ray's worker output reaches the terminal only with --verbose (muxrec.ray_env), so a worker that wants the user
 to see a line appends a JSON event to a file in the run folder, and the driver follows that file from a thread
-and prints what it reads with `muxrec.log.say`. pipelines/train.py does the same, with a progress bar per epoch
-(its own `_Progress` and `_ProgressFollower`).
+and shows what it reads (pipelines/train.py: a progress bar per epoch and a line per epoch; the ALIGN job: lines).
 """
 
 from __future__ import annotations
@@ -42,9 +41,12 @@ class ProgressFollower:
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, name="muxrec-progress", daemon=True)
 
-    def __enter__(self) -> ProgressFollower:
+    def start(self) -> ProgressFollower:
         self.thread.start()
         return self
+
+    def __enter__(self) -> ProgressFollower:
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

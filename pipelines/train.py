@@ -29,7 +29,6 @@ import resource
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,7 +48,7 @@ from tqdm import tqdm
 
 from muxrec.artifacts import ArtifactRegistry, ModelVersion
 from muxrec.config import TrainConfig, to_dict
-from muxrec.errors import ConfigError, MuxrecError, find_muxrec_error
+from muxrec.errors import ConfigError, MuxrecError, train_worker_error
 from muxrec.log import say
 from muxrec.models import Batch, EncodedRows, build_model
 from muxrec.models.registry import entry
@@ -59,6 +58,7 @@ from muxrec.models.multitask import expert_utilisation
 from muxrec.pipelines.loop import (Objective, Optimizers, empty_parameters, evaluate_rows, make_optimizer,
                                    still_ramping, train_epoch)
 from muxrec.pipelines.prepare import PreparedData
+from muxrec.pipelines.progress import ProgressFollower, ProgressLog
 from muxrec.pipelines.sharding import check_shardable, plan_summary, shard
 from muxrec.ray_env import ensure_ray
 from muxrec.spec import ModelInputs
@@ -206,25 +206,6 @@ def _peak_rss_per_rank(world: int) -> list[int]:
     return everyone
 
 
-class _Progress:
-    """Rank 0's progress events, one JSON object per line, appended to a file the driver follows.
-
-    Each event carries `t`, its wall-clock time (benchmarks read start-up and per-epoch time from it).
-    """
-
-    def __init__(self, path: str, enabled: bool):
-        self.file = open(path, "a", encoding="utf-8") if enabled and path else None
-
-    def emit(self, **event: Any) -> None:
-        if self.file is not None:
-            self.file.write(json.dumps({**event, "t": time.time()}) + "\n")
-            self.file.flush()
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     job: TrainJob = config["job"]
     cfg = job.train
@@ -232,7 +213,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     inputs = prepared.inputs
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    progress = _Progress(job.progress_file, rank == 0)
+    progress = ProgressLog(job.progress_file, enabled=rank == 0 and bool(job.progress_file))
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(job.model, job.model_config, inputs)
@@ -405,18 +386,18 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
     how = ", ".join(f"{s} {'streamed' if s in streamed else 'in memory'}" for s in ("train", "valid"))
     say(f"training {job.model} on {job.train.num_workers} Ray worker(s) ({how})")
     t0 = time.perf_counter()
-    follower = _ProgressFollower(progress_file)
+    display = _EpochDisplay()
+    follower = ProgressFollower(progress_file, display.show).start()
     try:
         result = trainer.fit()
     except Exception as err:
-        # Ray Train reports worker exceptions by rank; show the user-facing one as it is.
-        failures = list(getattr(err, "worker_failures", {}).values())
-        for cause in (find_muxrec_error(e) for e in [err, *failures]):
-            if cause is not None and cause is not err:
-                raise cause from None
+        ours = train_worker_error(err)  # show the user-facing error as it is, not Ray's wrapper
+        if ours is not None:
+            raise ours from None
         raise
     finally:
         follower.stop()
+        display.close()
     wall = time.perf_counter() - t0
     if result.checkpoint is None:
         raise MuxrecError(f"training run {name} produced no checkpoint")
@@ -431,53 +412,28 @@ def _split_bytes(prepared: PreparedData, split: str) -> int:
     return sum(f.stat().st_size for f in prepared.split_dir(split).glob("*.parquet"))
 
 
-class _ProgressFollower:
-    """Follows rank 0's progress file from a driver thread: a tqdm bar per epoch (terminals only)
-    and one line per epoch, so the user sees progress without Ray's worker logs."""
+class _EpochDisplay:
+    """What the driver shows of rank 0's progress events (pipelines/progress.py): a tqdm bar per epoch
+    (terminals only) and one line per epoch, so the user sees progress without Ray's worker logs."""
 
-    def __init__(self, path: Path, poll_seconds: float = 0.2):
-        self.path, self.poll = path, poll_seconds
+    def __init__(self) -> None:
         self.bar: tqdm | None = None
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="muxrec-progress", daemon=True)
-        self.thread.start()
 
-    def stop(self) -> None:
-        self.done.set()
-        self.thread.join()
-        self._close_bar()
-
-    def _run(self) -> None:
-        offset, pending = 0, ""
-        while True:
-            finished = self.done.is_set()  # read once more after stop() so no event is lost
-            if self.path.exists():
-                with self.path.open(encoding="utf-8") as f:
-                    f.seek(offset)
-                    pending += f.read()
-                    offset = f.tell()
-                *lines, pending = pending.split("\n")
-                for line in lines:
-                    self._show(json.loads(line))
-            if finished:
-                return
-            self.done.wait(self.poll)
-
-    def _close_bar(self) -> None:
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
 
-    def _show(self, event: dict[str, Any]) -> None:
+    def show(self, event: dict[str, Any]) -> None:
         kind = event["kind"]
         if kind == "start":
-            self._close_bar()
+            self.close()
             self.bar = tqdm(total=event["batches"], desc=f"epoch {event['epoch']}/{event['epochs']}",
                             unit="batch", leave=False, disable=None, file=sys.stderr)
         elif kind == "batch" and self.bar is not None:
             self.bar.update(event["done"] - self.bar.n)
         elif kind == "epoch":
-            self._close_bar()
+            self.close()
             say(f"epoch {event['epoch']}: loss {event['train_loss']:.4f}  valid AUC {event['valid_auc']:.4f}  "
                 f"logloss {event['valid_logloss']:.4f}  ({event['epoch_seconds']:.1f}s)")
         elif kind == "sharded":

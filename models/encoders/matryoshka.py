@@ -10,10 +10,12 @@ per use (an 8-wide item vector in a ranking model, 64 for retrieval) without a p
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
+import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def check_dims(dims: Sequence[int], width: int | None = None) -> None:
@@ -23,6 +25,28 @@ def check_dims(dims: Sequence[int], width: int | None = None) -> None:
         raise ValueError(f"dims must be a non-empty, strictly increasing list of positive widths, got {dims}")
     if width is not None and dims[-1] > width:
         raise ValueError(f"dims {dims} exceed the embedding width {width}")
+
+
+def encode_width(dims: Sequence[int], dim: int | None, batch_size: int) -> int:
+    """The width an `encode(..., dim, batch_size)` call asks for (default max(dims)), checked."""
+    dim = dims[-1] if dim is None else dim
+    if dim not in dims:
+        raise ValueError(f"dim must be one of {list(dims)}, got {dim}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return dim
+
+
+@contextmanager
+def inference(tower: nn.Module) -> Iterator[None]:
+    """`tower` in eval mode without gradients for the block, then back in the mode it was in."""
+    was_training = tower.training
+    tower.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        tower.train(was_training)
 
 
 def matryoshka_prefix(z: Tensor, dim: int) -> Tensor:

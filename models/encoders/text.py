@@ -21,7 +21,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from muxrec.models.encoders.matryoshka import check_dims, matryoshka_prefix
+from muxrec.models.encoders.matryoshka import check_dims, encode_width, inference, matryoshka_prefix
 from muxrec.models.encoders.minilm import MiniLM, load_minilm, load_tokenizer, pad_batch
 
 
@@ -121,26 +121,17 @@ class TextTower(nn.Module):
         Returns:
             (N, dim).
         """
-        dim = self.cfg.width if dim is None else dim
-        if dim not in self.cfg.dims:
-            raise ValueError(f"dim must be one of {list(self.cfg.dims)}, got {dim}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        dim = encode_width(self.cfg.dims, dim, batch_size)
         ids = [e.ids for e in self.tokenizer.encode_batch(_checked_texts(texts))]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         device = self.projection.weight.device
         out = torch.empty(len(ids), dim, device=device)  # (N, dim)
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(order), batch_size):
-                    rows = order[start: start + batch_size]
-                    token_ids, mask = pad_batch([ids[i] for i in rows])  # (b, L), (b, L)
-                    z = self(token_ids.to(device), mask.to(device))  # (b, max(dims))
-                    out[torch.tensor(rows, device=device)] = matryoshka_prefix(z, dim)  # (b, dim)
-        finally:
-            self.train(was_training)
+        with inference(self):
+            for start in range(0, len(order), batch_size):
+                rows = order[start: start + batch_size]
+                token_ids, mask = pad_batch([ids[i] for i in rows])  # (b, L), (b, L)
+                z = self(token_ids.to(device), mask.to(device))  # (b, max(dims))
+                out[torch.tensor(rows, device=device)] = matryoshka_prefix(z, dim)  # (b, dim)
         return out
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from muxrec.models.encoders.matryoshka import check_dims, matryoshka_prefix
+from muxrec.models.encoders.matryoshka import check_dims, encode_width, inference, matryoshka_prefix
 
 # The paper's Table 2, one row per stage: expansion t, output channels c, blocks n, first block's stride s.
 MOBILENET_V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
@@ -166,23 +166,14 @@ class VisionTower(nn.Module):
         Returns:
             (N, dim).
         """
-        dim = self.cfg.width if dim is None else dim
-        if dim not in self.cfg.dims:
-            raise ValueError(f"dim must be one of {list(self.cfg.dims)}, got {dim}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        dim = encode_width(self.cfg.dims, dim, batch_size)
         pixels = _checked_pixels(images, self.cfg.image_size)
         device = self.projection.weight.device
         out = torch.empty(len(pixels), dim, device=device)  # (N, dim)
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(pixels), batch_size):
-                    batch = as_image_tensor(pixels[start: start + batch_size]).to(device)  # (b, 3, S, S)
-                    out[start: start + len(batch)] = matryoshka_prefix(self(batch), dim)  # (b, dim)
-        finally:
-            self.train(was_training)
+        with inference(self):
+            for start in range(0, len(pixels), batch_size):
+                batch = as_image_tensor(pixels[start: start + batch_size]).to(device)  # (b, 3, S, S)
+                out[start: start + len(batch)] = matryoshka_prefix(self(batch), dim)  # (b, dim)
         return out
 
 
