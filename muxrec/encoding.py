@@ -45,7 +45,7 @@ ROW_NUMBER_COLUMN = "__row"  # a row's position in the source, attached before b
 FILE_ROW_STRIDE = 2 ** 32  # in a source of several files, file i's rows are numbered from i * FILE_ROW_STRIDE
 SPLITS = ("train", "valid", "test")
 OOV_ID = 0
-_TOKEN_PATTERN = r"[^a-z0-9]+"
+_TOKEN_PATTERN = r"[^\p{L}\p{N}]+"  # words are runs of letters and digits of any script ("crème", "東京の寿司")
 
 
 # ---- derive ------------------------------------------------------------------------------------

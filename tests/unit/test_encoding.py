@@ -316,3 +316,10 @@ def test_large_vocabulary_lookup_matches_the_small_one():
     expected = [position[v] + 1 if v in position else 0 for v in block.to_pylist()]
     assert big.tolist() == expected == small.tolist()
     assert (big == 0).sum() > 10 and big[-2] == 0  # unknown values and null map to OOV
+
+
+def test_text_keeps_words_of_any_script():
+    spec = tiny_spec()
+    raw = tiny_raw(3).set_column(4, "title", pa.array(["Crème brûlée", "東京の寿司 best", "Les Misérables (1995)"]))
+    tokens = derive(raw, spec)["title"].to_pylist()
+    assert tokens == [["crème", "brûlée"], ["東京の寿司", "best"], ["les", "misérables", "1995"]]
