@@ -104,9 +104,7 @@ def make_encoders(dataset: str, spec: FeatureSpec, registry: ArtifactRegistry, s
 
 def cold_warm_auc(model: torch.nn.Module, rows: EncodedRows, batch_size: int) -> dict[str, float]:
     """Test AUC on rows whose item is unknown to the model (OOV: a held-out item) and on the others."""
-    item = list(rows.inputs.pooled).index("item_id")
-    ids = rows._ids[:, rows._pooled[item][0]].numpy()  # (N,) the item id column
-    cold = ids == OOV_ID
+    cold = rows.ids(rows.inputs.item_feature).numpy() == OOV_ID  # (N,) rows of items unknown to the model
     probs = predict_proba(model, rows, batch_size)[:, 0]
     labels = rows.labels.numpy()[:, 0]
     return {"cold_auc": roc_auc(labels[cold], probs[cold]), "warm_auc": roc_auc(labels[~cold], probs[~cold]),

@@ -151,6 +151,13 @@ class EncodedRows:
     def labels(self) -> Tensor | None:
         return self._labels
 
+    def ids(self, name: str) -> Tensor:
+        """(N,) ids of single-valued pooled feature `name`, every row."""
+        start, width, lengths = self._pooled[self.inputs.pooled.index(name)]
+        if lengths is not None:
+            raise ValueError(f"feature {name!r} holds several ids per row")
+        return self._ids[:, start]  # (N,)
+
     def take(self, rows: Tensor) -> Batch:
         """The Batch of these (B,) row indices; pooled ids go into the KeyedJaggedTensor key by key."""
         wide = self._ids[rows]  # (B, W)

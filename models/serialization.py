@@ -147,6 +147,6 @@ def load_model(version: ModelVersion) -> LoadedModel:
         if set(meta.get("encoders", {})) != pinned:
             raise ArtifactError(f"{version.ref}: model.json records encoders {sorted(meta.get('encoders', {}))}, "
                                 f"its spec pins {sorted(pinned)}")
-        check_digests(meta["encoders"], registry, version.ref)
-        content = ContentVectors(spec, registry)
+        content = ContentVectors(spec, registry)  # opens and hash-checks each pinned encoder once
+        check_digests(meta["encoders"], content.digests, version.ref)
     return LoadedModel(model, meta["name"], cfg, spec, vocab, inputs, version, content)

@@ -193,6 +193,16 @@ class LabelSpec(_Strict):
         return tuple(f"{self.name}@{g:g}" for g in self.grades)
 
 
+def _check_buckets(buckets: int, test: list[int], valid: list[int], what: str = "") -> None:
+    """ValueError unless every test / valid bucket is in 0..buckets-1 and none is in both."""
+    for part, chosen in (("test", test), ("valid", valid)):
+        bad = [b for b in chosen if not 0 <= b < buckets]
+        if bad:
+            raise ValueError(f"{what}{part} buckets {bad} are outside 0..{buckets - 1}")
+    if set(test) & set(valid):
+        raise ValueError(f"a {what}bucket cannot be in both test and valid")
+
+
 class ColdSpec(_Strict):
     """Whole items held out of training, for cold-start evaluation: every row whose `column` value hashes
     (blake2b-64 of its text, salted with `seed`) into a `test` / `valid` bucket goes to that split, whatever
@@ -206,12 +216,7 @@ class ColdSpec(_Strict):
 
     @model_validator(mode="after")
     def _buckets_in_range(self) -> ColdSpec:
-        for part in ("test", "valid"):
-            bad = [b for b in getattr(self, part) if not 0 <= b < self.buckets]
-            if bad:
-                raise ValueError(f"cold {part} buckets {bad} are outside 0..{self.buckets - 1}")
-        if set(self.test) & set(self.valid):
-            raise ValueError("a cold bucket cannot be in both test and valid")
+        _check_buckets(self.buckets, self.test, self.valid, "cold ")
         if not self.test and not self.valid:
             raise ValueError("cold needs `test` and/or `valid` buckets")
         return self
@@ -244,12 +249,7 @@ class SplitSpec(_Strict):
 
     @model_validator(mode="after")
     def _buckets_in_range(self) -> SplitSpec:
-        for part in ("test", "valid"):
-            bad = [b for b in getattr(self, part) if not 0 <= b < self.buckets]
-            if bad:
-                raise ValueError(f"{part} buckets {bad} are outside 0..{self.buckets - 1}")
-        if set(self.test) & set(self.valid):
-            raise ValueError("a bucket cannot be in both test and valid")
+        _check_buckets(self.buckets, self.test, self.valid)
         if (self.hash is None) == (not self.row_number):
             raise ValueError("give one split rule: `hash` (columns) or `row_number: true`")
         if self.hash is not None and not self.hash:

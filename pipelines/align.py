@@ -64,14 +64,14 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 from muxrec.artifacts import ArtifactRegistry
-from muxrec.errors import ConfigError, MuxrecError, train_worker_error
+from muxrec.errors import ConfigError, MuxrecError
 from muxrec.log import say
 from muxrec.models.encoders.content import load_encoder, publish_encoder, read_images
 from muxrec.models.encoders.matryoshka import check_dims, matryoshka_loss, matryoshka_prefix
 from muxrec.models.encoders.text import TextTower, TextTowerConfig, build_text_tower
 from muxrec.models.encoders.vision import VisionTower, VisionTowerConfig, as_image_tensor, build_vision_tower
 from muxrec.pipelines.io import collect
-from muxrec.pipelines.progress import ProgressFollower, ProgressLog
+from muxrec.pipelines.progress import ProgressFollower, ProgressLog, fit_trainer
 from muxrec.pipelines.sources import source_dataset
 from muxrec.pipelines.train import CONTROLLER_POLL_S
 from muxrec.ray_env import ensure_ray
@@ -513,14 +513,8 @@ def fit_pair(job: AlignJob, pair: AlignPair, storage: Path, run_name: str) -> li
                                      resources_per_worker={"CPU": min(1.0, cpus / cfg.num_workers)}),
         run_config=RunConfig(name=run_name, storage_path=str(storage)),
     )
-    try:
-        with ProgressFollower(progress_file, _show):
-            result = trainer.fit()
-    except Exception as err:
-        ours = train_worker_error(err)  # show the user-facing error as it is, not Ray's wrapper
-        if ours is not None:
-            raise ours from None
-        raise
+    with ProgressFollower(progress_file, _show):
+        result = fit_trainer(trainer)
     if result.checkpoint is None:
         raise MuxrecError(f"ALIGN run {run_name} produced no checkpoint")
     with result.checkpoint.as_directory() as d:

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from muxrec.errors import train_worker_error
+
 
 class ProgressLog:
     """Events appended to `path`, one JSON object per line with its wall-clock time `t`; a no-op unless enabled
@@ -71,3 +73,15 @@ class ProgressFollower:
             if finished:
                 return
             self.done.wait(self.poll)
+
+
+def fit_trainer(trainer: Any) -> Any:
+    """`trainer.fit()` of a Ray Train trainer; an error of ours raised in a worker is re-raised as itself
+    (one line for the user), not inside Ray's wrapper."""
+    try:
+        return trainer.fit()
+    except Exception as err:
+        ours = train_worker_error(err)
+        if ours is not None:
+            raise ours from None
+        raise

@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from muxrec.artifacts import ArtifactRegistry, ModelVersion
 from muxrec.config import TrainConfig, to_dict
-from muxrec.errors import ConfigError, MuxrecError, train_worker_error
+from muxrec.errors import ConfigError, MuxrecError
 from muxrec.log import say
 from muxrec.models import Batch, EncodedRows, build_model
 from muxrec.models.registry import entry
@@ -58,7 +58,7 @@ from muxrec.models.multitask import expert_utilisation
 from muxrec.pipelines.loop import (Objective, Optimizers, empty_parameters, evaluate_rows, make_optimizer,
                                    still_ramping, train_epoch)
 from muxrec.pipelines.prepare import PreparedData
-from muxrec.pipelines.progress import ProgressFollower, ProgressLog
+from muxrec.pipelines.progress import ProgressFollower, ProgressLog, fit_trainer
 from muxrec.pipelines.sharding import check_shardable, plan_summary, shard
 from muxrec.ray_env import ensure_ray
 from muxrec.spec import ModelInputs
@@ -389,12 +389,7 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
     display = _EpochDisplay()
     follower = ProgressFollower(progress_file, display.show).start()
     try:
-        result = trainer.fit()
-    except Exception as err:
-        ours = train_worker_error(err)  # show the user-facing error as it is, not Ray's wrapper
-        if ours is not None:
-            raise ours from None
-        raise
+        result = fit_trainer(trainer)
     finally:
         follower.stop()
         display.close()

@@ -23,10 +23,7 @@ import numpy as np
 import pyarrow as pa
 from fastapi.exceptions import RequestValidationError
 
-from muxrec.artifacts import WEIGHTS
-from muxrec.errors import ConfigError
 from muxrec.images import ImageError, decode_image
-from muxrec.services.cache import version_tag
 from muxrec.spec import Feature, FeatureKind, FeatureSpec
 
 _CHECK_SIZE = 8  # decode to this side to check an image (the Embedder decodes at its tower's size)
@@ -72,17 +69,11 @@ class ContentVectorsClient:
 
     def __init__(self, context: Any):
         self.context = context
-        self._tags: dict[str, str] = {}
 
     def encoder_tag(self, ref: str) -> str:
-        """Cache-key version of an encoder: its ref plus its weights' hash (read once from the registry)."""
-        if ref not in self._tags:
-            name, _, version = ref.rpartition("@")
-            manifest = self.context.registry.manifest(name, version)
-            if WEIGHTS not in manifest.get("files", {}):
-                raise ConfigError(f"encoder {ref} has no weights in the registry")
-            self._tags[ref] = version_tag(ref, manifest["files"][WEIGHTS])
-        return self._tags[ref]
+        """Cache-key version of an encoder: its ref plus its weights' hash."""
+        name, _, version = ref.rpartition("@")
+        return self.context.weights_tag(name, version, ref)
 
     async def vectors(self, version: str, f: Feature, values: list[str | bytes | None]) -> tuple[np.ndarray, list[bool]]:
         """(N, f.dim) vectors of `values` and which came from the cache. None (no image) is a zero vector."""

@@ -84,12 +84,19 @@ class GatewayContext:
         return f"{self.settings.model}/{version}"
 
     def cache_tag(self, version: str) -> str:
-        """The cache-key version of `version` (its weights' hash; read once per version)."""
-        tag = self._tags.get(version)
+        """The cache-key version of the served model's `version` (its weights' hash)."""
+        return self.weights_tag(self.settings.model, version, self.ref(version))
+
+    def weights_tag(self, name: str, version: str, label: str) -> str:
+        """`label` plus the first hex of the weights' hash of registry entry name/version (a model, or an
+        encoder: services/content.py), read from its manifest once per entry."""
+        key = f"{name}/{version}"
+        tag = self._tags.get(key)
         if tag is None:
-            manifest = self.registry.manifest(self.settings.model, version)
-            tag = version_tag(self.ref(version), manifest["files"][WEIGHTS])
-            self._tags[version] = tag
+            files = self.registry.manifest(name, version).get("files", {})
+            if WEIGHTS not in files:
+                raise ConfigError(f"{key} has no weights in the registry")
+            tag = self._tags[key] = version_tag(label, files[WEIGHTS])
         return tag
 
 

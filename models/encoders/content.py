@@ -139,14 +139,13 @@ def encoder_digests(spec: FeatureSpec, registry: ArtifactRegistry) -> dict[str, 
     return out
 
 
-def check_digests(expected: dict[str, str], registry: ArtifactRegistry, what: str) -> None:
-    """ArtifactError unless every pinned encoder in `registry` has the weights `what` was made with."""
+def check_digests(expected: dict[str, str], actual: dict[str, str], what: str) -> None:
+    """ArtifactError unless every pinned encoder (ref -> weights sha256, `actual`: the registry's, verified)
+    has the weights `what` was made with (`expected`)."""
     for ref, digest in expected.items():
-        name, version = split_ref(ref)
-        actual = registry.open(name, version).weights_sha256
-        if actual != digest:
+        if actual.get(ref) != digest:
             raise ArtifactError(f"{what} was made with encoder {ref} whose weights have sha256 {digest[:12]}..., "
-                                f"but {registry.root}'s {ref} has {actual[:12]}...: refusing to mix encoders")
+                                f"but the registry's {ref} has {str(actual.get(ref))[:12]}...: refusing to mix encoders")
 
 
 def read_images(images: Sequence[str | bytes | None], size: int, feature: str, rows: Sequence[int] | None = None
