@@ -3,7 +3,7 @@
 Permutation importance, OutRank, OptFS and QuickSelection all write a `FeatureRanking`: the method's
 name, the label it was measured against (None for an unsupervised method), one `FeatureScore` per
 feature sorted best first, and `meta` for what the method alone knows (repeats, seed, split, rows).
-It lives in the core package (stdlib only) so that both the pipelines that compute rankings and the
+It lives in the core package so that both the pipelines that compute rankings and the
 services that serve them read the same type; it travels as plain JSON, never pickle.
 """
 
@@ -12,7 +12,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
+
+from muxrec.artifacts import ArtifactRegistry, ModelVersion
+from muxrec.spec import parse_spec
+
+if TYPE_CHECKING:
+    from muxrec.spec import FeatureSpec
 
 
 @dataclass(frozen=True)
@@ -85,3 +91,86 @@ class FeatureRanking:
         return cls(data["method"], data.get("task"),
                    tuple(FeatureScore(f["name"], float(f["score"]), dict(f.get("detail", {}))) for f in data["features"]),
                    dict(data.get("meta", {})))
+
+
+# ---- rankings as registry artifacts ----------------------------------------------------------------
+
+RANKING_FILE = "ranking.json"
+IMPORTANCE_FILE = "importance.json"  # the permutation importance every published model version stores
+METHODS = ("permutation", "optfs", "outrank", "quickselection")
+
+
+def selection_name(spec_name: str) -> str:
+    """The registry name under which the rankings of one spec's data and models are versioned."""
+    return f"{spec_name}-selection"
+
+
+def publish_ranking(registry: ArtifactRegistry, ranking: FeatureRanking, spec: FeatureSpec,
+                    model: str | None = None) -> ModelVersion:
+    """Store `ranking` as a new version of `selection_name(spec.name)`; returns it (hash-checked like any version).
+
+    Args:
+        registry: where models live.
+        ranking: what a method returned.
+        spec: the spec of the prepared data the ranking was computed on.
+        model: the model version ("name/vNNNN") it was computed with; None for a method that trains none of ours.
+    """
+    return registry.publish(selection_name(spec.name), {RANKING_FILE: ranking.to_json()}, metadata={
+        "kind": "feature-ranking", "method": ranking.method, "task": ranking.task, "spec": spec.name,
+        "spec_fingerprint": spec.fingerprint(), "model": model, "features": len(ranking.features)})
+
+
+def permutation_ranking(importance: dict[str, Any]) -> FeatureRanking:
+    """The FeatureRanking of a model version's importance.json (pipelines.importance)."""
+    features = tuple(FeatureScore(f["name"], float(f["importance"]), {"std": f["std"]}) for f in importance["features"])
+    meta = {k: v for k, v in importance.items() if k not in ("method", "task", "features")}
+    return FeatureRanking("permutation", importance.get("task"), features, meta)
+
+
+def stored_rankings(registry: ArtifactRegistry, model: ModelVersion) -> dict[str, tuple[str, FeatureRanking]]:
+    """Every ranking that describes `model`, by method: (the artifact it came from, the ranking).
+
+    A ranking applies when it was computed on data prepared with the model's exact spec (same
+    fingerprint) and either with this model version or with no model at all (OutRank, QuickSelection,
+    OptFS train their own). The newest version wins per method; the permutation importance stored
+    with the model itself is "permutation" unless a newer `muxrec select --method permutation` run
+    on this model replaced it.
+    """
+    spec = model.read_spec()
+    found: dict[str, tuple[str, FeatureRanking]] = {}
+    if IMPORTANCE_FILE in model.manifest["files"]:
+        found["permutation"] = (model.ref, permutation_ranking(model.read_json(IMPORTANCE_FILE)))
+    name = selection_name(spec.name)
+    if name not in registry.names():
+        return found
+    for version in registry.versions(name):  # oldest first: newer ones overwrite
+        meta = registry.manifest(name, version).get("metadata", {})
+        if meta.get("spec_fingerprint") != spec.fingerprint() or meta.get("model") not in (None, model.ref):
+            continue
+        stored = registry.open(name, version)
+        found[meta["method"]] = (stored.ref, FeatureRanking.from_json(stored.read_text(RANKING_FILE)))
+    return found
+
+
+# ---- a spec with fewer features ----------------------------------------------------------------------
+
+def subset_spec(spec: FeatureSpec, keep: Iterable[str], name: str) -> FeatureSpec:
+    """`spec` with only the features in `keep` (spec order kept), named `name`; unused shared tables dropped.
+
+    Source, keys, labels and split are unchanged, so `muxrec prepare` of the result reuses the
+    prepared data of `spec` (pipelines.prepare: a spec that only drops features is a view).
+    """
+    keep = list(dict.fromkeys(keep))
+    known = [f.name for f in spec.features]
+    unknown = [k for k in keep if k not in known]
+    if unknown:
+        raise ValueError(f"features {unknown} are not in spec {spec.name!r}; features: {known}")
+    if not keep:
+        raise ValueError("a subset spec needs at least one feature")
+    data = spec.model_dump(mode="json", exclude_defaults=True)
+    data["name"] = name
+    data["features"] = [f for f in data["features"] if f["name"] in keep]
+    used = {f.get("table") for f in data["features"]}
+    if "tables" in data:
+        data["tables"] = {t: v for t, v in data["tables"].items() if t in used}
+    return parse_spec(data, origin=f"{spec.name} without {sorted(set(known) - set(keep))}")

@@ -64,7 +64,12 @@ class PreparedData:
     def split_dir(self, split: str) -> Path:
         if split not in SPLITS:
             raise DataError(f"unknown split {split!r}; splits: {list(SPLITS)}")
-        return self.root / split
+        return self.rows_root / split
+
+    @property
+    def rows_root(self) -> Path:
+        """The folder holding the Parquet splits: this one, or for a view the prepared data it selects from."""
+        return self.root.parent / self.stats["view_of"] if "view_of" in self.stats else self.root
 
     def positive_rates(self, split: str = "train") -> dict[str, float]:
         """Each label column's positive rate in `split`, as prepare measured it."""
@@ -189,7 +194,76 @@ def _reusable(root: Path, fingerprint: str) -> PreparedData | None:
         return None
     if any(not (root / name).is_file() or (root / name).stat().st_size != size for name, size in files.items()):
         return None
+    if "view_of" in prepared.stats:  # a view is as current as the rows it reads
+        parent = _current(root.parent / prepared.stats["view_of"])
+        if parent is None or parent.stats["input_fingerprint"] != prepared.stats["parent_input_fingerprint"]:
+            return None
     return prepared
+
+
+def _current(root: Path) -> PreparedData | None:
+    """The prepared data at `root` if it is complete and made from its spec and today's source files."""
+    try:
+        spec = load_spec(root / SPEC_FILE)
+    except (MuxrecError, OSError):
+        return None
+    return _reusable(root, input_fingerprint(spec))
+
+
+# ---- views: a spec that only drops features reads the rows of one that has them ----------------------
+
+_SAME = ("source", "keys", "labels", "split", "blend")  # what a view and the data it reads must share
+
+
+def _selects_from(spec: FeatureSpec, parent: FeatureSpec) -> bool:
+    """Whether every feature of `spec` is in `parent`, defined alike, over the same rows and labels."""
+    if parent.name == spec.name or any(getattr(spec, k) != getattr(parent, k) for k in _SAME):
+        return False
+    theirs = {f.name: f for f in parent.features}
+    for f in spec.features:
+        if theirs.get(f.name) != f or (f.table is not None and spec.tables[f.table] != parent.tables.get(f.table)):
+            return False
+    return True
+
+
+def find_superset(spec: FeatureSpec, out_root: Path) -> PreparedData | None:
+    """Current prepared data under out_root whose spec has every feature of `spec` (the fewest extra first)."""
+    found = []
+    for spec_file in sorted(out_root.glob(f"*/{SPEC_FILE}")) if out_root.is_dir() else []:
+        try:
+            parent_spec = load_spec(spec_file)
+        except MuxrecError:
+            continue
+        if _selects_from(spec, parent_spec) and (parent := _current(spec_file.parent)) is not None \
+                and "view_of" not in parent.stats:
+            found.append(parent)
+    return min(found, key=lambda p: (len(p.spec.features), p.root.name), default=None)
+
+
+def write_view(spec: FeatureSpec, parent: PreparedData, out_root: Path) -> PreparedData:
+    """Prepared data for `spec` that reads `parent`'s rows: no row is read or written.
+
+    The vocabularies are the parent's (a shared table keeps the ids it was fitted with, also for
+    values only a dropped feature brought), restricted to the tables and numeric features `spec` uses;
+    its own spec.yaml and fingerprint, so models trained on it record and serve `spec`.
+    """
+    tables = {t.name for t in spec.tables_list()}
+    numeric = {f.name for f in spec.features} & set(parent.vocab.numeric)
+    vocab = Vocabulary(spec.fingerprint(), {n: t for n, t in parent.vocab.tables.items() if n in tables},
+                       {n: s for n, s in parent.vocab.numeric.items() if n in numeric})
+    content = {f.encoder for f in spec.content}
+    summary = {"spec": spec.name, "spec_fingerprint": spec.fingerprint(), "input_fingerprint": input_fingerprint(spec),
+               "view_of": parent.root.name, "parent_input_fingerprint": parent.stats["input_fingerprint"],
+               **({"encoders": {k: v for k, v in parent.stats["encoders"].items() if k in content}}
+                  if content else {}),
+               "splits": parent.stats["splits"]}
+    with replacing(out_root / spec.name) as staging:
+        (staging / SPEC_FILE).write_text(spec.to_yaml())
+        vocab.save(staging / VOCAB_FILE)
+        summary["files"] = {name: (staging / name).stat().st_size for name in (SPEC_FILE, VOCAB_FILE)}
+        (staging / STATS_FILE).write_text(json.dumps(summary, indent=1))
+    say(f"{spec.name}: reading the prepared rows of {parent.spec.name} (a subset of its features; nothing re-prepared)")
+    return PreparedData.load(out_root / spec.name)
 
 
 def prepare(spec: FeatureSpec, out_root: str | Path, reuse: bool = False,
@@ -197,7 +271,8 @@ def prepare(spec: FeatureSpec, out_root: str | Path, reuse: bool = False,
     """Run preprocessing for `spec` into out_root/<spec.name>/ and return the result.
 
     With `reuse`, an existing output made from the same spec and the same source files is returned
-    as it is. A spec with content features (text / image read by a pinned encoder) needs the `registry`
+    as it is, and a spec that only drops features of one already prepared under out_root (the
+    derived spec of `muxrec select`) becomes a view of that one's rows (`write_view`). A spec with content features (text / image read by a pinned encoder) needs the `registry`
     holding those encoder versions: their vectors are computed once per distinct value (pipelines.content).
     """
     out_root = Path(out_root)
@@ -210,6 +285,8 @@ def prepare(spec: FeatureSpec, out_root: str | Path, reuse: bool = False,
     fingerprint = input_fingerprint(spec)
     if reuse and (done := _reusable(out_root / spec.name, fingerprint)) is not None:
         return done
+    if reuse and (parent := find_superset(spec, out_root)) is not None:
+        return write_view(spec, parent, out_root)
     ensure_ray()
     try:
         raw = source_dataset(spec.source)
