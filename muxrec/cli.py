@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from muxrec.config import EMBEDDING_OPTIMIZERS, SHARDING_TYPES, TASK_WEIGHTINGS
-from muxrec.errors import MuxrecError
+from muxrec.errors import ConfigError, MuxrecError
+from muxrec.selection import METHODS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -89,7 +90,6 @@ def cmd_encoders_catalog(args: argparse.Namespace) -> int:
 
 def _config(cls: type, **given: Any) -> Any:
     """cls built from the given non-None values (its defaults for the rest); a bad value is one line."""
-    from muxrec.errors import ConfigError
 
     try:
         return cls(**{k: v for k, v in given.items() if v is not None})
@@ -119,6 +119,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(job, ArtifactRegistry(args.registry), name, args.runs / "ray", fresh=args.fresh)
     summary = {k: v for k, v in result.metrics.items() if k != "history"}
     _print_json({"version": result.version.ref, **summary})
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from muxrec.artifacts import ArtifactRegistry
+    from muxrec.pipelines.feature_selection import check_method, chosen, select
+    from muxrec.pipelines.prepare import prepare_cached
+    from muxrec.selection import publish_ranking, subset_spec
+    from muxrec.spec import load_spec
+
+    spec = load_spec(args.spec)
+    registry = ArtifactRegistry(args.registry)
+    model = None
+    if args.model is not None:
+        name, _, ref = args.model.partition("@")
+        model = registry.open(name, ref or "latest")  # hash-checked before any work
+    check_method(args.method, model)
+    if args.write_spec is not None and args.top_k is None and args.method != "optfs":
+        raise ConfigError("--write-spec needs --top-k (only optfs keeps a set of its own)")
+    prepared = prepare_cached(spec, args.runs / "prepared", registry=args.registry)
+    ranking = select(args.method, prepared, model=model, task=args.task, seed=args.seed)
+    stored = publish_ranking(registry, ranking, prepared.spec, model=model.ref if model else None)
+    out: dict[str, Any] = {"ranking": stored.ref, "method": ranking.method, "task": ranking.task,
+                           "seconds": ranking.meta.get("seconds"),
+                           "features": [{"name": f.name, "score": f.score} for f in ranking.features]}
+    if args.write_spec is not None or args.top_k is not None:
+        keep = chosen(ranking, args.top_k)
+        name = f"{spec.name}-{ranking.method}-top{len(keep)}"
+        derived = subset_spec(prepared.spec, keep, name)
+        path = args.write_spec or args.runs / "selected" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(derived.to_yaml())
+        out["spec"] = {"name": name, "path": str(path), "features": list(keep)}
+    if args.json:
+        _print_json(out)
+        return 0
+    print(f"{ranking.method} ranking of {spec.name} ({ranking.task or 'unsupervised'}), stored as {stored.ref}")
+    for i, f in enumerate(ranking.features, 1):
+        print(f"  {i:3d}. {f.name:<24s} {f.score: .6f}")
+    if "spec" in out:
+        print(f"spec with {len(out['spec']['features'])} features: {out['spec']['path']}\n"
+              f"  retrain on it (the prepared rows are reused): muxrec train --spec {out['spec']['path']} --model deepfm")
     return 0
 
 
@@ -478,6 +520,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--fresh", action="store_true", help="start over instead of resuming an unfinished run")
     paths(tr)
     tr.set_defaults(func=cmd_train)
+
+    sl = sub.add_parser("select", help="rank features (permutation, optfs, outrank, quickselection), store the "
+                                       "ranking in the registry, optionally write a spec with the top k")
+    sl.add_argument("--spec", type=Path, required=True, help="feature spec YAML of the data to rank")
+    sl.add_argument("--method", required=True, choices=METHODS)
+    sl.add_argument("--model", default=None, help="NAME[@VERSION] of a model trained on --spec (permutation only)")
+    sl.add_argument("--task", default=None, help="label to rank against (default: the spec's first)")
+    sl.add_argument("--seed", type=int, default=0)
+    sl.add_argument("--top-k", type=_positive, default=None, help="write a spec with the k best features")
+    sl.add_argument("--write-spec", type=Path, default=None,
+                    help="where the derived spec goes (default <runs>/selected/<spec>-<method>-top<k>.yaml)")
+    sl.add_argument("--json", action="store_true", help="print one JSON object")
+    paths(sl)
+    sl.set_defaults(func=cmd_select)
 
     ev = sub.add_parser("evaluate", help="AUC, logloss and calibration of a model version on a split")
     ev.add_argument("--name", required=True, help="registry name")
