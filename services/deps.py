@@ -5,6 +5,10 @@
 
 `GatewayContext` is one gateway replica's state (settings, registry, live version, request schema,
 cache, metrics and the handles to the model deployments); the app keeps it in `app.state.context`.
+
+The request model is built once, from the deploy-time spec; the live model may read a subset of its
+fields (a reload to a model trained on fewer features), so each request is checked and converted
+with the live version's columns (`GatewayContext.model_columns`, read once per version).
 """
 
 from __future__ import annotations
@@ -14,18 +18,19 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+from cachetools import LRUCache
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
-from muxrec.artifacts import WEIGHTS, ArtifactRegistry
-from muxrec.errors import ConfigError, find_muxrec_error
+from muxrec.artifacts import WEIGHTS, ArtifactRegistry, ModelVersion
+from muxrec.errors import ArtifactError, ConfigError, find_muxrec_error
 from muxrec.services.content import ContentVectorsClient
 from muxrec.services.cache import CircuitBreaker, EmbeddingCache, LocalTTLCache, RedisEmbeddingCache, version_tag
 from muxrec.services.metrics import CacheCollector, GatewayMetrics
-from muxrec.services.schema import RequestSchema
+from muxrec.services.schema import ModelColumns, RequestSchema, column_changes
 from muxrec.services.settings import ServeSettings
 from muxrec.services.versions import LiveVersion
 from muxrec.spec import FeatureSpec, check_blend
@@ -56,6 +61,7 @@ class GatewayContext:
     selector: DeploymentHandle
     dims: dict[tuple[str, str], int] = field(default_factory=dict)  # (cache tag, entity) -> vector length
     _tags: dict[str, str] = field(default_factory=dict)
+    _columns: LRUCache = field(default_factory=lambda: LRUCache(16))  # version -> ModelColumns
     content: ContentVectorsClient = field(init=False)  # item texts / images -> vectors, cached
 
     def __post_init__(self) -> None:
@@ -64,21 +70,38 @@ class GatewayContext:
     @classmethod
     def start(cls, settings: ServeSettings, ranker: DeploymentHandle, embedder: DeploymentHandle,
               selector: DeploymentHandle) -> GatewayContext:
-        """Read the live version's spec (hash-verified) and build the cache and metrics."""
+        """Read the live version's spec (hash-verified), choose the request model's spec
+        (`request_spec`) and build the cache and metrics."""
         registry = ArtifactRegistry(settings.registry)
         live = LiveVersion(registry, settings)
         version = registry.open(settings.model, live.get())
-        spec = version.read_spec()
+        live_spec = version.read_spec()
         try:
-            check_blend(settings.rank_blend, spec.label_names, "rank_blend")
+            check_blend(settings.rank_blend, live_spec.label_names, "rank_blend")
         except ValueError as err:
             raise ConfigError(f"serve settings: {err}") from None
+        spec = request_spec(registry, settings, version, live_spec)
         cache = make_cache(settings)
         metrics = GatewayMetrics()
         metrics.registry.register(CacheCollector(cache))
         metrics.model.info({"version": version.ref})
-        return cls(settings, registry, live, spec, RequestSchema(spec, settings), cache, metrics,
-                   ranker, embedder, selector)
+        context = cls(settings, registry, live, spec, RequestSchema(spec, settings), cache, metrics,
+                      ranker, embedder, selector)
+        context.remember(version.version, live_spec)
+        return context
+
+    async def model_columns(self, version: str) -> ModelColumns:
+        """The spec and request columns of model `version`: from memory, read (hash-verified, off the
+        event loop) the first time a version is asked for."""
+        found = self._columns.get(version)
+        if found is None:
+            model = await asyncio.to_thread(self.registry.open, self.settings.model, version)
+            found = self.remember(version, await asyncio.to_thread(model.read_spec))
+        return found
+
+    def remember(self, version: str, spec: FeatureSpec) -> ModelColumns:
+        found = self._columns[version] = ModelColumns.of(spec)
+        return found
 
     def ref(self, version: str) -> str:
         return f"{self.settings.model}/{version}"
@@ -98,6 +121,25 @@ class GatewayContext:
                 raise ConfigError(f"{key} has no weights in the registry")
             tag = self._tags[key] = version_tag(label, files[WEIGHTS])
         return tag
+
+
+def request_spec(registry: ArtifactRegistry, settings: ServeSettings, live: ModelVersion,
+                 live_spec: FeatureSpec) -> FeatureSpec:
+    """The spec the request model is built from: the configured version's (`settings.version`) when
+    the live version reads a subset of its fields, else the live version's own.
+
+    After a reload to a model that reads fewer features, a restarted or added gateway replica keeps
+    the request model of the deploy (clients may go on sending the dropped fields), as long as
+    `version:` still names the deployed version (pin it rather than `latest`).
+    """
+    try:
+        configured = registry.resolve(settings.model, settings.version)
+    except ArtifactError:
+        return live_spec
+    if configured == live.version:
+        return live_spec
+    spec = registry.open(settings.model, configured).read_spec()
+    return spec if not column_changes(spec.request_columns(), live_spec.request_columns()) else live_spec
 
 
 class Unavailable(Exception):

@@ -12,7 +12,8 @@ into plain dicts and turned into Arrow column by column, without building and du
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Sequence
 
 from typing_extensions import NotRequired, TypedDict  # pydantic reads typing_extensions' TypedDict on 3.11
 
@@ -103,13 +104,65 @@ class ContentEmbedResponse(BaseModel):
     cache_hits: list[bool]
 
 
+class RankingSummary(BaseModel):
+    method: str
+    task: str | None = Field(description="the label the scores refer to; null for an unsupervised method")
+    artifact: str = Field(description="the registry version the ranking is stored in (name/vNNNN)")
+    features: int = Field(description="number of features ranked")
+    created_at: str | None
+
+
+class RankingsResponse(BaseModel):
+    model_version: str
+    rankings: list[RankingSummary] = Field(description="one per method, the newest stored ranking of each")
+
+
+class RankedFeature(BaseModel):
+    name: str
+    score: float = Field(description="higher is more useful")
+    detail: dict[str, Any] = Field(description="the method's facts behind the score (e.g. std)")
+
+
+class RankingResponse(BaseModel):
+    model_version: str
+    method: str
+    task: str | None
+    artifact: str
+    created_at: str | None
+    meta: dict[str, Any] = Field(description="method-specific facts about the run (seed, repeats, rows, ...)")
+    features: list[RankedFeature] = Field(description="best first")
+
+
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: Annotated[StrictStr, Field(pattern=NAME_PATTERN)]  # a version or an alias inside the registry
 
 
+@dataclass(frozen=True)
+class ModelColumns:
+    """The request columns one model version reads: what the gateway sends its Ranker and requires."""
+
+    spec: FeatureSpec
+    columns: tuple[RequestColumn, ...]
+
+    @classmethod
+    def of(cls, spec: FeatureSpec) -> ModelColumns:
+        return cls(spec, tuple(spec.request_columns()))
+
+
+def column_changes(served: Sequence[RequestColumn], target: Sequence[RequestColumn]) -> list[str]:
+    """Why a model reading request columns `target` cannot be served behind the request model of
+    `served`: one line per column it adds or reads as another type; empty when its columns are a
+    subset (same name and type each). Required flags may differ: the live model's apply per request."""
+    types = {c.name: c.type for c in served}
+    return [f"{c.name!r} ({c.type}) is not a field of the request model" if c.name not in types else
+            f"{c.name!r} is read as {c.type}, the request model has it as {types[c.name]}"
+            for c in target if types.get(c.name) != c.type]
+
+
 class RequestSchema:
-    """The rank request model for one spec, and the conversion of a valid request to Arrow."""
+    """The rank request model for one spec (the deploy-time one), and the conversion of a valid
+    request to Arrow for the model that is live (whose columns are a subset of the spec's)."""
 
     def __init__(self, spec: FeatureSpec, settings: ServeSettings):
         self.spec = spec
@@ -136,18 +189,21 @@ class RequestSchema:
                  Field(min_length=1, max_length=settings.max_embed_ids)),
         )
 
-    def to_table(self, request: BaseModel) -> tuple[pa.Table, list[str]]:
-        """Merged (context + candidate) rows as an Arrow table, and each candidate's id.
+    def to_table(self, request: BaseModel, columns: Sequence[RequestColumn] | None = None
+                 ) -> tuple[pa.Table, list[str]]:
+        """Merged (context + candidate) rows as an Arrow table of `columns` (the live model's; default
+        the spec's), and each candidate's id. Fields of the request model that the live model does not
+        read are accepted and left out.
 
         Raises RequestValidationError (HTTP 422) naming the candidate and field for a required field
         that neither the context nor the candidate gives, or one given by both. An omitted field
         and an explicit null are the same missing value, read as a null in the source data is
-        (muxrec.encoding); only a feature the spec makes required (`Feature.is_required`) must be given.
+        (muxrec.encoding); only a column that `columns` marks required (`Feature.is_required`) must be given.
         """
         context = {k: v for k, v in (request.context or {}).items() if v is not None}
         rows: list[dict[str, Any]] = request.candidates
-        errors, columns = [], {}
-        for c in self.columns:
+        errors, arrays = [], {}
+        for c in self.columns if columns is None else columns:
             values = [row.get(c.name) for row in rows]
             if c.name in context:
                 for i, v in enumerate(values):
@@ -159,16 +215,19 @@ class RequestSchema:
                 errors += [{"loc": ("body", "candidates", i, c.name), "type": "missing",
                             "msg": "field required (in the candidate or in context)", "input": None}
                            for i, v in enumerate(values) if v is None]
-            columns[c.name] = _column(values, c.type)
+            arrays[c.name] = _column(values, c.type)
         if errors:
             errors.sort(key=lambda e: e["loc"][2])  # by candidate, as a reader goes through the request
             raise RequestValidationError(errors[:50])
-        if self.item_key and self.item_key in columns:
-            keys = columns[self.item_key].to_pylist()
-            ids = [str(i) if k is None else str(k) for i, k in enumerate(keys)]
+        key = self.item_key
+        if key in arrays:
+            keys = arrays[key].to_pylist()
+        elif key:  # a live model that does not read the item key: the request may still carry it
+            keys = [context[key]] * len(rows) if key in context else [row.get(key) for row in rows]
         else:
-            ids = [str(i) for i in range(len(rows))]
-        return pa.table(columns), ids
+            keys = [None] * len(rows)
+        ids = [str(i) if k is None else str(k) for i, k in enumerate(keys)]
+        return pa.table(arrays), ids
 
 
 def _column(values: list[Any], kind: str) -> pa.Array:

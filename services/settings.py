@@ -30,6 +30,8 @@ class ServeSettings(BaseSettings):
     serving_alias: RegistryName = "serving"  # registry alias naming the live version; reloads move it
     # A gateway replica looks at the alias file at most this often (a reload through it applies at once).
     alias_check_s: float = Field(0.5, ge=0, le=60)
+    # The FeatureSelector looks for rankings published after the deploy (`muxrec select`) at most this often.
+    rankings_check_s: float = Field(2.0, ge=0, le=3600)
 
     # Redis embedding cache; REDIS_URL= (empty) selects the in-process LRU instead.
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "MUXREC_REDIS_URL",

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException
 
 from muxrec.errors import ArtifactError
 from muxrec.services.deps import Admin, Context, GatewayContext, LiveVersionDep, result_of
-from muxrec.services.schema import ReloadRequest
+from muxrec.services.schema import ReloadRequest, column_changes
 
 router = APIRouter()
 
@@ -22,12 +22,16 @@ async def models(context: Context, version: LiveVersionDep) -> dict:
 async def reload(body: ReloadRequest, context: Context, version: LiveVersionDep, _: Admin) -> dict:
     target = await asyncio.to_thread(context.registry.open, context.settings.model, body.version)  # verifies hashes
     spec = await asyncio.to_thread(target.read_spec)
-    if spec.request_columns() != context.spec.request_columns():
-        raise HTTPException(409, f"{target.ref} expects other request fields than the live model; redeploy instead")
+    # The request model stays the deploy-time one: a target may read fewer of its fields, not others.
+    changes = column_changes(context.schema.columns, spec.request_columns())
+    if changes:
+        raise HTTPException(409, f"{target.ref} reads request fields the served request model lacks: "
+                                 f"{'; '.join(changes)}; redeploy instead")
     # Load everywhere first, then move the alias: no request ever waits on a cold model.
     await asyncio.gather(result_of(context.ranker.prepare, target.version),
                          result_of(context.embedder.prepare, target.version),
                          result_of(context.selector.prepare, target.version))
+    context.remember(target.version, spec)
     try:
         await asyncio.to_thread(context.live.set, target.version)
     except OSError as err:

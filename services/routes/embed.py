@@ -51,7 +51,7 @@ def build_router(schema: RequestSchema) -> APIRouter:
     @router.post("/v1/embed/content", response_model=ContentEmbedResponse,
                  summary="Vectors of item texts or images from the encoder a content feature pins, through the cache")
     async def embed_content(body: ContentEmbedRequest, context: Context, version: LiveVersionDep) -> Response:
-        content = {f.name: f for f in schema.spec.content}
+        content = {f.name: f for f in (await context.model_columns(version)).spec.content}
         if body.feature not in content:
             raise RequestValidationError([{"loc": ("body", "feature"), "type": "value_error", "input": body.feature,
                                            "msg": f"not a content feature of the live model; content features: "

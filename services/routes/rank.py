@@ -12,15 +12,17 @@ from muxrec.services.schema import RankedItem, RankResponse, RequestSchema
 
 
 def build_router(schema: RequestSchema) -> APIRouter:
-    """The rank route for the request model of `schema` (the live model's spec)."""
+    """The rank route for the request model of `schema` (the deploy-time spec); each request is checked
+    and scored with the columns of the live model (a subset of the request model's fields)."""
     router = APIRouter(tags=["ranking"])
     RankRequest = schema.Request
 
     @router.post("/v1/rank", response_model=RankResponse,
                  summary="Score candidates for one context and return them best first")
     async def rank(body: RankRequest, context: Context, version: LiveVersionDep) -> RankResponse:
-        table, ids = schema.to_table(body)
-        content = await context.content.for_rows(version, schema.spec, table)  # None without content features
+        live = await context.model_columns(version)  # from memory after the version's first request
+        table, ids = schema.to_table(body, live.columns)
+        content = await context.content.for_rows(version, live.spec, table)  # None without content features
         result = await result_of(context.ranker.score, ScoreRequest(version, table, content),
                                  timeout_s=context.settings.call_timeout_s)
         context.metrics.batch_size.observe(result.batch_rows)
@@ -28,7 +30,7 @@ def build_router(schema: RequestSchema) -> APIRouter:
         context.metrics.candidates.observe(len(ids))
         scores = result.scores  # (N, T)
         multi = scores.shape[1] > 1
-        blend = blend_weights(body.blend, context.settings.rank_blend or schema.spec.task_blend, result.tasks)
+        blend = blend_weights(body.blend, context.settings.rank_blend or live.spec.task_blend, result.tasks)
         ranking = scores @ np.array([blend.get(t, 0.0) for t in result.tasks])  # (N,)
         order = np.argsort(-ranking, kind="stable")[:body.top_k]  # (K,)
         items = [RankedItem(id=ids[i], index=int(i), score=float(ranking[i]),

@@ -11,7 +11,7 @@ from schemathesis import GenerationMode
 pytestmark = pytest.mark.e2e
 
 OPERATIONS = ["POST /v1/rank", "POST /v1/embed", "POST /v1/embed/content", "GET /v1/features/importance",
-              "POST /v1/admin/reload"]
+              "GET /v1/features/rankings", "GET /v1/features/rankings/{method}", "POST /v1/admin/reload"]
 EXAMPLES = {"POST /v1/rank": 150, "POST /v1/embed": 100}  # per generation mode; others 50
 CALLS: dict[str, int] = {}
 

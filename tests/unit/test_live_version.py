@@ -71,3 +71,24 @@ def test_the_alias_is_looked_at_at_most_every_alias_check_s_and_a_reload_here_ap
     assert other.get() == "v0001"
     now[0] += 0.02
     assert other.get() == "v0002"
+
+
+def test_a_restart_after_a_reload_to_a_subset_model_keeps_the_request_model_of_the_deploy(tmp_path):
+    import asyncio
+
+    from muxrec.selection import subset_spec
+
+    registry = ArtifactRegistry(tmp_path / "registry")
+    full = synthetic_spec(rows=200, seed=3)
+    lean = subset_spec(full, ["user_id", "item_id", "price"], "lean")
+    for spec in (full, lean):
+        registry.publish("m", {"spec.yaml": spec.to_yaml(), "weights.safetensors": spec.name.encode()})
+    _start(registry, "v0001").live.set("v0002")  # a reload to the subset model
+    restarted = _start(registry, "v0001")
+    assert restarted.live.get() == "v0002"
+    assert restarted.spec.name == "synthetic"  # the request model of the deploy-time spec...
+    assert [c.name for c in restarted.schema.columns] == [c.name for c in full.request_columns()]
+    live = asyncio.run(restarted.model_columns("v0002"))  # ...checked and sent with the live model's columns
+    assert live.spec.name == "lean" and [c.name for c in live.columns] == ["user_id", "item_id", "price"]
+    # Configured as the subset version itself (or `latest`, now that one): the live spec is all there is.
+    assert _start(registry, "latest").spec.name == "lean"

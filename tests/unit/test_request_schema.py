@@ -10,9 +10,9 @@ from fastapi.exceptions import RequestValidationError
 
 from muxrec.encoding import Vocabulary, count_values, derive, encode, moments, quantile_sketch
 from muxrec.errors import DataError
-from muxrec.services.schema import RequestSchema
+from muxrec.services.schema import ModelColumns, RequestSchema, column_changes
 from muxrec.services.settings import ServeSettings
-from muxrec.spec import parse_spec
+from muxrec.spec import FeatureSpec, parse_spec
 
 SPEC = {
     "name": "shop clicks",
@@ -90,3 +90,57 @@ def test_request_fields_are_the_source_column_names():
     assert set(props) == {"shop name", "product title", "tags", "unit price", "stock", "country", "copy"}
     with pytest.raises(Exception, match="shop_name"):
         schema.Request.model_validate({"candidates": [{"shop_name": "x", "country": "de"}]})
+
+
+# ---- a live model that reads a subset of the request model's fields -------------------------------
+
+def _subset(keep: list[str], **changes) -> FeatureSpec:
+    from muxrec.selection import subset_spec
+
+    spec = subset_spec(parse_spec(SPEC), keep, "shop clicks lean")
+    return parse_spec({**spec.model_dump(mode="json", exclude_defaults=True), **changes}) if changes else spec
+
+
+def test_a_subset_of_the_request_columns_has_no_changes_and_others_are_named():
+    served = parse_spec(SPEC).request_columns()
+    assert column_changes(served, _subset(["shop", "stock"]).request_columns()) == []
+    assert column_changes(served, served) == []
+    # `unit price` read as a number by price_band; a numeric feature of the same column is no change...
+    features = [{"name": "unit_price", "kind": "numeric", "source": "unit price"}, {"name": "colour", "kind": "categorical"},
+                {"name": "tags", "kind": "categorical"}]  # ...a new column and a list read as one value are
+    changes = column_changes(served, parse_spec({**SPEC, "features": features}).request_columns())
+    assert changes == ["'colour' (string) is not a field of the request model",
+                       "'tags' is read as string, the request model has it as string_list"]
+
+
+def test_the_live_columns_decide_what_is_required_and_sent_the_request_model_stays():
+    spec = parse_spec(SPEC)
+    schema = RequestSchema(spec, ServeSettings())
+    live = ModelColumns.of(_subset(["shop", "stock"]))
+    assert [c.name for c in live.columns] == ["shop name", "stock"]
+    # `country`, required by the deploy-time spec, is not read by the live model: it may be omitted,
+    # and a given one is accepted and not sent.
+    rows = [{"shop name": "shop 1", "stock": 2}, {"shop name": "shop 2", "country": "de", "tags": ["a"]}]
+    table, ids = schema.to_table(schema.Request.model_validate({"candidates": rows}), live.columns)
+    assert table.column_names == ["shop name", "stock"] and table.to_pylist() == [
+        {"shop name": "shop 1", "stock": 2.0}, {"shop name": "shop 2", "stock": None}]
+    assert ids == ["0", "1"]
+    with pytest.raises(RequestValidationError):  # the deploy-time spec's own columns still require it
+        schema.to_table(schema.Request.model_validate({"candidates": rows}))
+    # A field the live model requires is refused, naming the candidate and field.
+    strict = ModelColumns.of(_subset(["shop", "country"]))
+    with pytest.raises(RequestValidationError) as err:
+        schema.to_table(schema.Request.model_validate({"candidates": rows}), strict.columns)
+    assert [e["loc"] for e in err.value.errors()] == [("body", "candidates", 0, "country")]
+
+
+def test_candidate_ids_come_from_the_item_key_the_live_model_does_not_read():
+    spec = parse_spec({**SPEC, "keys": {"item": "shop name"}})
+    schema = RequestSchema(spec, ServeSettings())
+    live = ModelColumns.of(_subset(["stock"]))
+    body = {"candidates": [{"shop name": "s1"}, {"stock": 1}, {"shop name": 7}], "context": {"country": "de"}}
+    table, ids = schema.to_table(schema.Request.model_validate(body), live.columns)
+    assert table.column_names == ["stock"] and ids == ["s1", "1", "7"]
+    _, ids = schema.to_table(schema.Request.model_validate({"candidates": [{}, {}], "context": {"shop name": "s"}}),
+                             live.columns)
+    assert ids == ["s", "s"]
