@@ -296,6 +296,21 @@ def cmd_bench_encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_select(args: argparse.Namespace) -> int:
+    from muxrec.artifacts import ArtifactRegistry
+    from muxrec.benchmarks.select import bench_select
+    from muxrec.ray_env import ensure_ray
+
+    progress = None if args.json else (lambda line: print(f"[muxrec] {line}", file=sys.stderr))
+    methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    ensure_ray()
+    row = bench_select(args.dataset, _seeds(args.seeds), CONFIG_DIR, args.runs, ArtifactRegistry(args.registry),
+                       None if args.no_save else args.out, model=args.model, methods=methods,
+                       ks=_seeds(args.ks) if args.ks else None, overrides=args.set, progress=progress)
+    _print_json({k: v for k, v in row.items() if k != "machine"})
+    return 0
+
+
 def _budgets(text: str) -> list[float]:
     """`1,1/4,1/16` or `1,0.25`: memory budgets as fractions of the full tables."""
     try:
@@ -619,6 +634,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the Redis the cache latency is measured on")
     bench_output(ec, "print only the JSON line on stdout")
     ec.set_defaults(func=cmd_bench_encoders)
+
+    bs = be_sub.add_parser("select", help="test AUC of each selection method's top-k features retrained, and the "
+                                          "serving cost they save")
+    bs.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "synthetic"])
+    bs.add_argument("--model", default="deepfm", help="a configs/models/<model>.yaml name")
+    bs.add_argument("--methods", default="all", help=f"comma-separated, of {', '.join(METHODS)} (default all)")
+    bs.add_argument("--ks", default=None, help="comma-separated k (default ml-100k 2..6, synthetic 4,8,12)")
+    bs.add_argument("--seeds", default="2026,2027", help="comma-separated seeds")
+    bs.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="override the model's YAML, e.g. --set train.lr=5e-3 (repeatable; recorded in the results)")
+    bench_output(bs, "print only the JSON line on stdout")
+    bs.set_defaults(func=cmd_bench_select)
 
     sh = be_sub.add_parser("sharding", help="samples/s and peak memory per worker, TorchRec-sharded vs not")
     sh.add_argument("--dataset", default="synthetic-large", help="a spec under configs/")

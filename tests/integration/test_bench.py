@@ -103,3 +103,36 @@ def test_bench_train_times_floor_loop_and_command(tiny_bench, tmp_path, monkeypa
     assert len(list((out / "results").glob("train-tiny-deepfm-*-cold.json"))) == 1
     report = (out / "train.md").read_text()
     assert "| tiny | deepfm |" in report and (out / "train.png").stat().st_size > 5_000
+
+
+def test_bench_select_retrains_each_top_k_as_a_view_and_reports_what_it_saves(ray_cluster, tmp_path):
+    from muxrec.benchmarks.select import bench_select
+    from muxrec.data.synthetic import SyntheticConfig, generate
+
+    configs = tmp_path / "configs"
+    (configs / "models").mkdir(parents=True)
+    (configs / "synthetic.yaml").write_text(synthetic_spec(rows=3000, seed=5).to_yaml())
+    (configs / "models" / "deepfm.yaml").write_text(
+        "model: {embedding_dim: 4, hidden_units: [16]}\ntrain: {epochs: 2, batch_size: 512, lr: 0.01}\n")
+    out = tmp_path / "docs"
+    row = bench_select("synthetic", [1], configs, tmp_path / "runs", ArtifactRegistry(tmp_path / "reg"), out,
+                       methods=["permutation", "outrank"], ks=[3, 6])
+
+    assert set(row["methods"]) == {"permutation", "outrank"} and row["ks"] == [3, 6]
+    full = row["all"]
+    for method, entry in row["methods"].items():
+        ranked = [name for name, _ in entry["ranking"]]
+        for k in (3, 6):
+            subset = entry["subsets"][str(k)]
+            assert subset["features"] == sorted(ranked[:k]) and subset["request_fields"] <= k
+            assert subset["request_bytes"] < full["request_bytes"] and subset["table_bytes"] < full["table_bytes"]
+            assert 0.4 < subset["test_auc"][0] < 1.0
+        truth = generate(SyntheticConfig(rows=3000, seed=5))[1]
+        assert entry["planted"]["k"] == len([n for n in ranked if n in truth.informative])
+        assert sorted(entry["planted"]["noise_ranks"]) == sorted(ranked.index(n) + 1 for n in truth.noise)
+    # every top-k spec read the prepared rows: one prepared data set with Parquet, the rest views
+    prepared = tmp_path / "runs" / "prepared"
+    assert [p.name for p in prepared.iterdir() if (p / "train").is_dir()] == ["synthetic"]
+    assert "## Planted features" in (out / "select-synthetic.md").read_text()
+    assert (out / "select-synthetic.png").stat().st_size > 0
+    assert json.loads((out / "results" / "select-synthetic.json").read_text())["targets"] == row["targets"]
