@@ -27,7 +27,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 def test_help_everywhere():
     for args in ([], ["train"], ["data", "download"], ["bench", "ctr"], ["evaluate"], ["prepare"],
-                 ["encoders", "fit-text"], ["encoders", "align"], ["encoders", "catalog"], ["bench", "encoders"]):
+                 ["encoders", "fit-text"], ["encoders", "align"], ["encoders", "catalog"], ["bench", "encoders"], ["select"], ["bench", "select"]):
         out = run_cli(*args, "--help")
         assert out.returncode == 0 and "usage: muxrec" in out.stdout
 
