@@ -27,10 +27,8 @@ one-hot neurons (variance p(1 - p)) in the squared error and took the top rank o
 A feature's score aggregates its neurons' strengths (`AGGREGATES`). The default, "mean", was chosen
 by measurement (tests/unit/test_quickselection.py, test_mean_aggregate_is_free_of_a_width_bias): on
 pure-noise features of 2 to 64 values (3 to 33 neurons), "sum" ranks them by their width (rank
-correlation with the neuron count near 1: an independent feature's neurons keep their initial
-strength, so more neurons add up to more), and "max" also favours the wide ones (the largest of more
-draws), while "mean" has no systematic relation to the width; on planted structure all three put the
-correlated features first.
+correlation with the neuron count below -0.9: every neuron keeps some strength, so more neurons add up
+to more), while "mean" shows no such order. "max" is offered but was not measured there.
 """
 
 from __future__ import annotations
