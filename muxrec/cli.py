@@ -143,7 +143,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     stored = publish_ranking(registry, ranking, prepared.spec, model=model.ref if model else None)
     out: dict[str, Any] = {"ranking": stored.ref, "method": ranking.method, "task": ranking.task,
                            "seconds": ranking.meta.get("seconds"),
-                           "features": [{"name": f.name, "score": f.score} for f in ranking.features]}
+                           "features": [{"name": f.name, "score": f.score} for f in ranking.features],
+                           **{k: ranking.meta[k] for k in ("kept", "interactions") if k in ranking.meta}}
     if args.write_spec is not None or args.top_k is not None:
         keep = chosen(ranking, args.top_k)
         name = f"{spec.name}-{ranking.method}-top{len(keep)}"
@@ -158,6 +159,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     print(f"{ranking.method} ranking of {spec.name} ({ranking.task or 'unsupervised'}), stored as {stored.ref}")
     for i, f in enumerate(ranking.features, 1):
         print(f"  {i:3d}. {f.name:<24s} {f.score: .6f}")
+    if "interactions" in out:
+        print(f"kept pairs: {', '.join(f'{a} x {b}' for a, b, _ in out['interactions']) or 'none'}")
     if "spec" in out:
         print(f"spec with {len(out['spec']['features'])} features: {out['spec']['path']}\n"
               f"  retrain on it (the prepared rows are reused): muxrec train --spec {out['spec']['path']} --model deepfm")

@@ -10,12 +10,15 @@ start of every epoch from 1 to the config's `final_temperature`, and reads the r
 * meta["kept"]: the kept fields; meta["interactions"]: the kept pairs [[a, b, m_ab], ...], best first
   (a pair is kept when its own logit and both its fields' are > 0).
 
-Gates learn on held-out rows. The paper trains gates and weights on the same rows; measured on the
-synthetic set (50k rows, seed 7) that keeps fields the network can memorise: noise_b (100 values of
-noise) and user_id rose to the top third while the fields whose effect is a pure interaction (device,
-daypart, slot) fell below them. So by default (`held_out=0.5`) half of the train rows fit the network
-and the embeddings and the other half move the gates: a gate then opens only for what helps on rows
-the network has not fitted, which memorised noise does not. `held_out=0` is the paper's joint training.
+Gates and weights learn on the same rows by default, as in the paper (`held_out=0`). `held_out` > 0
+makes half (or that share) of the train rows move only the gates, the rest only the network: a gate
+then opens only for what helps on rows the network has not fitted. Tried as the default and dropped,
+measured with the same seed on prepared train rows (no test split read):
+  synthetic (50k rows, seed 7): precision at the 13 planted fields 0.923 either way;
+  ML-100K: joint training ranks item_id, zip_code, user_id, release_year, genres first (the order
+  permutation importance and OutRank give); held-out gates put item_id 5th after 6 epochs and kept
+  release_year alone after 12, and their top 2 (user_id, genres) retrained to validation AUC 0.70
+  against 0.785 for item_id + user_id (`muxrec bench select`).
 The gates have their own, larger learning rate (`gate_lr`): with Adam every parameter moves about lr
 a step, and a gate must travel from gate_init past 0 before beta freezes it.
 """
@@ -118,7 +121,7 @@ def ranking(model: OptFS, task: str, meta: dict) -> FeatureRanking:
 
 def optfs_table(table: pa.Table, inputs: ModelInputs, task: str | None = None, seed: int = 0,
                 epochs: int = DEFAULT_EPOCHS, cfg: OptFSConfig = SEARCH_CONFIG, batch_size: int = 128,
-                lr: float = 1e-3, gate_lr: float = 1e-2, held_out: float = 0.5) -> FeatureRanking:
+                lr: float = 1e-3, gate_lr: float = 1e-2, held_out: float = 0.0) -> FeatureRanking:
     """OptFS ranking of every field of one in-memory encoded table (tests, one process).
 
     Args:
@@ -162,7 +165,7 @@ def optfs_table(table: pa.Table, inputs: ModelInputs, task: str | None = None, s
 
 def optfs(prepared: PreparedData, task: str | None = None, seed: int = 0, epochs: int = DEFAULT_EPOCHS,
           cfg: OptFSConfig = SEARCH_CONFIG, batch_size: int = 128, lr: float = 1e-3, gate_lr: float = 1e-2,
-          held_out: float = 0.5) -> FeatureRanking:
+          held_out: float = 0.0) -> FeatureRanking:
     """OptFS ranking of the fields of `prepared`, searched in this process on its train split.
 
     Args: as `optfs_table`; `prepared` is the output of `muxrec prepare`.

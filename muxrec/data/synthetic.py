@@ -448,8 +448,9 @@ def generate(cfg: SyntheticConfig = SyntheticConfig()) -> tuple[pa.Table, Synthe
     """Every chunk in this process, as one table, with what was planted."""
     table = pa.concat_tables([generate_chunk(cfg, c) for c in range(num_chunks(cfg))])
     truth = SyntheticTruth(
+        # user_id: the topic match depends on the user's preferred topics, a per-user latent the id identifies
         informative=("site", "ad_type", "tags", "score", "price", "region", "device", "daypart", "slot",
-                     "item_id", "history", "title", *(("image",) if cfg.image_dir else ())),
+                     "item_id", "user_id", "history", "title", *(("image",) if cfg.image_dir else ())),
         noise=("noise_a", "noise_b", "noise_num"),
         pairs=(("region", "ad_type"),),
         triples=(("device", "daypart", "slot"),),

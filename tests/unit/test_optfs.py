@@ -82,10 +82,17 @@ def test_anneal_raises_beta_geometrically(tiny) -> None:
 @pytest.fixture(scope="module")
 def planted_ranking() -> FeatureRanking:
     table, inputs = planted(rows=8000)
-    return optfs_table(table, inputs, seed=0, epochs=6, gate_lr=3e-2)
+    return optfs_table(table, inputs, seed=0, epochs=6, gate_lr=3e-2, held_out=0.5)
 
 
-def test_search_ranks_and_keeps_the_planted_field(planted_ranking: FeatureRanking) -> None:
+def test_joint_search_ranks_the_planted_field_first_and_noise_below_it() -> None:
+    table, inputs = planted(rows=8000)
+    r = optfs_table(table, inputs, seed=0, epochs=6, gate_lr=3e-2)  # the default: gates and weights on all rows
+    assert r.names[0] == "signal" and r.score_of("signal").detail["kept"] and r.meta["held_out"] == 0.0
+    assert all(r.score_of(n).score < r.score_of("signal").score - 1.0 for n in ("noise_a", "noise_b", "noise_num"))
+
+
+def test_held_out_search_ranks_and_keeps_the_planted_field_alone(planted_ranking: FeatureRanking) -> None:
     r = planted_ranking
     assert r.method == "optfs" and r.task == "click"
     assert r.names[0] == "signal"
@@ -109,14 +116,14 @@ def test_search_arguments_are_checked() -> None:
         optfs_table(table, inputs, epochs=0)
 
 
-def test_search_on_synthetic_data_finds_the_planted_pair_and_drops_noise() -> None:
+def test_held_out_search_on_synthetic_data_finds_the_planted_pair_and_drops_noise() -> None:
     from muxrec.data.synthetic import SyntheticConfig, generate
     from tests.helpers import fitted, inputs_for, synthetic_spec
 
     spec = synthetic_spec(rows=30000, seed=1)
     raw, truth = generate(SyntheticConfig(**spec.source.options))
     vocab, encoded = fitted(spec, raw)
-    r = optfs_table(encoded["train"], inputs_for(spec, vocab), seed=0)
+    r = optfs_table(encoded["train"], inputs_for(spec, vocab), seed=0, held_out=0.5)
     assert set(r.top(2)) == {"region", "ad_type"}  # the planted pair, the strongest effect
     assert set(r.top(8)) <= set(truth.informative)
     assert r.names[-1] == "noise_num"
