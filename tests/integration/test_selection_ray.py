@@ -3,16 +3,18 @@ derived spec is a view of prepared rows that trains, and permutation importance 
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.config import TrainConfig
-from muxrec.errors import ConfigError
+from muxrec.errors import ConfigError, DataError
 from muxrec.models.deepfm import DeepFMConfig
 from muxrec.models.serialization import load_model
 from muxrec.pipelines.feature_selection import select
 from muxrec.pipelines.importance import permutation_importance
-from muxrec.pipelines.prepare import prepare, prepare_cached
+from muxrec.pipelines.prepare import PreparedData, prepare, prepare_cached
 from muxrec.pipelines.train import TrainJob, train
 from muxrec.selection import subset_spec
 from muxrec.pipelines.selection import (counted_features, joint_counts, outrank, outrank_table, ray_boundaries,
@@ -72,3 +74,10 @@ def test_a_derived_spec_reads_the_prepared_rows_trains_and_its_permutation_runs_
     assert ranking.meta["seconds"] > 0
     with pytest.raises(ConfigError, match="trained on another spec"):
         select("permutation", full, model=result.version)
+
+    # Its parent gone, the view says so instead of failing on a missing folder; prepare rebuilds in full.
+    shutil.rmtree(full.root)
+    with pytest.raises(DataError, match="reads the prepared rows of 'synthetic', which are gone"):
+        PreparedData.load(view.root)
+    rebuilt = prepare_cached(derived, out)
+    assert "view_of" not in rebuilt.stats and (rebuilt.root / "train").is_dir()
