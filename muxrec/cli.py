@@ -124,6 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_select(args: argparse.Namespace) -> int:
     from muxrec.artifacts import ArtifactRegistry
+    from muxrec.log import say
     from muxrec.pipelines.feature_selection import check_method, chosen, select
     from muxrec.pipelines.prepare import prepare_cached
     from muxrec.selection import publish_ranking, subset_spec
@@ -139,7 +140,10 @@ def cmd_select(args: argparse.Namespace) -> int:
     if args.write_spec is not None and args.top_k is None and args.method != "optfs":
         raise ConfigError("--write-spec needs --top-k (only optfs keeps a set of its own)")
     prepared = prepare_cached(spec, args.runs / "prepared", registry=args.registry)
+    say(f"ranking the features of {spec.name} with {args.method}"
+        + (f" on {model.ref}" if model else "") + f" ({prepared.stats['splits']['train']['rows']} train rows)")
     ranking = select(args.method, prepared, model=model, task=args.task, seed=args.seed)
+    say(f"{args.method} took {ranking.meta['seconds']:.1f}s")
     stored = publish_ranking(registry, ranking, prepared.spec, model=model.ref if model else None)
     out: dict[str, Any] = {"ranking": stored.ref, "method": ranking.method, "task": ranking.task,
                            "seconds": ranking.meta.get("seconds"),
