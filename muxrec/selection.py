@@ -12,13 +12,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from muxrec.artifacts import ArtifactRegistry, ModelVersion
-from muxrec.spec import parse_spec
-
-if TYPE_CHECKING:
-    from muxrec.spec import FeatureSpec
+from muxrec.spec import FeatureSpec, parse_spec
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ is published) or spread over Ray tasks (`permutation_on_ray`, `muxrec select --m
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -98,4 +99,4 @@ def permutation_on_ray(model: ModelVersion, valid_dir: str | Path, repeats: int 
                                names[i::n], baseline, repeats, seed) for i in range(n)]
     features = [f for part in ray.get(refs) for f in part]
     ranking = permutation_ranking(_report(features, loaded.inputs, baseline, repeats, seed))
-    return FeatureRanking(ranking.method, ranking.task, ranking.features, {**ranking.meta, "model": model.ref})
+    return replace(ranking, meta={**ranking.meta, "model": model.ref})

@@ -88,11 +88,11 @@ class PreparedData:
         vocab = Vocabulary.load(root / VOCAB_FILE)
         if vocab.spec_fingerprint != spec.fingerprint():
             raise DataError(f"{root}: the vocabulary does not match spec.yaml; re-run prepare")
-        stats = json.loads((root / STATS_FILE).read_text())
-        if "view_of" in stats and not (root.parent / stats["view_of"] / VOCAB_FILE).is_file():
-            raise DataError(f"{root} reads the prepared rows of {stats['view_of']!r}, which are gone; "
+        prepared = cls(root, spec, vocab, json.loads((root / STATS_FILE).read_text()))
+        if prepared.rows_root != root and not (prepared.rows_root / VOCAB_FILE).is_file():
+            raise DataError(f"{root} reads the prepared rows of {prepared.stats['view_of']!r}, which are gone; "
                             f"run `muxrec prepare --spec <spec.yaml>` again")
-        return cls(root, spec, vocab, stats)
+        return prepared
 
 
 def _rows_of(table: pa.Table, split: str) -> pa.Table:

@@ -12,6 +12,7 @@ import argparse
 import json
 import time
 
+from muxrec.benchmarks.select import planted
 from muxrec.data.synthetic import SyntheticConfig, generate
 from muxrec.pipelines.optfs import optfs_table
 from muxrec.pipelines.quickselection import quickselection_table
@@ -31,13 +32,9 @@ def main() -> None:
         for method, run in (("optfs", optfs_table), ("quickselection", quickselection_table)):
             t0 = time.perf_counter()
             ranking = run(encoded["train"], inputs, seed=0)
-            informative = [n for n in truth.informative if n in ranking.names]
-            top = set(ranking.top(len(informative)))
             print(json.dumps({"method": method, "data_seed": seed, "rows": encoded["train"].num_rows,
-                              "k": len(informative), "precision_at_k": len(top & set(informative)) / len(informative),
-                              "noise_last": set(ranking.names[-len(truth.noise):]) == set(truth.noise),
-                              "noise_ranks": {n: ranking.names.index(n) + 1 for n in truth.noise},
-                              "seconds": round(time.perf_counter() - t0, 1), "ranking": list(ranking.names)}))
+                              **planted(ranking, truth), "seconds": round(time.perf_counter() - t0, 1),
+                              "ranking": list(ranking.names)}))
 
 
 if __name__ == "__main__":
