@@ -58,7 +58,6 @@ import ray.train
 import torch
 import torch.nn.functional as F
 from ray.train import Checkpoint, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
@@ -74,6 +73,7 @@ from muxrec.pipelines.io import collect
 from muxrec.pipelines.progress import ProgressFollower, ProgressLog, fit_trainer
 from muxrec.pipelines.sources import source_dataset
 from muxrec.pipelines.train import CONTROLLER_POLL_S
+from muxrec.pipelines.trainer import TorchTrainer
 from muxrec.ray_env import ensure_ray
 from muxrec.spec import FeatureSpec, SourceSpec
 

@@ -41,7 +41,6 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from ray.train import Checkpoint, CheckpointConfig, DataConfig, RunConfig, ScalingConfig
 from ray.data import DataContext
-from ray.train.torch import TorchTrainer
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from tqdm import tqdm
@@ -60,6 +59,7 @@ from muxrec.pipelines.loop import (Objective, Optimizers, empty_parameters, eval
 from muxrec.pipelines.prepare import PreparedData
 from muxrec.pipelines.progress import ProgressFollower, ProgressLog, fit_trainer
 from muxrec.pipelines.sharding import check_shardable, plan_summary, shard
+from muxrec.pipelines.trainer import TorchTrainer
 from muxrec.ray_env import ensure_ray
 from muxrec.spec import ModelInputs
 
