@@ -147,4 +147,7 @@ def test_two_workers_take_the_step_of_the_global_batch(tmp_path):
         got = torch.load(tmp_path / f"g{rank}.pt")
         assert got.keys() == expected.keys()
         for name, grad in expected.items():
-            assert torch.allclose(got[name], grad, rtol=1e-4, atol=1e-6), name
+            # float32 sums in another order: the error is relative to the tensor's largest entry (the untrained
+            # eval-mode backbone's gradients reach 1e6, where a near-zero entry can miss a purely relative bound)
+            tol = 1e-6 + 1e-5 * grad.abs().max().item()
+            assert torch.allclose(got[name], grad, rtol=1e-4, atol=tol), (name, (got[name] - grad).abs().max().item())
