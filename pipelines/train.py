@@ -349,6 +349,19 @@ def run_dir(storage: str | Path, name: str) -> Path:
     return Path(storage).resolve() / name
 
 
+def _check_resumable(folder: Path, fingerprint: str) -> None:
+    """Refuse, before any worker starts, to resume a run whose checkpoints were made with another spec /
+    model / training config (the worker checks it again on the checkpoint it is given)."""
+    for state_file in sorted(folder.glob(f"checkpoint_*/{_STATE}")):
+        try:
+            made_with = json.loads(state_file.read_text()).get("fingerprint")
+        except (OSError, ValueError):
+            continue  # a checkpoint cut short; Ray Train resumes from its last complete one
+        if made_with != fingerprint:
+            raise ConfigError(f"run {folder.name} was started with another spec / model / training config; "
+                              "use --fresh to start it over")
+
+
 def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> tuple[dict, bytes, float]:
     """Run (or resume) the Ray Train run `name`; return its final state, best weights, wall seconds.
 
@@ -358,8 +371,9 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
     folder = run_dir(storage, name)
     if folder.exists() and (fresh or (folder / DONE_MARKER).exists()):
         shutil.rmtree(folder)
-    ensure_ray()
     prepared = PreparedData.load(job.prepared)
+    _check_resumable(folder, job.fingerprint(prepared.spec.fingerprint()))
+    ensure_ray()
     cpus = int(ray.cluster_resources().get("CPU", 1))
     limit = job.in_memory_bytes if job.in_memory_bytes is not None else default_in_memory_bytes()
     streamed = tuple(s for s in ("train", "valid") if _split_bytes(prepared, s) > limit)
