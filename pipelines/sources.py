@@ -24,7 +24,7 @@ from ray.data import Dataset
 
 from muxrec.data import find_dataset, synthetic_config
 from muxrec.data.movielens import load_ml100k
-from muxrec.data.synthetic import CHUNK_ROWS, SyntheticConfig, generate_chunk, num_chunks
+from muxrec.data.synthetic import SyntheticConfig, generate_chunk, num_chunks
 from muxrec.encoding import FILE_ROW_STRIDE, ROW_NUMBER_COLUMN
 from muxrec.errors import DataNotFoundError
 from muxrec.spec import SourceSpec
@@ -36,7 +36,7 @@ _BLOCK_ROWS = 20_000
 def _synthetic_chunks(batch: dict[str, np.ndarray], cfg: SyntheticConfig) -> pa.Table:
     tables = [generate_chunk(cfg, int(c)) for c in batch["id"]]
     table = pa.concat_tables(tables)
-    first = int(batch["id"][0]) * CHUNK_ROWS
+    first = int(batch["id"][0]) * cfg.chunk_rows
     return table.append_column(ROW_COLUMN, pa.array(np.arange(first, first + table.num_rows), pa.int64()))
 
 

@@ -18,10 +18,12 @@ from muxrec.spec import FeatureSpec, ModelInputs, load_spec, parse_spec
 from tests.conftest import CONFIGS
 
 
-def synthetic_spec(rows: int = 4000, seed: int = 7, labels: tuple[str, ...] | None = None) -> FeatureSpec:
-    """configs/synthetic.yaml with a smaller row count (and only the named labels, when given)."""
+def synthetic_spec(rows: int = 4000, seed: int = 7, labels: tuple[str, ...] | None = None,
+                   chunk_rows: int | None = None) -> FeatureSpec:
+    """configs/synthetic.yaml with a smaller row count (and only the named labels, when given; made in
+    chunks of `chunk_rows`, the generator's unit of Ray work, when given)."""
     data = load_spec(CONFIGS / "synthetic.yaml").model_dump(mode="json")
-    data["source"]["options"] = {"rows": rows, "seed": seed}
+    data["source"]["options"] = {"rows": rows, "seed": seed, **({"chunk_rows": chunk_rows} if chunk_rows else {})}
     if labels is not None:
         data["labels"] = [label for label in data["labels"] if label["name"] in labels]
     return parse_spec(data)

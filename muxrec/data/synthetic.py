@@ -20,10 +20,10 @@ Items also have a latent **style** s ~ N(0, 1) that only their pixels show: the 
 it never saw, where an item-id embedding has nothing. Style and images come from their own random
 streams, so with the defaults every other column is what it was before they existed.
 
-Rows are made in chunks of CHUNK_ROWS: the "world" (entities and planted effects) comes from the seed
-alone, and chunk c from the seed and c, so any chunk can be made in any process (Ray Data makes them
-in parallel, see muxrec.pipelines.sources) and the rows never depend on how chunks are grouped into
-blocks. Everything is vectorised, so millions of users and items are cheap.
+Rows are made in chunks of `chunk_rows` (CHUNK_ROWS by default; the rows depend on it): the "world"
+(entities and planted effects) comes from the seed alone, and chunk c from the seed and c, so any chunk
+can be made in any process (Ray Data makes them in parallel, see muxrec.pipelines.sources) and the rows
+never depend on how chunks are grouped into blocks. Everything is vectorised, so millions of users and items are cheap.
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ FILLER_WORDS = ("the", "new", "best", "guide", "daily", "top", "great", "story")
 TAGS = tuple(f"tag{i:02d}" for i in range(20))
 
 
+CHUNK_ROWS = 50_000
+_MAX_CHUNKS = 1_000_000  # chunk streams [seed, c] must stay apart from the style / image streams below
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     rows: int = 20_000
@@ -77,10 +81,14 @@ class SyntheticConfig:
     # The share of clearly styled items (|s| > 0.5) whose title names the style ("vivid" / "muted"): noisy text
     # supervision, from which an image-text model (ALIGN) can learn to see style in pixels. 0: titles never do.
     style_words: float = 0.0
+    # Rows per chunk, the unit of work of a Ray task; smaller chunks spread a small set over more tasks.
+    chunk_rows: int = CHUNK_ROWS
 
     def __post_init__(self) -> None:
         if self.rows < 1:
             raise ValueError(f"rows must be >= 1, got {self.rows}")
+        if self.chunk_rows < 1 or -(-self.rows // self.chunk_rows) > _MAX_CHUNKS:
+            raise ValueError(f"chunk_rows must be >= 1 and make at most {_MAX_CHUNKS:,} chunks, got {self.chunk_rows}")
         if isinstance(self.style_effect, bool) or not isinstance(self.style_effect, (int, float)) \
                 or not math.isfinite(self.style_effect):
             raise ValueError(f"style_effect must be a finite number, got {self.style_effect!r}")
@@ -114,7 +122,6 @@ class SyntheticTruth:
 
 CARDINALITY = {"region": 20, "ad_type": 10, "device": 4, "daypart": 6, "slot": 5, "site": 50,
                "noise_a": 30, "noise_b": 100}
-CHUNK_ROWS = 50_000
 IMAGE_SIZE = 64
 # One shape per topic of TOPIC_WORDS, and one hue (topic / 8 of the colour wheel).
 SHAPES = ("circle", "square", "triangle", "ring", "cross", "diamond", "star", "band")
@@ -220,14 +227,14 @@ def _world(cfg: SyntheticConfig) -> _World:
 
 
 def num_chunks(cfg: SyntheticConfig) -> int:
-    return -(-cfg.rows // CHUNK_ROWS)
+    return -(-cfg.rows // cfg.chunk_rows)
 
 
 def generate_chunk(cfg: SyntheticConfig, chunk: int) -> pa.Table:
-    """Rows chunk * CHUNK_ROWS ... of the dataset, the same in every process."""
+    """Rows chunk * chunk_rows ... of the dataset, the same in every process."""
     w = _world(cfg)
-    start = chunk * CHUNK_ROWS
-    n = min(CHUNK_ROWS, cfg.rows - start)
+    start = chunk * cfg.chunk_rows
+    n = min(cfg.chunk_rows, cfg.rows - start)
     if not 0 <= chunk < num_chunks(cfg):
         raise ValueError(f"chunk {chunk} is outside 0..{num_chunks(cfg) - 1}")
     rng = np.random.default_rng([cfg.seed, chunk])

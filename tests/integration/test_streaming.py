@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from muxrec.data import load_source
-from muxrec.data.synthetic import CHUNK_ROWS, SyntheticConfig, generate
+from muxrec.data.synthetic import SyntheticConfig, generate
 from muxrec.encoding import SPLIT_COLUMN, derive, encode
 from muxrec.history import add_histories
 from muxrec.pipelines.prepare import prepare
@@ -70,13 +70,14 @@ def test_csv_source_folder(ray_cluster, tmp_path):
 
 
 def test_synthetic_rows_made_in_ray_tasks_equal_the_in_process_ones(ray_cluster):
-    spec = synthetic_spec(rows=2 * CHUNK_ROWS + 1234, seed=9)
+    chunk = 5000
+    spec = synthetic_spec(rows=2 * chunk + 1234, seed=9, chunk_rows=chunk)  # 3 chunks, the last one short
     streamed = source_dataset(spec.source).take_batch(10**6, batch_format="pyarrow")
     assert streamed[ROW_COLUMN].to_pylist() == list(range(streamed.num_rows))
     assert streamed.drop_columns([ROW_COLUMN]).equals(synthetic_raw(spec))
     # The rows do not depend on how they are cut: a chunk is the same made alone or with others.
-    cfg = SyntheticConfig(rows=CHUNK_ROWS + 10, seed=9)
-    assert generate(cfg)[0].slice(0, CHUNK_ROWS).equals(synthetic_raw(spec).slice(0, CHUNK_ROWS))
+    cfg = SyntheticConfig(rows=chunk + 10, seed=9, chunk_rows=chunk)
+    assert generate(cfg)[0].slice(0, chunk).equals(synthetic_raw(spec).slice(0, chunk))
 
 
 def test_ml100k_histories_on_ray_data_equal_the_driver_side_ones(ray_cluster, ml100k_dir, tmp_path):

@@ -83,7 +83,20 @@ def test_config_is_validated():
         SyntheticConfig(style_effect="high")
     with pytest.raises(ValueError, match="image_dir must be an absolute path, a str .* got 'items'"):
         SyntheticConfig(image_dir="items")
+    with pytest.raises(ValueError, match="chunk_rows must be >= 1 and make at most 1,000,000 chunks, got 0"):
+        SyntheticConfig(chunk_rows=0)
+    with pytest.raises(ValueError, match="chunk_rows must be >= 1 and make at most 1,000,000 chunks, got 1"):
+        SyntheticConfig(rows=1_000_001, chunk_rows=1)
     assert set(CARDINALITY) >= {"region", "ad_type", "device", "daypart", "slot"}
+
+
+def test_chunks_of_chunk_rows_make_the_whole_set():
+    cfg = SyntheticConfig(rows=2500, seed=3, chunk_rows=1000)
+    chunks = [generate_chunk(cfg, c) for c in range(3)]
+    assert [c.num_rows for c in chunks] == [1000, 1000, 500]
+    assert generate(cfg)[0].num_rows == 2500
+    with pytest.raises(ValueError, match="chunk 3 is outside 0..2"):
+        generate_chunk(cfg, 3)
 
 
 def test_a_list_from_yaml_options_makes_a_usable_config():
