@@ -32,7 +32,7 @@ import threading
 import time
 from pathlib import Path
 
-from muxrec.errors import MuxrecError
+from muxrec.errors import ConfigError, MuxrecError
 from muxrec.log import verbose
 
 HOST = "127.0.0.1"
@@ -105,6 +105,26 @@ def _is_loopback(address: str) -> bool:
     return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
 
 
+SHUFFLE_ENV = "MUXREC_RAY_SHUFFLE"
+
+
+def shuffle_strategy():
+    """Ray Data's shuffle for group-bys and sorts: $MUXREC_RAY_SHUFFLE, else the sort-based one.
+
+    Ray Data's default (shuffle_v2) paid several seconds per group-by here whatever the size:
+    `muxrec prepare` of ML-100K with histories took 37.7 s with it and 10.3 s with the sort-based
+    shuffle, the same output; at 500k rows the two were level (docs/benchmarks/README.md).
+    """
+    from ray.data.context import ShuffleStrategy
+
+    chosen = os.environ.get(SHUFFLE_ENV) or ShuffleStrategy.SORT_SHUFFLE_PULL_BASED.value
+    try:
+        return ShuffleStrategy(chosen)
+    except ValueError:
+        names = ", ".join(s.value for s in ShuffleStrategy)
+        raise ConfigError(f"{SHUFFLE_ENV}: expected one of {names}, got {chosen!r}") from None
+
+
 def ensure_ray(num_cpus: int | None = None) -> bool:
     """Join RAY_ADDRESS or the kept local Ray, else start a local one; no-op if Ray is running.
 
@@ -115,7 +135,6 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
     kept = use_kept_ray()
     import ray
     from ray.data import DataContext
-    from ray.data.context import ShuffleStrategy
 
     loud = verbose()
     if not loud:
@@ -146,10 +165,7 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
                     signal.signal(sig, handler)
     ctx = DataContext.get_current()
     ctx.execution_options.preserve_order = True
-    # Group-bys and sorts with the sort-based shuffle. Ray Data's default (SHUFFLE_V2) paid several
-    # seconds per group-by here whatever the size: `muxrec prepare` of ML-100K with histories took 34 s
-    # with it, 4.6 s with this, the same output; at 500k rows the two were level (docs/benchmarks/README.md).
-    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    ctx.shuffle_strategy = shuffle_strategy()
     ctx.raise_original_map_exception = True  # a DataError from derive() reaches the user as itself
     if not sys.stderr.isatty() or not loud:
         # Without a terminal Ray Data logs every progress update as a line; muxrec draws its own.

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from ray.data import DataContext
 from ray.data.context import ShuffleStrategy
 
-from muxrec.ray_env import ensure_ray
+from muxrec.ray_env import SHUFFLE_ENV, ensure_ray
 from muxrec.spec import load_spec, parse_spec
 
 STRATEGIES = (ShuffleStrategy.SORT_SHUFFLE_PULL_BASED, ShuffleStrategy.SHUFFLE_V2)
@@ -53,7 +53,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for strategy in STRATEGIES if r % 2 == 0 else STRATEGIES[::-1]:
-                DataContext.get_current().shuffle_strategy = strategy
+                os.environ[SHUFFLE_ENV] = strategy.value  # read by ensure_ray, which prepare calls
                 for spec in specs:
                     t0 = time.perf_counter()
                     prepare(spec, Path(tmp) / f"{strategy.value}-{r}")
