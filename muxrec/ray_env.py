@@ -31,9 +31,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from muxrec.errors import ConfigError, MuxrecError
 from muxrec.log import verbose
+
+if TYPE_CHECKING:
+    from ray.data.context import ShuffleStrategy
 
 HOST = "127.0.0.1"
 
@@ -108,7 +112,7 @@ def _is_loopback(address: str) -> bool:
 SHUFFLE_ENV = "MUXREC_RAY_SHUFFLE"
 
 
-def shuffle_strategy():
+def shuffle_strategy() -> ShuffleStrategy:
     """Ray Data's shuffle for group-bys and sorts: $MUXREC_RAY_SHUFFLE, else the sort-based one.
 
     Ray Data's default (shuffle_v2) paid several seconds per group-by here whatever the size:

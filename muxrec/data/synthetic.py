@@ -23,7 +23,8 @@ streams, so with the defaults every other column is what it was before they exis
 Rows are made in chunks of `chunk_rows` (CHUNK_ROWS by default; the rows depend on it): the "world"
 (entities and planted effects) comes from the seed alone, and chunk c from the seed and c, so any chunk
 can be made in any process (Ray Data makes them in parallel, see muxrec.pipelines.sources) and the rows
-never depend on how chunks are grouped into blocks. Everything is vectorised, so millions of users and items are cheap.
+never depend on how chunks are grouped into blocks. Everything is vectorised, so millions of users and
+items are cheap.
 """
 
 from __future__ import annotations
