@@ -110,23 +110,37 @@ def _is_loopback(address: str) -> bool:
 
 
 SHUFFLE_ENV = "MUXREC_RAY_SHUFFLE"
+SORT_SHUFFLE_MAX_ROWS = 250_000  # jobs over up to this many rows shuffle by sorting, larger ones by hashing
 
 
-def shuffle_strategy() -> ShuffleStrategy:
-    """Ray Data's shuffle for group-bys and sorts: $MUXREC_RAY_SHUFFLE, else the sort-based one.
+def shuffle_strategy(rows: int | None = None) -> ShuffleStrategy:
+    """Ray Data's shuffle for the group-bys and sorts of a job over about `rows` rows.
 
-    Ray Data's default (shuffle_v2) paid several seconds per group-by here whatever the size:
-    `muxrec prepare` of ML-100K with histories took 37.7 s with it and 10.3 s with the sort-based
-    shuffle, the same output; at 500k rows the two were level (docs/benchmarks/README.md).
+    $MUXREC_RAY_SHUFFLE when set (any value of Ray's ShuffleStrategy). Else the sort-based shuffle up
+    to SORT_SHUFFLE_MAX_ROWS rows and Ray Data's default (shuffle_v2) above. Measured here
+    (scripts/compare_shuffle.py, docs/benchmarks/README.md): shuffle_v2 pays several seconds per
+    group-by whatever the size, so `muxrec prepare` of ML-100K with histories took 37.7 s with it and
+    10.3 s sorting; at 500k rows it was the faster one, 23.8 s against 43-63 s. Same output either way.
+    The threshold lies between the two measured sizes; it is not a measured crossover.
     """
     from ray.data.context import ShuffleStrategy
 
-    chosen = os.environ.get(SHUFFLE_ENV) or ShuffleStrategy.SORT_SHUFFLE_PULL_BASED.value
+    chosen = os.environ.get(SHUFFLE_ENV)
+    if not chosen:
+        small = rows is None or rows <= SORT_SHUFFLE_MAX_ROWS
+        return ShuffleStrategy.SORT_SHUFFLE_PULL_BASED if small else ShuffleStrategy.SHUFFLE_V2
     try:
         return ShuffleStrategy(chosen)
     except ValueError:
         names = ", ".join(s.value for s in ShuffleStrategy)
         raise ConfigError(f"{SHUFFLE_ENV}: expected one of {names}, got {chosen!r}") from None
+
+
+def use_shuffle_for(rows: int | None) -> None:
+    """Set this process's Ray Data shuffle for a job over about `rows` rows (`shuffle_strategy`)."""
+    from ray.data import DataContext
+
+    DataContext.get_current().shuffle_strategy = shuffle_strategy(rows)
 
 
 def ensure_ray(num_cpus: int | None = None) -> bool:
@@ -169,7 +183,6 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
                     signal.signal(sig, handler)
     ctx = DataContext.get_current()
     ctx.execution_options.preserve_order = True
-    ctx.shuffle_strategy = shuffle_strategy()
     ctx.raise_original_map_exception = True  # a DataError from derive() reaches the user as itself
     if not sys.stderr.isatty() or not loud:
         # Without a terminal Ray Data logs every progress update as a line; muxrec draws its own.

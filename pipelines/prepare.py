@@ -41,8 +41,8 @@ from muxrec.models.encoders.content import encoder_digests
 from muxrec.pipelines.content import catalog_vectors, distinct_values, with_catalog
 from muxrec.history import add_histories
 from muxrec.pipelines.io import collect, replacing, write_parquet_by
-from muxrec.pipelines.sources import ROW_COLUMN, source_dataset
-from muxrec.ray_env import ensure_ray
+from muxrec.pipelines.sources import ROW_COLUMN, estimated_rows, source_dataset
+from muxrec.ray_env import ensure_ray, use_shuffle_for
 from muxrec.spec import FeatureSpec, ModelInputs, SourceSpec, load_spec
 
 SPEC_FILE = "spec.yaml"
@@ -292,6 +292,7 @@ def prepare(spec: FeatureSpec, out_root: str | Path, reuse: bool = False,
     if reuse and (parent := find_superset(spec, out_root)) is not None:
         return write_view(spec, parent, out_root)
     ensure_ray()
+    use_shuffle_for(estimated_rows(spec.source))
     try:
         raw = source_dataset(spec.source)
         # Schema errors (missing columns, wrong types) before any work on the rows.

@@ -46,7 +46,7 @@ import ray
 from muxrec.encoding import merge_sketches
 from muxrec.pipelines.io import collect
 from muxrec.pipelines.prepare import PreparedData, _partitions
-from muxrec.ray_env import ensure_ray
+from muxrec.ray_env import ensure_ray, use_shuffle_for
 from muxrec.selection import FeatureRanking, FeatureScore
 from muxrec.spec import ModelInputs
 
@@ -253,6 +253,7 @@ def outrank(prepared: PreparedData, task: str | None = None, seed: int = 0,
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     ensure_ray()
+    use_shuffle_for(int(prepared.stats["splits"]["train"]["rows"]))
     boundaries = ray_boundaries(prepared, counted_features(inputs)[1])
     counts = ray_counts(prepared, task, boundaries)
     return rank_counts(counts, task, seed, repeats, {"rows": int(prepared.stats["splits"]["train"]["rows"]),

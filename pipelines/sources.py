@@ -70,6 +70,21 @@ def source_dataset(source: SourceSpec) -> Dataset:
         reader, batch_size=1, batch_format="pyarrow")
 
 
+def estimated_rows(source: SourceSpec) -> int:
+    """About how many rows `source` holds, without reading them: a synthetic source's row count, Parquet
+    footers, 100 bytes per CSV row. Picks Ray Data's shuffle (muxrec.ray_env.shuffle_strategy)."""
+    if source.loader == "synthetic":
+        return synthetic_config(source).rows
+    if source.loader == "movielens-100k":
+        return 100_000
+    path = Path(source.path)
+    files = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_"))] \
+        if path.is_dir() else [path] if path.exists() else []
+    if source.loader == "parquet":
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return sum(f.stat().st_size for f in files) // 100
+
+
 def _row_group_offsets(path: Path) -> list[int]:
     """Where each row group of a Parquet file starts (from the footer: no data is read)."""
     meta = pq.ParquetFile(path).metadata

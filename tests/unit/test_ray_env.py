@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from ray.data.context import ShuffleStrategy
 
 from muxrec.errors import ConfigError
-from muxrec.ray_env import SHUFFLE_ENV, shuffle_strategy
+from muxrec.pipelines.sources import estimated_rows
+from muxrec.ray_env import SHUFFLE_ENV, SORT_SHUFFLE_MAX_ROWS, shuffle_strategy
+from muxrec.spec import SourceSpec
 
 
-def test_group_bys_use_the_sort_based_shuffle_unless_told_otherwise(monkeypatch):
+def test_small_jobs_shuffle_by_sorting_large_ones_by_hashing_unless_told_otherwise(monkeypatch):
     monkeypatch.delenv(SHUFFLE_ENV, raising=False)
     assert shuffle_strategy() is ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    assert shuffle_strategy(SORT_SHUFFLE_MAX_ROWS) is ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    assert shuffle_strategy(SORT_SHUFFLE_MAX_ROWS + 1) is ShuffleStrategy.SHUFFLE_V2
     monkeypatch.setenv(SHUFFLE_ENV, "shuffle_v2")
-    assert shuffle_strategy() is ShuffleStrategy.SHUFFLE_V2
+    assert shuffle_strategy(10) is ShuffleStrategy.SHUFFLE_V2
 
 
 def test_an_unknown_shuffle_is_an_error_naming_the_variable(monkeypatch):
     monkeypatch.setenv(SHUFFLE_ENV, "fast")
     with pytest.raises(ConfigError, match=r"MUXREC_RAY_SHUFFLE: expected one of .*sort_shuffle_pull_based.*, got 'fast'"):
         shuffle_strategy()
+
+
+def test_rows_are_estimated_without_reading_them(tmp_path):
+    assert estimated_rows(SourceSpec(loader="synthetic", options={"rows": 1234})) == 1234
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    for i, n in enumerate((300, 700)):
+        pq.write_table(pa.table({"x": list(range(n))}), folder / f"{i}.parquet")
+    assert estimated_rows(SourceSpec(loader="parquet", path=str(folder))) == 1000
+    (tmp_path / "a.csv").write_text("x\n" + "1\n" * 1000)
+    assert estimated_rows(SourceSpec(loader="csv", path=str(tmp_path / "a.csv"))) == 2002 // 100
