@@ -55,8 +55,7 @@ def source_dataset(source: SourceSpec) -> Dataset:
     path = Path(source.path)
     if not path.exists():
         raise DataNotFoundError(f"source path {path} does not exist")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_"))) \
-        if path.is_dir() else [path]
+    files = data_files(path)
     if not files:
         raise DataNotFoundError(f"source folder {path} holds no files")
     if source.loader == "parquet":
@@ -70,6 +69,13 @@ def source_dataset(source: SourceSpec) -> Dataset:
         reader, batch_size=1, batch_format="pyarrow")
 
 
+def data_files(path: Path) -> list[Path]:
+    """The files of a file source, in order: `path` itself, or every file under it but hidden and `_` ones."""
+    if not path.is_dir():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
+
+
 def estimated_rows(source: SourceSpec) -> int:
     """About how many rows `source` holds, without reading them: a synthetic source's row count, Parquet
     footers, 100 bytes per CSV row. Picks Ray Data's shuffle (muxrec.ray_env.shuffle_strategy)."""
@@ -78,8 +84,7 @@ def estimated_rows(source: SourceSpec) -> int:
     if source.loader == "movielens-100k":
         return 100_000
     path = Path(source.path)
-    files = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_"))] \
-        if path.is_dir() else [path] if path.exists() else []
+    files = data_files(path) if path.exists() else []
     if source.loader == "parquet":
         return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     return sum(f.stat().st_size for f in files) // 100
