@@ -28,6 +28,7 @@ from muxrec.metrics import binary_metrics
 from muxrec.models import Batch, EncodedRows
 from muxrec.models.layers.multitask import conditional_log_probs
 from muxrec.models.layers.tables import PrunedTable
+from muxrec.pipelines.sparse import LazyAdam, use_sparse_gradients
 from muxrec.spec import ModelInputs
 
 
@@ -95,14 +96,22 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, tables: list[nn.Parameter
     in `exclude` are left out (sharded tables whose optimizer is fused into TorchRec's kernels).
     The fused Adam kernel updates every parameter in one pass; torch's default on CPU loops over
     tensors in Python (measured on DeepFM [256, 128]: a third of the time of a training step's backward).
+    Under Adam, tables over `cfg.sparse_table_rows` rows are switched to sparse gradients here and
+    learn with `LazyAdam` (pipelines/sparse.py), so a model must be trained with the optimizer made for it.
     """
     tables = table_parameters(model) if tables is None else tables
     ids = {id(p) for p in tables}
     embedding = [p for p in tables if id(p) not in exclude]
     other = [p for p in model.parameters() if id(p) not in ids and id(p) not in exclude]
     if cfg.table_optimizer == "adam":
-        return torch.optim.Adam([{"params": embedding, "weight_decay": cfg.embedding_l2, "lr": cfg.table_lr},
+        large = {id(p) for p in use_sparse_gradients(model, cfg.sparse_table_rows)} if cfg.lazy_tables else set()
+        adam = torch.optim.Adam([{"params": [p for p in embedding if id(p) not in large],
+                                  "weight_decay": cfg.embedding_l2, "lr": cfg.table_lr},
                                  {"params": other, "weight_decay": cfg.weight_decay}], lr=cfg.lr, fused=True)
+        if not large:
+            return adam
+        return Optimizers(adam, LazyAdam([p for p in embedding if id(p) in large], lr=cfg.table_lr,
+                                         weight_decay=cfg.embedding_l2))
     parts = [torch.optim.Adam(other, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)] if other else []
     if embedding:
         parts.append(TABLE_OPTIMIZERS[cfg.table_optimizer](embedding, **table_optimizer_kwargs(cfg)))

@@ -46,7 +46,7 @@ from safetensors.torch import save as save_safetensors
 from tqdm import tqdm
 
 from muxrec.artifacts import ArtifactRegistry, ModelVersion
-from muxrec.config import TrainConfig, to_dict
+from muxrec.config import SPARSE_TABLE_ROWS, TrainConfig, to_dict
 from muxrec.errors import ConfigError, MuxrecError
 from muxrec.log import say
 from muxrec.models import Batch, EncodedRows, build_model
@@ -59,6 +59,7 @@ from muxrec.pipelines.loop import (Objective, Optimizers, empty_parameters, eval
 from muxrec.pipelines.prepare import PreparedData
 from muxrec.pipelines.progress import ProgressFollower, ProgressLog, fit_trainer
 from muxrec.pipelines.sharding import check_shardable, plan_summary, shard
+from muxrec.pipelines.sparse import sparse_tables
 from muxrec.pipelines.trainer import TorchTrainer
 from muxrec.ray_env import ensure_ray
 from muxrec.spec import ModelInputs
@@ -121,7 +122,7 @@ class TrainJob:
         """What must not change between a run and its resumption (epochs and workers may)."""
         train = {k: v for k, v in to_dict(self.train).items()
                  if k not in ("epochs", "num_workers", "patience", "sharding", "embedding_optimizer", "embedding_lr",
-                              "task_weighting", "id_dropout")}
+                              "task_weighting", "id_dropout", "sparse_table_rows")}
         # Set only when not the default, so that fingerprints from before these options still hold.
         if self.train.table_optimizer != "adam":
             train["table_optimizer"] = self.train.table_optimizer
@@ -131,6 +132,8 @@ class TrainJob:
             train["task_weighting"] = self.train.task_weighting
         if self.train.id_dropout:
             train["id_dropout"] = self.train.id_dropout
+        if self.train.sparse_table_rows != SPARSE_TABLE_ROWS:
+            train["sparse_table_rows"] = self.train.sparse_table_rows
         canon = json.dumps([spec_fingerprint, self.model, to_dict(self.model_config), train], sort_keys=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
@@ -248,13 +251,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         sharded = shard(model, cfg, world)  # TorchRec DMP: tables split as cfg.sharding says, the rest DDP
         net, model, optimizer = sharded.dmp, sharded.module, sharded.optimizer(cfg)
         state["sharding"] = {"tables": plan_summary(sharded), "optimizer": cfg.table_optimizer}
+        state.pop("lazy_tables", None)  # (a run resumed sharded)
         progress.emit(kind="sharded", **state["sharding"])
     else:
         state.pop("sharding", None)  # (a run resumed unsharded)
         if world > 1:
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, empty_parameters(model))
+        optimizer = make_optimizer(model, cfg)  # first: DDP reads which tables have sparse gradients when it wraps
         net = ray.train.torch.prepare_model(model) if world > 1 else model
-        optimizer = make_optimizer(model, cfg)
+        state["lazy_tables"] = sparse_tables(model)
+        if state["lazy_tables"] and state["epoch"] < 0:
+            progress.emit(kind="note", text=f"{len(state['lazy_tables'])} table(s) over {cfg.sparse_table_rows:,} rows "
+                                            "learn from sparse gradients with lazy Adam")
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state["model"] if "objective" in optimizer_state else optimizer_state)
     if sharded is not None and tables_optimizer_state is not None:

@@ -91,8 +91,8 @@ class FeatureEmbedding(nn.Module):
 
     def tables(self) -> dict[str, EmbeddingTable]:
         """Table name -> the table (ids -> d-wide vectors, d its own dim, else D), dense or compressed."""
-        views = {name: DenseTable(bag.weight) for name, bag in self.bags.embedding_bags.items()}
-        views.update({name: DenseTable(emb.weight) for name, emb in self.sequence_only.items()})
+        views = {name: DenseTable(bag.weight, bag.sparse) for name, bag in self.bags.embedding_bags.items()}
+        views.update({name: DenseTable(emb.weight, emb.sparse) for name, emb in self.sequence_only.items()})
         views.update(self.compressed.items())
         return views
 
@@ -100,7 +100,7 @@ class FeatureEmbedding(nn.Module):
         if name in self.compressed:
             return self.compressed[name]
         owner = self.sequence_only[name] if name in self.sequence_only else self.bags.embedding_bags[name]
-        return DenseTable(owner.weight)
+        return DenseTable(owner.weight, owner.sparse)
 
     def for_serving(self, empty: bool = False) -> dict[str, str]:
         """Swap each table the spec stores otherwise when published for its serving form: a row-wise

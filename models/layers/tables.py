@@ -47,19 +47,24 @@ class EmbeddingTable(nn.Module):
 
 
 class DenseTable(EmbeddingTable):
-    """A view of one (rows, d) weight held elsewhere (an EmbeddingBagCollection bag, an nn.Embedding)."""
+    """A view of one (rows, d) weight held elsewhere (an EmbeddingBagCollection bag, an nn.Embedding).
 
-    def __init__(self, weight: nn.Parameter):
+    `sparse`: its gradient is sparse (the rows looked up), as the owner's is when training switched it
+    to sparse gradients (a table too large for a dense optimizer step, see pipelines/sparse.py).
+    """
+
+    def __init__(self, weight: nn.Parameter, sparse: bool = False):
         super().__init__()
         self._weight = [weight]  # a list: not registered here, so the weight is saved once, by its owner
         self.rows, self.dim = weight.shape
+        self.sparse = sparse
 
     @property
     def weight(self) -> nn.Parameter:
         return self._weight[0]
 
     def forward(self, ids: Tensor) -> Tensor:
-        return nn.functional.embedding(ids, self.weight)  # (..., d)
+        return nn.functional.embedding(ids, self.weight, sparse=self.sparse)  # (..., d)
 
     def num_bytes(self) -> int:
         return self.rows * self.dim * FLOAT_BYTES

@@ -97,9 +97,11 @@ def test_train_resume_and_evaluate(prepared, tmp_path):
 
 
 def test_two_workers_train_with_ddp(prepared, tmp_path):
-    job = TrainJob(str(prepared.root), "deepfm", DEEPFM, replace(SMALL, epochs=1, num_workers=2))
+    """DDP over two workers, the larger tables on sparse gradients (lazy Adam) that DDP sums over gloo."""
+    job = TrainJob(str(prepared.root), "deepfm", DEEPFM, replace(SMALL, epochs=1, num_workers=2, sparse_table_rows=100))
     state, best, _ = fit(job, tmp_path / "ray", "ddp")
     assert state["world_size"] == 2
+    assert "embedding.bags.embedding_bags.user_id" in state["lazy_tables"]
     total = prepared.stats["splits"]["train"]["rows"]
     assert abs(state["train_rows"] - total / 2) <= total * 0.1  # each rank saw about half
     assert state["best_valid_auc"] > 0.6 and best
@@ -108,9 +110,11 @@ def test_two_workers_train_with_ddp(prepared, tmp_path):
 def test_a_split_over_the_in_memory_threshold_is_streamed(prepared, tmp_path):
     """Train over the threshold streams through Ray Data; valid, at it, stays in memory; both learn."""
     valid_bytes = sum(f.stat().st_size for f in prepared.split_dir("valid").glob("*.parquet"))
-    job = TrainJob(str(prepared.root), "deepfm", DEEPFM, replace(SMALL, epochs=2), in_memory_bytes=valid_bytes)
+    job = TrainJob(str(prepared.root), "deepfm", DEEPFM, replace(SMALL, epochs=2, sparse_table_rows=100),
+                   in_memory_bytes=valid_bytes)
     state, best, _ = fit(job, tmp_path / "ray", "streamed")
     assert state["streamed"] == ["train"]
+    assert "embedding.bags.embedding_bags.user_id" in state["lazy_tables"]  # as at scale: large tables, streamed
     assert state["train_rows"] == prepared.stats["splits"]["train"]["rows"]  # every row came through the stream
     assert state["best_valid_auc"] > 0.6 and best
 
