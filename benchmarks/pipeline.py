@@ -74,6 +74,8 @@ class MemoryWatch:
     def __init__(self, every_s: float = 0.5):
         self.every_s = every_s
         self.driver_peak = 0
+        self.stage = "start"  # what the driver is doing: its peak is also kept per stage
+        self.stage_peaks: dict[str, int] = {}
         self.workers: dict[int, tuple[int, str]] = {}  # pid -> (peak RSS, process title at the peak)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -82,13 +84,20 @@ class MemoryWatch:
         """The driver and the Ray workers started by it (the local Ray's raylet is its child)."""
         procs = _processes()
         me = os.getpid()
-        self.driver_peak = max(self.driver_peak, procs.get(me, (0, 0, ""))[1])
+        rss = procs.get(me, (0, 0, ""))[1]
+        self.driver_peak = max(self.driver_peak, rss)
+        self.stage_peaks[self.stage] = max(self.stage_peaks.get(self.stage, 0), rss)
         for pid, (parent, rss, title) in procs.items():
             ancestor, hops = parent, 0
             while ancestor not in (me, 0, 1) and hops < 6:
                 ancestor, hops = procs.get(ancestor, (0,))[0], hops + 1
             if ancestor == me and title.startswith("ray::") and rss > self.workers.get(pid, (0, ""))[0]:
                 self.workers[pid] = (rss, title)
+
+    def enter(self, stage: str) -> None:
+        """From now on the driver's samples count towards `stage` (sampled once at the switch too)."""
+        self._sample()
+        self.stage = stage
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -109,6 +118,7 @@ class MemoryWatch:
         self.driver_peak = max(self.driver_peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         workers = sorted(self.workers.values(), reverse=True)
         return {"driver_peak_rss_mb": round(self.driver_peak / MB),
+                "driver_peak_rss_mb_by_stage": {k: round(v / MB) for k, v in self.stage_peaks.items()},
                 "worker_peak_rss_mb": round(workers[0][0] / MB) if workers else None,
                 "workers": [{"title": t, "peak_rss_mb": round(r / MB)} for r, t in workers[:12]]}
 
@@ -159,6 +169,7 @@ def bench_pipeline(rows: int, users: int, items: int, score_rows: int, config_di
     ensure_ray()
     result: dict[str, Any] = {"benchmark": "pipeline", "rows": rows, "users": users, "items": items}
     with MemoryWatch() as watch:
+        watch.enter("prepare")
         t0 = time.perf_counter()
         prepared = prepare(spec, work / "prepared")
         prepare_s = time.perf_counter() - t0
@@ -168,18 +179,21 @@ def bench_pipeline(rows: int, users: int, items: int, score_rows: int, config_di
         rerun_s = time.perf_counter() - t0
         rewritten = sum(p.stat().st_mtime_ns != m for p, m in files.items())
 
+        watch.enter("train")
         model_file = load_model_file(config_dir / "models" / "deepfm.yaml")
         cfg = make_config("deepfm", model_file.model)
         job = TrainJob(str(prepared.root), "deepfm", cfg, replace(model_file.train, epochs=1))
         state, best, wall = fit(job, work / "ray", "deepfm", fresh=True)
         epoch_s = state["history"][0]["epoch_seconds"]
 
+        watch.enter("publish")
         model = build_model("deepfm", cfg, prepared.inputs)
         load_state(model, best)
         registry = ArtifactRegistry(work / "registry")
         version = registry.publish("bench-deepfm", model_files(model, "deepfm", cfg, spec, prepared.vocab))
         del model
 
+        watch.enter("score")
         n_score = min(score_rows, rows)
         _write_raw(spec, n_score, work / "score-input")
         score(registry, "bench-deepfm", version.version, work / "score-input", work / "scored")  # actors warm up
@@ -223,6 +237,9 @@ def save(result: dict[str, Any], out_dir: Path) -> None:
              "|---|" + "---:|" * len(runs)]
     for title, key in columns[1:]:
         lines.append(f"| {title} | " + " | ".join(f"{r.get(key)}" for r in runs) + " |")
+    for stage in ("prepare", "train", "publish", "score"):
+        lines.append(f"| driver peak RSS MB while {stage} | "
+                     + " | ".join(f"{r.get('driver_peak_rss_mb_by_stage', {}).get(stage)}" for r in runs) + " |")
     lines += ["", "Scoring time per million rows, one thread, by stage (derive / encode / tensors / forward):", ""]
     for r in runs:
         p = r["score_profile_s_per_1m_rows"]
