@@ -54,9 +54,9 @@ def feature_drops(model: nn.Module, table: pa.Table, inputs: ModelInputs, names:
 
 
 def _report(features: list[dict[str, Any]], inputs: ModelInputs, baseline: float, repeats: int,
-            seed: int) -> dict[str, Any]:
+            seed: int, rows: int) -> dict[str, Any]:
     features = sorted(features, key=lambda f: (-f["importance"], f["name"]))
-    return {"method": "permutation", "metric": "auc_drop", "split": "valid", "task": inputs.tasks[0],
+    return {"method": "permutation", "metric": "auc_drop", "split": "valid", "rows": rows, "task": inputs.tasks[0],
             "baseline_auc": baseline, "repeats": repeats, "seed": seed, "features": features}
 
 
@@ -65,7 +65,7 @@ def permutation_importance(model: nn.Module, table: pa.Table, inputs: ModelInput
     """AUC drop per feature when it is shuffled, on encoded rows `table` (with labels): importance.json."""
     baseline = _auc(model, table, inputs, batch_size)
     drops = feature_drops(model, table, inputs, list(inputs.fields), baseline, repeats, seed, batch_size)
-    return _report(drops, inputs, baseline, repeats, seed)
+    return _report(drops, inputs, baseline, repeats, seed, table.num_rows)
 
 
 @ray.remote(num_cpus=1)
@@ -90,7 +90,8 @@ def permutation_on_ray(model: ModelVersion, valid_dir: str | Path, repeats: int 
     valid_dir = Path(valid_dir).resolve()
     if not any(valid_dir.glob("*.parquet")):
         raise DataError(f"{valid_dir} holds no Parquet rows to measure permutation importance on")
-    baseline = _auc(loaded.model, pads.dataset(valid_dir, format="parquet").to_table(), loaded.inputs, 8192)
+    valid = pads.dataset(valid_dir, format="parquet").to_table()
+    baseline = _auc(loaded.model, valid, loaded.inputs, 8192)
     ensure_ray()
     names = list(loaded.inputs.fields)
     n = max(1, min(len(names), tasks or int(ray.cluster_resources().get("CPU", 1))))
@@ -98,5 +99,5 @@ def permutation_on_ray(model: ModelVersion, valid_dir: str | Path, repeats: int 
     refs = [_drops_task.remote(str(registry), model.name, model.version, str(valid_dir),
                                names[i::n], baseline, repeats, seed) for i in range(n)]
     features = [f for part in ray.get(refs) for f in part]
-    ranking = permutation_ranking(_report(features, loaded.inputs, baseline, repeats, seed))
+    ranking = permutation_ranking(_report(features, loaded.inputs, baseline, repeats, seed, valid.num_rows))
     return replace(ranking, meta={**ranking.meta, "model": model.ref})

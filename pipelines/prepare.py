@@ -23,12 +23,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
+import torch
 from ray.data import Dataset
 
 from muxrec.data import find_dataset
@@ -37,6 +39,7 @@ from muxrec.encoding import SPLIT_COLUMN, SPLITS, Vocabulary, count_values, deri
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.errors import ConfigError, DataError, MuxrecError, find_muxrec_error
 from muxrec.log import say
+from muxrec.models import Batch, EncodedRows
 from muxrec.models.encoders.content import encoder_digests
 from muxrec.pipelines.content import catalog_vectors, distinct_values, with_catalog
 from muxrec.history import add_histories
@@ -48,6 +51,24 @@ from muxrec.spec import FeatureSpec, ModelInputs, SourceSpec, load_spec
 SPEC_FILE = "spec.yaml"
 VOCAB_FILE = "vocabulary.json"
 STATS_FILE = "stats.json"
+
+
+READ_CHUNK_ROWS = 65_536  # rows a split is read in when it is evaluated on the driver
+
+
+class SplitRows:
+    """A prepared split, encoded and batched chunk by chunk in stored order (`pipelines.loop.Rows`)."""
+
+    def __init__(self, prepared: PreparedData, split: str, chunk_rows: int):
+        self.dataset = pads.dataset(prepared.split_dir(split), format="parquet")
+        self.inputs = prepared.inputs
+        self.chunk_rows = chunk_rows
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        if generator is not None:
+            raise ValueError("SplitRows reads a split in its stored order: it cannot shuffle")
+        for chunk in self.dataset.to_batches(batch_size=max(self.chunk_rows, batch_size)):
+            yield from EncodedRows(pa.Table.from_batches([chunk]), self.inputs).batches(batch_size)
 
 
 @dataclass(frozen=True)
@@ -78,6 +99,15 @@ class PreparedData:
 
     def read(self, split: str) -> pa.Table:
         return pads.dataset(self.split_dir(split), format="parquet").to_table()
+
+    def read_head(self, split: str, rows: int) -> pa.Table:
+        """The split's first `rows` rows (all of them when it holds fewer)."""
+        return pads.dataset(self.split_dir(split), format="parquet").head(rows)
+
+    def rows(self, split: str, chunk_rows: int = READ_CHUNK_ROWS) -> SplitRows:
+        """The split as `Rows` read from disk `chunk_rows` at a time, in order: for evaluating on the driver,
+        whose memory must not grow with the data."""
+        return SplitRows(self, split, chunk_rows)
 
     @classmethod
     def load(cls, root: str | Path) -> PreparedData:
