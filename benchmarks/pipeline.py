@@ -7,7 +7,8 @@ default) it times, one after the other on the same Ray instance:
 
     prepare   the whole preprocessing (Ray Data: generate, derive, fit on train, encode, write)
     rerun     prepare again with reuse: it must find the output and write nothing
-    train     one epoch of DeepFM (configs/models/deepfm.yaml) through the Ray Train entry point
+    train     `muxrec train` of one DeepFM epoch (configs/models/deepfm.yaml): Ray Train, then evaluation
+              of valid and test and publishing on the driver
     score     `muxrec score` of --score-rows raw rows by the actor pool, after the actors started
 
 and samples the resident memory (RSS) of the driver and of every Ray worker process on this machine
@@ -36,13 +37,13 @@ from muxrec.config import load_model_file
 from muxrec.data import synthetic_config
 from muxrec.data.synthetic import generate_chunk
 from muxrec.encoding import derive
-from muxrec.models import EncodedRows, build_model, make_config
-from muxrec.models.serialization import load_model, load_state, model_files, predict_proba
+from muxrec.models import EncodedRows, make_config
+from muxrec.models.serialization import load_model, predict_proba
 from muxrec.pipelines.io import replacing, write_parquet
 from muxrec.pipelines.prepare import prepare
 from muxrec.pipelines.score import score
 from muxrec.pipelines.sources import ROW_COLUMN, source_dataset
-from muxrec.pipelines.train import TrainJob, fit
+from muxrec.pipelines.train import TrainJob, train
 from muxrec.ray_env import ensure_ray
 from muxrec.spec import FeatureSpec, load_spec, parse_spec
 
@@ -179,19 +180,16 @@ def bench_pipeline(rows: int, users: int, items: int, score_rows: int, config_di
         rerun_s = time.perf_counter() - t0
         rewritten = sum(p.stat().st_mtime_ns != m for p, m in files.items())
 
-        watch.enter("train")
+        watch.enter("train")  # what `muxrec train` does: fit on Ray Train, evaluate valid and test, publish
         model_file = load_model_file(config_dir / "models" / "deepfm.yaml")
-        cfg = make_config("deepfm", model_file.model)
-        job = TrainJob(str(prepared.root), "deepfm", cfg, replace(model_file.train, epochs=1))
-        state, best, wall = fit(job, work / "ray", "deepfm", fresh=True)
-        epoch_s = state["history"][0]["epoch_seconds"]
-
-        watch.enter("publish")
-        model = build_model("deepfm", cfg, prepared.inputs)
-        load_state(model, best)
+        job = TrainJob(str(prepared.root), "deepfm", make_config("deepfm", model_file.model),
+                       replace(model_file.train, epochs=1))
         registry = ArtifactRegistry(work / "registry")
-        version = registry.publish("bench-deepfm", model_files(model, "deepfm", cfg, spec, prepared.vocab))
-        del model
+        t0 = time.perf_counter()
+        trained = train(job, registry, "bench-deepfm", work / "ray", run_name="deepfm", fresh=True)
+        train_s = time.perf_counter() - t0
+        epoch_s, wall = trained.metrics["history"][0]["epoch_seconds"], trained.metrics["wall_seconds"]
+        version = trained.version
 
         watch.enter("score")
         n_score = min(score_rows, rows)
@@ -205,6 +203,7 @@ def bench_pipeline(rows: int, users: int, items: int, score_rows: int, config_di
         "prepare_s": round(prepare_s, 1), "prepare_rows_per_s": round(rows / prepare_s),
         "rerun_prepare_s": round(rerun_s, 2), "rerun_files_rewritten": rewritten,
         "train_rows": train_rows, "train_epoch_s": round(epoch_s, 1), "train_wall_s": round(wall, 1),
+        "train_evaluate_publish_s": round(train_s - wall, 1),
         "train_rows_per_s": round(train_rows / epoch_s), "train_rows_per_s_wall": round(train_rows / wall),
         "score_rows": report["rows"], "score_s": round(score_s, 1),
         "score_rows_per_min": round(report["rows"] / score_s * 60),
@@ -237,7 +236,7 @@ def save(result: dict[str, Any], out_dir: Path) -> None:
              "|---|" + "---:|" * len(runs)]
     for title, key in columns[1:]:
         lines.append(f"| {title} | " + " | ".join(f"{r.get(key)}" for r in runs) + " |")
-    for stage in ("prepare", "train", "publish", "score"):
+    for stage in ("prepare", "train", "score"):
         lines.append(f"| driver peak RSS MB while {stage} | "
                      + " | ".join(f"{r.get('driver_peak_rss_mb_by_stage', {}).get(stage)}" for r in runs) + " |")
     lines += ["", "Scoring time per million rows, one thread, by stage (derive / encode / tensors / forward):", ""]
