@@ -485,6 +485,7 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
     cfg = job.model_config
     model = build_model(job.model, cfg, prepared.inputs)
     load_state(model, best_weights)
+    del best_weights  # the model holds them now: one copy of the tables on the driver, not two
 
     search = None
     chosen = model.retrain_config() if hasattr(model, "retrain_config") else None
@@ -498,6 +499,7 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
         wall += retrain_wall
         model = build_model(job.model, cfg, prepared.inputs)
         load_state(model, best_weights)
+        del best_weights
 
     metrics: dict[str, Any] = {
         "model": job.model,
