@@ -50,6 +50,7 @@ from muxrec.config import SPARSE_TABLE_ROWS, TrainConfig, to_dict
 from muxrec.errors import ConfigError, MuxrecError
 from muxrec.log import say
 from muxrec.models import Batch, EncodedRows, build_model
+from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.registry import entry
 from muxrec.models.serialization import load_state, model_files, serving_copy, state_bytes
 from muxrec.pipelines.importance import permutation_importance
@@ -517,20 +518,22 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
     model, quantized = serving_copy(model)  # evaluate what will be served
     if quantized:
         metrics["served_as"] = quantized
-    # Read from disk a chunk at a time: the driver's memory does not grow with the splits.
-    for split in ("valid", "test"):
-        metrics[split] = evaluate_rows(model, prepared.rows(split), prepared.inputs, job.train.eval_batch_size)
-    # Which experts each task uses, on validation rows ({} for a model without gates).
-    utilisation = expert_utilisation(model, prepared.rows("valid").batches(job.train.eval_batch_size))
-    if utilisation:
-        metrics["expert_utilisation"] = utilisation
+    limit = job.in_memory_bytes if job.in_memory_bytes is not None else default_in_memory_bytes()
+    if _split_bytes(prepared, "valid") + _split_bytes(prepared, "test") > limit:
+        # Large splits are evaluated by a Ray task: the driver never holds their rows (at 2M validation
+        # rows, evaluating them here a chunk at a time still took ~1 GB at the peak).
+        ensure_ray()
+        scored = ray.get(_evaluate_task.remote(job.prepared, job.model, cfg, state_bytes(model), quantized,
+                                               job.train.eval_batch_size, job.train.seed))
+    else:
+        scored = evaluate_published(model, prepared, job.train.eval_batch_size, job.train.seed)
+    importance = scored.pop("importance")
+    metrics.update(scored)
     if len(prepared.inputs.tasks) > 1:
         metrics["blend"] = prepared.inputs.task_blend()
     files = model_files(model, job.model, cfg, prepared.spec, prepared.vocab, prepared.stats.get("encoders"))
     files["metrics.json"] = json.dumps(metrics, indent=1)
-    sample = prepared.read_head("valid", IMPORTANCE_ROWS)
-    files["importance.json"] = json.dumps(permutation_importance(model, sample, prepared.inputs, seed=job.train.seed),
-                                          indent=1)
+    files["importance.json"] = json.dumps(importance, indent=1)
     files["train.json"] = json.dumps(job.to_dict(), indent=1)
     version = registry.publish(model_name, files, metadata={
         "model": job.model, "spec": prepared.spec.name, "valid_auc": metrics["valid"]["auc"],
@@ -541,6 +544,35 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
     say(f"published {version.ref}: valid AUC {metrics['valid']['auc']:.4f}, "
         f"test AUC {metrics['test']['auc']:.4f} (best epoch {metrics['best_epoch']})")
     return TrainResult(version, metrics, run_dir(storage, runs[-1]))
+
+
+def evaluate_published(model: torch.nn.Module, prepared: PreparedData, batch_size: int, seed: int) -> dict[str, Any]:
+    """What a published version records of its model (as it will be served): metrics on valid and test,
+    read a chunk at a time; which experts each task uses ({} for a model without gates, then left out);
+    permutation importance on the first IMPORTANCE_ROWS validation rows."""
+    out: dict[str, Any] = {split: evaluate_rows(model, prepared.rows(split), prepared.inputs, batch_size)
+                           for split in ("valid", "test")}
+    utilisation = expert_utilisation(model, prepared.rows("valid").batches(batch_size))
+    if utilisation:
+        out["expert_utilisation"] = utilisation
+    out["importance"] = permutation_importance(model, prepared.read_head("valid", IMPORTANCE_ROWS), prepared.inputs,
+                                               seed=seed)
+    return out
+
+
+@ray.remote(num_cpus=1)
+def _evaluate_task(prepared_root: str, model_name: str, cfg: Any, weights: bytes, served_as: dict[str, str],
+                   batch_size: int, seed: int) -> dict[str, Any]:
+    """`evaluate_published` in a Ray worker, on the served form of the model (`weights` are stored as served)."""
+    prepared = PreparedData.load(prepared_root)
+    model = build_model(model_name, cfg, prepared.inputs)
+    if served_as:  # tables shaped as served (quantized, cut) before their weights load, as load_model does
+        for m in model.modules():
+            if isinstance(m, FeatureEmbedding):
+                m.for_serving(empty=True)
+    load_state(model, weights)
+    torch.set_num_threads(1)
+    return evaluate_published(model.eval(), prepared, batch_size, seed)
 
 
 def with_overrides(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
