@@ -126,6 +126,14 @@ def predict_proba(model: nn.Module, rows: EncodedRows, batch_size: int = 8192) -
     return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
 
 
+def shape_as_served(model: nn.Module) -> None:
+    """Give every table the shape its published weights have (quantized, cut, pruned), zero-filled, so that
+    weights stored as served (`model_files`) load into it."""
+    for m in model.modules():
+        if isinstance(m, FeatureEmbedding):
+            m.for_serving(empty=True)
+
+
 def load_model(version: ModelVersion) -> LoadedModel:
     """Rebuild a model from a verified version; nothing is unpickled."""
     spec = spec_from_yaml(version.read_text(SPEC), origin=f"{version.ref}/{SPEC}")
@@ -135,9 +143,7 @@ def load_model(version: ModelVersion) -> LoadedModel:
     inputs = ModelInputs.from_spec(spec, vocab.num_embeddings())
     model = build_model(meta["name"], cfg, inputs)
     if meta.get("served_as"):  # shaped as stored: quantized or cut tables
-        for m in model.modules():
-            if isinstance(m, FeatureEmbedding):
-                m.for_serving(empty=True)
+        shape_as_served(model)
     load_state(model, version.file(WEIGHTS).read_bytes())
     model.eval()
     content = None

@@ -50,9 +50,9 @@ from muxrec.config import SPARSE_TABLE_ROWS, TrainConfig, to_dict
 from muxrec.errors import ConfigError, MuxrecError
 from muxrec.log import say
 from muxrec.models import Batch, EncodedRows, build_model
-from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.registry import entry
-from muxrec.models.serialization import load_state, model_files, serving_copy, state_bytes
+from muxrec.models.serialization import (WEIGHTS, load_state, model_files, serving_copy, shape_as_served,
+                                         state_bytes)
 from muxrec.pipelines.importance import permutation_importance
 from muxrec.models.multitask import expert_utilisation
 from muxrec.pipelines.loop import (Objective, Optimizers, empty_parameters, evaluate_rows, make_optimizer,
@@ -518,12 +518,13 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
     model, quantized = serving_copy(model)  # evaluate what will be served
     if quantized:
         metrics["served_as"] = quantized
+    files = model_files(model, job.model, cfg, prepared.spec, prepared.vocab, prepared.stats.get("encoders"))
     limit = job.in_memory_bytes if job.in_memory_bytes is not None else default_in_memory_bytes()
     if _split_bytes(prepared, "valid") + _split_bytes(prepared, "test") > limit:
         # Large splits are evaluated by a Ray task: the driver never holds their rows (at 2M validation
         # rows, evaluating them here a chunk at a time still took ~1 GB at the peak).
         ensure_ray()
-        scored = ray.get(_evaluate_task.remote(job.prepared, job.model, cfg, state_bytes(model), quantized,
+        scored = ray.get(_evaluate_task.remote(job.prepared, job.model, cfg, files[WEIGHTS], quantized,
                                                job.train.eval_batch_size, job.train.seed))
     else:
         scored = evaluate_published(model, prepared, job.train.eval_batch_size, job.train.seed)
@@ -531,7 +532,6 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
     metrics.update(scored)
     if len(prepared.inputs.tasks) > 1:
         metrics["blend"] = prepared.inputs.task_blend()
-    files = model_files(model, job.model, cfg, prepared.spec, prepared.vocab, prepared.stats.get("encoders"))
     files["metrics.json"] = json.dumps(metrics, indent=1)
     files["importance.json"] = json.dumps(importance, indent=1)
     files["train.json"] = json.dumps(job.to_dict(), indent=1)
@@ -566,10 +566,8 @@ def _evaluate_task(prepared_root: str, model_name: str, cfg: Any, weights: bytes
     """`evaluate_published` in a Ray worker, on the served form of the model (`weights` are stored as served)."""
     prepared = PreparedData.load(prepared_root)
     model = build_model(model_name, cfg, prepared.inputs)
-    if served_as:  # tables shaped as served (quantized, cut) before their weights load, as load_model does
-        for m in model.modules():
-            if isinstance(m, FeatureEmbedding):
-                m.for_serving(empty=True)
+    if served_as:
+        shape_as_served(model)
     load_state(model, weights)
     torch.set_num_threads(1)
     return evaluate_published(model.eval(), prepared, batch_size, seed)
