@@ -26,12 +26,13 @@ position in the table) with its value, in one line.
 
 from __future__ import annotations
 
+import io
 import hashlib
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, TextIO
 
 import numpy as np
 import pyarrow as pa
@@ -418,6 +419,7 @@ def content_matrix(column: pa.ChunkedArray | pa.Array, dim: int, feature: str) -
 
 SORTED_INDEX_MAX_BYTES = 256 << 20  # above this a vocabulary is probed by hashing instead (TableVocab)
 SORTED_PROBE_MIN_RATIO = 16  # a block of n values is searched when n <= max(256, V / 16), else hashed
+VALUES_PER_WRITE = 65_536  # vocabulary values turned into JSON at a time (`Vocabulary.write_json`)
 
 
 @dataclass
@@ -718,14 +720,27 @@ class Vocabulary:
         return cls(spec.fingerprint(), tables, numeric)
 
     def to_json(self) -> str:
-        return json.dumps({
-            "spec_fingerprint": self.spec_fingerprint,
-            "tables": {n: {"values": None if t.values is None else t.values.to_pylist(), "hash_buckets": t.hash_buckets,
-                           **({"boundaries": t.boundaries} if t.boundaries is not None else {}),
-                           **({"multiplex": True} if t.multiplex else {})}
-                       for n, t in self.tables.items()},
-            "numeric": {n: vars(s) for n, s in self.numeric.items()},
-        }, indent=1)
+        out = io.StringIO()
+        self.write_json(out)
+        return out.getvalue()
+
+    def write_json(self, out: TextIO) -> None:
+        """The vocabulary as JSON, values written VALUES_PER_WRITE at a time: millions of ids never become
+        Python strings all at once (as one `json.dumps` of the whole would make them)."""
+        out.write(f'{{"spec_fingerprint": {json.dumps(self.spec_fingerprint)},\n "tables": {{')
+        for i, (name, t) in enumerate(self.tables.items()):
+            meta = {"hash_buckets": t.hash_buckets, **({"boundaries": t.boundaries} if t.boundaries is not None else {}),
+                    **({"multiplex": True} if t.multiplex else {})}
+            out.write(f'{"," if i else ""}\n  {json.dumps(name)}: {json.dumps(meta)[:-1]}, "values": ')
+            if t.values is None:
+                out.write("null}")
+                continue
+            out.write("[")
+            for start in range(0, len(t.values), VALUES_PER_WRITE):
+                chunk = json.dumps(t.values.slice(start, VALUES_PER_WRITE).to_pylist())
+                out.write(("," if start else "") + chunk[1:-1])
+            out.write("]}")
+        out.write(f'}},\n "numeric": {json.dumps({n: vars(s) for n, s in self.numeric.items()})}}}\n')
 
     @classmethod
     def from_json(cls, text: str) -> Vocabulary:
@@ -737,7 +752,8 @@ class Vocabulary:
         return cls(data["spec_fingerprint"], tables, numeric)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(self.to_json())
+        with open(path, "w") as out:
+            self.write_json(out)
 
     @classmethod
     def load(cls, path: Path) -> Vocabulary:

@@ -137,6 +137,26 @@ def test_vocabulary_json_round_trip_and_spec_mismatch():
         encode(derive(tiny_raw(3), other), other, vocab)
 
 
+def test_vocabulary_json_is_written_a_slice_of_values_at_a_time(monkeypatch, tmp_path):
+    """Slices of 2 values (and the edges: an empty table, awkward strings) make the same vocabulary."""
+    import json
+
+    import muxrec.encoding
+
+    monkeypatch.setattr(muxrec.encoding, "VALUES_PER_WRITE", 2)
+    values = ["a", 'q"uote', "é", "line\nbreak", "\\", "z"]
+    vocab = Vocabulary("fp", {"v": TableVocab("v", values=values), "empty": TableVocab("empty", values=[]),
+                              "h": TableVocab("h", hash_buckets=8, multiplex=True),
+                              "b": TableVocab("b", boundaries=[0.5, 2.0])}, {})
+    vocab.save(tmp_path / "vocabulary.json")
+    data = json.loads((tmp_path / "vocabulary.json").read_text())
+    assert data["tables"]["v"]["values"] == values and data["tables"]["empty"]["values"] == []
+    assert data["tables"]["h"] == {"hash_buckets": 8, "multiplex": True, "values": None}
+    again = Vocabulary.load(tmp_path / "vocabulary.json")
+    assert again.num_embeddings() == {"v": 7, "empty": 1, "h": 9, "b": 4}
+    assert again.tables["v"].values.to_pylist() == values and again.to_json() == vocab.to_json()
+
+
 def test_hash_split_follows_the_rule():
     spec = tiny_spec(split={"hash": {"a": 1000003, "b": 1}, "buckets": 10, "test": [0], "valid": [1]})
     table = pa.table({"a": pa.array([1, 2, 3, 10], pa.int64()), "b": pa.array([7, 4, 9, 0], pa.int64())})
