@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
@@ -73,10 +74,19 @@ class SplitRows:
 
 @dataclass(frozen=True)
 class PreparedData:
+    """A prepared folder. The vocabulary is read when first used: at a few million ids its JSON costs a
+    few hundred MB to parse, which a driver that only orchestrates (e.g. `train` with large data) skips."""
+
     root: Path
     spec: FeatureSpec
-    vocab: Vocabulary
     stats: dict
+
+    @cached_property
+    def vocab(self) -> Vocabulary:
+        vocab = Vocabulary.load(self.root / VOCAB_FILE)
+        if vocab.spec_fingerprint != self.spec.fingerprint():
+            raise DataError(f"{self.root}: the vocabulary does not match spec.yaml; re-run prepare")
+        return vocab
 
     @property
     def inputs(self) -> ModelInputs:
@@ -114,11 +124,7 @@ class PreparedData:
         root = Path(root).resolve()  # Ray workers run in other folders
         if not (root / VOCAB_FILE).is_file():
             raise DataError(f"{root} holds no prepared data; run `muxrec prepare --spec <spec.yaml>` first")
-        spec = load_spec(root / SPEC_FILE)
-        vocab = Vocabulary.load(root / VOCAB_FILE)
-        if vocab.spec_fingerprint != spec.fingerprint():
-            raise DataError(f"{root}: the vocabulary does not match spec.yaml; re-run prepare")
-        prepared = cls(root, spec, vocab, json.loads((root / STATS_FILE).read_text()))
+        prepared = cls(root, load_spec(root / SPEC_FILE), json.loads((root / STATS_FILE).read_text()))
         if prepared.rows_root != root and not (prepared.rows_root / VOCAB_FILE).is_file():
             raise DataError(f"{root} reads the prepared rows of {prepared.stats['view_of']!r}, which are gone; "
                             f"run `muxrec prepare --spec <spec.yaml>` again")

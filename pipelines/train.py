@@ -7,7 +7,8 @@ crashed, or given more epochs) resumes from its latest checkpoint: same run name
 A run resumed after epoch k continues exactly as the uninterrupted run would have (1 worker), since
 shuffling and dropout are seeded per epoch.
 
-The driver then loads the best weights, evaluates valid and test, and publishes a model version.
+Then the best weights are evaluated on valid and test as they will be served, and published as a model
+version (on the driver, or in a Ray task when the data is large: `finish_run`).
 
 How a worker gets its data is chosen by size: a split whose Parquet files total at most
 `TrainJob.in_memory_bytes` (default `IN_MEMORY_BYTES`, 64 MiB on disk; env MUXREC_IN_MEMORY_BYTES)
@@ -51,8 +52,7 @@ from muxrec.errors import ConfigError, MuxrecError
 from muxrec.log import say
 from muxrec.models import Batch, EncodedRows, build_model
 from muxrec.models.registry import entry
-from muxrec.models.serialization import (WEIGHTS, load_state, model_files, serving_copy, shape_as_served,
-                                         state_bytes)
+from muxrec.models.serialization import load_state, model_files, serving_copy, state_bytes
 from muxrec.pipelines.importance import permutation_importance
 from muxrec.models.multitask import expert_utilisation
 from muxrec.pipelines.loop import (Objective, Optimizers, empty_parameters, evaluate_rows, make_optimizer,
@@ -72,6 +72,7 @@ _BEST = "best.safetensors"
 _OPTIMIZER = "optimizer.pt"
 _TABLES_OPTIMIZER = "tables-optimizer.safetensors"  # sharded tables' fused optimizer state, unsharded
 _PROGRESS = "progress.jsonl"
+_VERSION_FILES = "version-files"  # a run folder's staging of the files it publishes
 IN_MEMORY_BYTES = 64 * 2**20  # a split up to this many Parquet bytes is held in memory, not streamed
 SHUFFLE_BUFFER_ROWS = 50_000  # streamed training rows are shuffled within a buffer of this many rows
 # Ray Train's controller collects each worker's report by polling the worker group every
@@ -374,8 +375,9 @@ def _check_resumable(folder: Path, fingerprint: str) -> None:
                               "use --fresh to start it over")
 
 
-def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> tuple[dict, bytes, float]:
-    """Run (or resume) the Ray Train run `name`; return its final state, best weights, wall seconds.
+def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> tuple[dict, Path, float]:
+    """Run (or resume) the Ray Train run `name`; return its final state, the file of its best weights
+    (in the run folder), wall seconds.
 
     A run folder holding a DONE marker is a finished run: it is started over. One without the marker
     is resumed from its latest checkpoint unless `fresh`.
@@ -392,7 +394,7 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
     folder.mkdir(parents=True, exist_ok=True)
     progress_file = folder / _PROGRESS
     progress_file.unlink(missing_ok=True)
-    job = replace(job, threads=max(1, cpus // job.train.num_workers), in_memory_bytes=limit, streamed=streamed,
+    job = replace(job, threads=worker_threads(cpus, job.train.num_workers, streamed), in_memory_bytes=limit, streamed=streamed,
                   progress_file=str(progress_file))
     # Workers leave a CPU free: Ray Data feeds streamed shards with tasks of its own, and a cluster
     # whose CPUs are all held by workers would wait for them forever.
@@ -422,10 +424,18 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
     wall = time.perf_counter() - t0
     if result.checkpoint is None:
         raise MuxrecError(f"training run {name} produced no checkpoint")
+    best = folder / _BEST  # copied out of the checkpoint, a file at a time: the driver never reads it
     with result.checkpoint.as_directory() as d:
         state = json.loads((Path(d) / _STATE).read_text())
-        best = (Path(d) / _BEST).read_bytes()
+        shutil.copyfile(Path(d) / _BEST, best)
     return state, best, wall
+
+
+def worker_threads(cpus: int, workers: int, streamed: tuple[str, ...]) -> int:
+    """Torch threads per training worker: the CPUs shared out among the workers, less one while the train
+    split streams, which Ray Data's read tasks use. On 2 cores a second OpenMP thread beside those tasks
+    spent its time waiting at barriers for a CPU (docs/training.md, "Streamed epochs")."""
+    return max(1, (cpus - (1 if "train" in streamed else 0)) // workers)
 
 
 def _split_bytes(prepared: PreparedData, split: str) -> int:
@@ -476,31 +486,39 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
     Search-then-retrain models (a `retrain_config()` method returning the config they chose, e.g.
     OptInter's interaction method per field pair) are fitted twice: the search run, then a run of
     the chosen config from scratch, which is what gets published; the search is recorded in metrics.
+
+    What follows the fit (building the model from its best weights, evaluating it as it will be
+    served, writing the version's files: `finish_run`) runs on the driver for small data and in a Ray
+    task for large data, so the driver's memory does not grow with the tables or the splits.
     """
     prepared = PreparedData.load(job.prepared)
     if job.train.sharding != "none":
         check_shardable(prepared.inputs)
     run_name = run_name or f"{model_name}-seed{job.train.seed}"
     runs = [run_name]
-    state, best_weights, wall = fit(job, storage, run_name, fresh=fresh)
-    cfg = job.model_config
-    model = build_model(job.model, cfg, prepared.inputs)
-    load_state(model, best_weights)
-    del best_weights  # the model holds them now: one copy of the tables on the driver, not two
+    state, best, wall = fit(job, storage, run_name, fresh=fresh)
+    limit = job.in_memory_bytes if job.in_memory_bytes is not None else default_in_memory_bytes()
+    large = any(_split_bytes(prepared, split) > limit for split in ("train", "valid", "test"))
+    finish = ray.remote(num_cpus=1)(finish_run).remote if large else finish_run
+    out = run_dir(storage, run_name) / _VERSION_FILES
 
+    def finished(cfg: Any, search_pending: bool) -> dict[str, Any]:
+        done = finish(job.prepared, job.model, cfg, str(best), str(out), job.train.eval_batch_size,
+                      job.train.seed, search_pending)
+        return ray.get(done) if large else done
+
+    cfg = job.model_config
+    done = finished(cfg, search_pending=True)
     search = None
-    chosen = model.retrain_config() if hasattr(model, "retrain_config") else None
-    if chosen is not None:
+    if "chosen" in done:
         search = {"config": to_dict(cfg), "valid_auc": state["best_valid_auc"], "epochs": state["epoch"] + 1,
-                  "train_seconds": round(state["train_seconds"], 2), "chosen": to_dict(chosen)}
-        search.update(getattr(model, "search_report", dict)())
-        job, cfg = replace(job, model_config=chosen), chosen
+                  "train_seconds": round(state["train_seconds"], 2), "chosen": to_dict(done["chosen"]),
+                  **done["search_report"]}
+        job, cfg = replace(job, model_config=done["chosen"]), done["chosen"]
         runs.append(f"{run_name}-retrain")
-        state, best_weights, retrain_wall = fit(job, storage, runs[-1], fresh=fresh)
+        state, best, retrain_wall = fit(job, storage, runs[-1], fresh=fresh)
         wall += retrain_wall
-        model = build_model(job.model, cfg, prepared.inputs)
-        load_state(model, best_weights)
-        del best_weights
+        done = finished(cfg, search_pending=False)
 
     metrics: dict[str, Any] = {
         "model": job.model,
@@ -508,30 +526,21 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
         "epochs": state["epoch"] + 1,
         "train_seconds": round(state["train_seconds"] + (search["train_seconds"] if search else 0.0), 2),
         "wall_seconds": round(wall, 2),
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": done["params"],
         "history": state["history"],
     }
     if search is not None:
         metrics["search"] = search
     if "sharding" in state:
         metrics["sharding"] = state["sharding"]
-    model, quantized = serving_copy(model)  # evaluate what will be served
-    if quantized:
-        metrics["served_as"] = quantized
-    files = model_files(model, job.model, cfg, prepared.spec, prepared.vocab, prepared.stats.get("encoders"))
-    limit = job.in_memory_bytes if job.in_memory_bytes is not None else default_in_memory_bytes()
-    if _split_bytes(prepared, "valid") + _split_bytes(prepared, "test") > limit:
-        # Large splits are evaluated by a Ray task: the driver never holds their rows (at 2M validation
-        # rows, evaluating them here a chunk at a time still took ~1 GB at the peak).
-        ensure_ray()
-        scored = ray.get(_evaluate_task.remote(job.prepared, job.model, cfg, files[WEIGHTS], quantized,
-                                               job.train.eval_batch_size, job.train.seed))
-    else:
-        scored = evaluate_published(model, prepared, job.train.eval_batch_size, job.train.seed)
+    if done["served_as"]:
+        metrics["served_as"] = done["served_as"]
+    scored = done["scored"]
     importance = scored.pop("importance")
     metrics.update(scored)
-    if len(prepared.inputs.tasks) > 1:
-        metrics["blend"] = prepared.inputs.task_blend()
+    if len(prepared.spec.label_names) > 1:
+        metrics["blend"] = prepared.spec.task_blend
+    files: dict[str, bytes | str | Path] = {f: out / f for f in done["files"]}
     files["metrics.json"] = json.dumps(metrics, indent=1)
     files["importance.json"] = json.dumps(importance, indent=1)
     files["train.json"] = json.dumps(job.to_dict(), indent=1)
@@ -539,11 +548,41 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
         "model": job.model, "spec": prepared.spec.name, "valid_auc": metrics["valid"]["auc"],
         "test_auc": metrics["test"]["auc"], "run": runs[-1],
         **({"blend": metrics["blend"]} if "blend" in metrics else {})})
+    shutil.rmtree(out)  # the registry holds its own copies
     for name in runs:
         (run_dir(storage, name) / DONE_MARKER).write_text(json.dumps({"version": version.ref}))
     say(f"published {version.ref}: valid AUC {metrics['valid']['auc']:.4f}, "
         f"test AUC {metrics['test']['auc']:.4f} (best epoch {metrics['best_epoch']})")
     return TrainResult(version, metrics, run_dir(storage, runs[-1]))
+
+
+def finish_run(prepared_root: str, model_name: str, cfg: Any, best: str, out: str, batch_size: int, seed: int,
+               search_pending: bool) -> dict[str, Any]:
+    """The fitted model, from its best weights (file `best`), made into a version's files.
+
+    When `search_pending` and the model chose a config to be retrained with (`retrain_config()`), only
+    that choice is returned ({"chosen", "search_report"}). Otherwise the model's files as served
+    (weights, spec, vocabulary, model.json) are written into folder `out` and it returns their names,
+    the parameter count, what changed for serving ("served_as") and `evaluate_published`'s "scored".
+    Runs on the driver or, for large data, in a Ray task (`train` chooses)."""
+    prepared = PreparedData.load(prepared_root)
+    model = build_model(model_name, cfg, prepared.inputs)
+    load_state(model, Path(best).read_bytes())
+    chosen = model.retrain_config() if search_pending and hasattr(model, "retrain_config") else None
+    if chosen is not None:
+        return {"chosen": chosen, "search_report": getattr(model, "search_report", dict)()}
+    params = sum(p.numel() for p in model.parameters())
+    model, served_as = serving_copy(model)  # evaluate what will be served
+    out_dir = Path(out)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    files = model_files(model, model_name, cfg, prepared.spec, prepared.vocab, prepared.stats.get("encoders"))
+    for name, content in files.items():
+        (out_dir / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    names = sorted(files)
+    del files
+    scored = evaluate_published(model.eval(), prepared, batch_size, seed)
+    return {"files": names, "params": params, "served_as": served_as, "scored": scored}
 
 
 def evaluate_published(model: torch.nn.Module, prepared: PreparedData, batch_size: int, seed: int) -> dict[str, Any]:
@@ -558,19 +597,6 @@ def evaluate_published(model: torch.nn.Module, prepared: PreparedData, batch_siz
     out["importance"] = permutation_importance(model, prepared.read_head("valid", IMPORTANCE_ROWS), prepared.inputs,
                                                seed=seed)
     return out
-
-
-@ray.remote(num_cpus=1)
-def _evaluate_task(prepared_root: str, model_name: str, cfg: Any, weights: bytes, served_as: dict[str, str],
-                   batch_size: int, seed: int) -> dict[str, Any]:
-    """`evaluate_published` in a Ray worker, on the served form of the model (`weights` are stored as served)."""
-    prepared = PreparedData.load(prepared_root)
-    model = build_model(model_name, cfg, prepared.inputs)
-    if served_as:
-        shape_as_served(model)
-    load_state(model, weights)
-    torch.set_num_threads(1)
-    return evaluate_published(model.eval(), prepared, batch_size, seed)
 
 
 def with_overrides(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
