@@ -89,7 +89,7 @@ def score(registry: ArtifactRegistry, name: str, ref: str, input_dir: str | Path
         # A few blocks per actor at least: Ray Data gives a whole block to one actor.
         files = sum(1 for p in (input_dir.rglob("*.parquet") if input_dir.is_dir() else [input_dir]))
         blocks = max(files, 4 * largest)
-        scored = ray.data.read_parquet(str(input_dir), ray_remote_args={"num_cpus": _READER_CPUS},
+        scored = ray.data.read_parquet(str(input_dir), num_cpus=_READER_CPUS,
                                        override_num_blocks=blocks).map_batches(
             Scorer, fn_constructor_args=(str(registry.root.resolve()), name, version.version),
             batch_format="pyarrow", batch_size=batch_size, num_cpus=actor_cpus, scheduling_strategy="SPREAD",

@@ -394,7 +394,7 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
     folder.mkdir(parents=True, exist_ok=True)
     progress_file = folder / _PROGRESS
     progress_file.unlink(missing_ok=True)
-    job = replace(job, threads=worker_threads(cpus, job.train.num_workers, streamed), in_memory_bytes=limit, streamed=streamed,
+    job = replace(job, threads=max(1, cpus // job.train.num_workers), in_memory_bytes=limit, streamed=streamed,
                   progress_file=str(progress_file))
     # Workers leave a CPU free: Ray Data feeds streamed shards with tasks of its own, and a cluster
     # whose CPUs are all held by workers would wait for them forever.
@@ -429,13 +429,6 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
         state = json.loads((Path(d) / _STATE).read_text())
         shutil.copyfile(Path(d) / _BEST, best)
     return state, best, wall
-
-
-def worker_threads(cpus: int, workers: int, streamed: tuple[str, ...]) -> int:
-    """Torch threads per training worker: the CPUs shared out among the workers, less one while the train
-    split streams, which Ray Data's read tasks use. On 2 cores a second OpenMP thread beside those tasks
-    spent its time waiting at barriers for a CPU (docs/training.md, "Streamed epochs")."""
-    return max(1, (cpus - (1 if "train" in streamed else 0)) // workers)
 
 
 def _split_bytes(prepared: PreparedData, split: str) -> int:
