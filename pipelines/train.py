@@ -495,13 +495,13 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
     finish = ray.remote(num_cpus=1)(finish_run).remote if large else finish_run
     out = run_dir(storage, run_name) / _VERSION_FILES
 
-    def finished(cfg: Any, search_pending: bool) -> dict[str, Any]:
+    def finished(cfg: Any, best: Path, search_pending: bool) -> dict[str, Any]:
         done = finish(job.prepared, job.model, cfg, str(best), str(out), job.train.eval_batch_size,
                       job.train.seed, search_pending)
         return ray.get(done) if large else done
 
     cfg = job.model_config
-    done = finished(cfg, search_pending=True)
+    done = finished(cfg, best, search_pending=True)
     search = None
     if "chosen" in done:
         search = {"config": to_dict(cfg), "valid_auc": state["best_valid_auc"], "epochs": state["epoch"] + 1,
@@ -511,7 +511,7 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
         runs.append(f"{run_name}-retrain")
         state, best, retrain_wall = fit(job, storage, runs[-1], fresh=fresh)
         wall += retrain_wall
-        done = finished(cfg, search_pending=False)
+        done = finished(cfg, best, search_pending=False)
 
     metrics: dict[str, Any] = {
         "model": job.model,

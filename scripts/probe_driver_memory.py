@@ -1,11 +1,11 @@
-"""What `muxrec train`'s driver holds after fitting, step by step: resident memory after each step.
+"""What publishing a fitted model holds, step by step: resident memory after each step.
 
     python scripts/probe_driver_memory.py --prepared runs/bench-pipeline-20000000/prepared/bench-pipeline-20000000
 
-Replays, in this process and with an untrained DeepFM, what `pipelines/train.py: train` does on the driver
-once Ray Train is done: load the prepared data (vocabulary), build the model, serialise its weights and the
-vocabulary for publishing, evaluate valid a chunk at a time (`PreparedData.rows`), permutation importance on
-the first validation rows. Prints RSS (MB) after each step and the peak sampled during it, then one JSON
+Replays, in this process and with an untrained DeepFM, what `pipelines/train.py: finish_run` does once
+Ray Train is done (on the driver until 15a6a94; in a Ray task for large data since): load the prepared
+data (vocabulary), build the model, serialise its weights and the vocabulary for publishing, evaluate
+valid a chunk at a time (`PreparedData.rows`), permutation importance on the first validation rows. Prints RSS (MB) after each step and the peak sampled during it, then one JSON
 object. Findings: docs/benchmarks/README.md, "Streaming pipeline at scale".
 """
 
