@@ -92,7 +92,7 @@ def score(registry: ArtifactRegistry, name: str, ref: str, input_dir: str | Path
         scored = ray.data.read_parquet(str(input_dir), num_cpus=_READER_CPUS,
                                        override_num_blocks=blocks).map_batches(
             Scorer, fn_constructor_args=(str(registry.root.resolve()), name, version.version),
-            batch_format="pyarrow", batch_size=batch_size, num_cpus=actor_cpus, scheduling_strategy="SPREAD",
+            batch_format="pyarrow", batch_size=batch_size, num_cpus=actor_cpus,  # spread: Ray Data's default
             compute=ActorPoolStrategy(min_size=pool[0], max_size=pool[1]) if isinstance(pool, tuple)
             else ActorPoolStrategy(size=pool))
         with replacing(Path(output_dir)) as staging:

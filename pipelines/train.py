@@ -53,6 +53,7 @@ from muxrec.log import say
 from muxrec.models import Batch, EncodedRows, build_model
 from muxrec.models.registry import entry
 from muxrec.models.serialization import load_state, model_files, serving_copy, state_bytes
+from muxrec.pipelines.backpressure import use_spin_guard
 from muxrec.pipelines.importance import permutation_importance
 from muxrec.models.multitask import expert_utilisation
 from muxrec.pipelines.loop import (Objective, Optimizers, empty_parameters, evaluate_rows, make_optimizer,
@@ -400,6 +401,7 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
     # whose CPUs are all held by workers would wait for them forever.
     worker_cpus = min(1.0, max(0.1, (cpus - 1) / job.train.num_workers))
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", CONTROLLER_POLL_S)  # read by the controller actor
+    use_spin_guard()  # a streamed split's executor would spin while the worker trains
     datasets = {split: ray.data.read_parquet(str(prepared.split_dir(split))) for split in streamed}
     trainer = TorchTrainer(
         train_loop_per_worker,
