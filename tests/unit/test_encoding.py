@@ -17,7 +17,7 @@ import pytest
 from muxrec.encoding import (OOV_ID, SKETCH_POINTS, SPLIT_COLUMN, TableVocab, Vocabulary, count_values, derive, encode,
                              merge_sketches, moments, quantile_sketch, split_of, with_row_numbers)
 from muxrec.errors import DataError
-from muxrec.spec import FeatureSpec
+from muxrec.spec import FeatureSpec, ModelInputs
 
 from tests.helpers import tiny_raw, tiny_spec
 
@@ -155,6 +155,25 @@ def test_vocabulary_json_is_written_a_slice_of_values_at_a_time(monkeypatch, tmp
     again = Vocabulary.load(tmp_path / "vocabulary.json")
     assert again.num_embeddings() == {"v": 7, "empty": 1, "h": 9, "b": 4}
     assert again.tables["v"].values.to_pylist() == values and again.to_json() == vocab.to_json()
+
+
+def test_prepared_data_reads_its_vocabulary_when_first_used_and_checks_it_against_the_spec(tmp_path):
+    """Loading a prepared folder leaves the vocabulary on disk; the first use reads it, and refuses one
+    fitted for another spec in one line."""
+    from muxrec.pipelines.prepare import PreparedData
+
+    spec = tiny_spec()
+    _, vocab = _fit(spec, tiny_raw(50))
+    (tmp_path / "spec.yaml").write_text(spec.to_yaml())
+    (tmp_path / "stats.json").write_text("{}")
+    vocab.save(tmp_path / "vocabulary.json")
+    prepared = PreparedData.load(tmp_path)
+    assert "vocab" not in vars(prepared)  # not read yet
+    assert prepared.inputs == ModelInputs.from_spec(spec, vocab.num_embeddings())
+    other = tiny_spec(features=[{"name": "color", "kind": "categorical"}])
+    (tmp_path / "spec.yaml").write_text(other.to_yaml())
+    with pytest.raises(DataError, match="the vocabulary does not match spec.yaml; re-run prepare"):
+        PreparedData.load(tmp_path).vocab
 
 
 def test_hash_split_follows_the_rule():
