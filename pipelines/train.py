@@ -118,6 +118,10 @@ class TrainJob:
             raise TypeError(f"TrainJob.model_config must be a {expected.__name__}, "
                             f"got {type(self.model_config).__name__}")
 
+    def in_memory_limit(self) -> int:
+        """Splits up to this many Parquet bytes are held in memory: `in_memory_bytes`, or the default."""
+        return self.in_memory_bytes if self.in_memory_bytes is not None else default_in_memory_bytes()
+
     def to_dict(self) -> dict[str, Any]:
         """As JSON (the published train.json)."""
         return {"prepared": self.prepared, "model": self.model, "model_config": to_dict(self.model_config),
@@ -390,7 +394,7 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
     _check_resumable(folder, job.fingerprint(prepared.spec.fingerprint()))
     ensure_ray()
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    limit = job.in_memory_bytes if job.in_memory_bytes is not None else default_in_memory_bytes()
+    limit = job.in_memory_limit()
     streamed = tuple(s for s in ("train", "valid") if _split_bytes(prepared, s) > limit)
     folder.mkdir(parents=True, exist_ok=True)
     progress_file = folder / _PROGRESS
@@ -492,7 +496,7 @@ def train(job: TrainJob, registry: ArtifactRegistry, model_name: str, storage: s
     run_name = run_name or f"{model_name}-seed{job.train.seed}"
     runs = [run_name]
     state, best, wall = fit(job, storage, run_name, fresh=fresh)
-    limit = job.in_memory_bytes if job.in_memory_bytes is not None else default_in_memory_bytes()
+    limit = job.in_memory_limit()
     large = any(_split_bytes(prepared, split) > limit for split in ("train", "valid", "test"))
     finish = ray.remote(num_cpus=1)(finish_run).remote if large else finish_run
     out = run_dir(storage, run_name) / _VERSION_FILES
