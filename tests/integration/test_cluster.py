@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 def test_prepare_and_score_run_on_both_nodes_of_a_cluster(small_models, tmp_path):
     registry, *_ = small_models
-    spec = synthetic_spec(rows=40_000, seed=31, chunk_rows=10_000).model_dump(mode="json")  # 4 chunks: work for both nodes
+    spec = synthetic_spec(rows=16_000, seed=31, chunk_rows=4_000).model_dump(mode="json")  # 4 chunks: work for both nodes
     spec["name"] = "cluster"
     spec_path = tmp_path / "cluster.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
@@ -32,7 +32,7 @@ def test_prepare_and_score_run_on_both_nodes_of_a_cluster(small_models, tmp_path
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["nodes"] == 2
-    assert report["prepare"]["rows"] == 40_000
+    assert report["prepare"]["rows"] == 16_000
     assert len(report["prepare"]["task_nodes"]) == 2, report  # tasks of prepare ran on both nodes
     # Scoring runs through the cluster; where its 2 actors land is Ray's choice (both fit on one node).
     assert report["score"]["rows"] == 8000 and report["score"]["actor_nodes"], report

@@ -37,6 +37,12 @@ def prepared(ray_cluster, tmp_path_factory):
     return prepare(spec, tmp_path_factory.mktemp("prepared"))
 
 
+@pytest.fixture(scope="module")
+def every_method(ray_cluster, tmp_path_factory):
+    """every_method_spec prepared once for the tests that train it (unsharded and sharded)."""
+    return prepare(every_method_spec(rows=16000, seed=3), tmp_path_factory.mktemp("every-method"))
+
+
 def test_prepare_writes_deterministic_parquet_fitted_on_train_only(prepared):
     spec = prepared.spec
     assert {s: v["rows"] for s, v in prepared.stats["splits"].items()} == \
@@ -179,7 +185,7 @@ def test_a_spec_with_its_own_table_dims_trains_and_publishes(ray_cluster, tmp_pa
     assert sorted(loaded.model.embedding.projections) == ["item", "title", "user_id"]
 
 
-def test_every_embedding_method_trains_through_ray_and_publishes_as_served(ray_cluster, tmp_path):
+def test_every_embedding_method_trains_through_ray_and_publishes_as_served(every_method, tmp_path):
     """One spec using every table method (every_method_spec): Ray Train fits it, and the published version
     stores user_id int8, region's 2-value prefix and slot's kept values, with metrics measured on what is stored.
     Every split counts as large here (in_memory_bytes=0): the workers stream them and the published model is
@@ -187,8 +193,7 @@ def test_every_embedding_method_trains_through_ray_and_publishes_as_served(ray_c
     from muxrec.models.layers.tables import MixedDimTable, PrefixTable, QRTable, QuantizedTable, SparseTable
     from muxrec.models.serialization import load_model
 
-    prep = prepare(every_method_spec(rows=16000, seed=3), tmp_path / "prepared")
-    result = train(TrainJob(str(prep.root), "deepfm", DEEPFM, SMALL, in_memory_bytes=0),
+    result = train(TrainJob(str(every_method.root), "deepfm", DEEPFM, SMALL, in_memory_bytes=0),
                    ArtifactRegistry(tmp_path / "registry"), "methods", tmp_path / "ray")
     assert result.metrics["history"] and json.loads(result.version.read_text("importance.json"))["features"]
     assert result.metrics["valid"]["auc"] > 0.58  # learned (chance: 0.5), if less than dense tables in 3 epochs
@@ -202,7 +207,7 @@ def test_every_embedding_method_trains_through_ray_and_publishes_as_served(ray_c
     assert rerun["tasks"]["click"]["auc"] == pytest.approx(result.metrics["test"]["click_auc"], abs=1e-6)  # as published
 
 
-def test_row_wise_sharded_training_publishes_a_version_that_loads_unsharded(ray_cluster, tmp_path):
+def test_row_wise_sharded_training_publishes_a_version_that_loads_unsharded(every_method, tmp_path):
     """2 Ray Train workers, TorchRec DMP row-wise over gloo, on the every-method spec: the D-wide tables of
     the collection are split by rows, the 1-wide first-order ones data-parallel, the compressed tables
     (outside the collection) replicated. The checkpoint is gathered unsharded, so the published version
@@ -211,8 +216,7 @@ def test_row_wise_sharded_training_publishes_a_version_that_loads_unsharded(ray_
 
     from muxrec.models.serialization import load_model
 
-    prep = prepare(every_method_spec(rows=16000, seed=3), tmp_path / "prepared")
-    job = TrainJob(str(prep.root), "deepfm", DEEPFM, replace(SMALL, epochs=2, num_workers=2, sharding="row_wise"))
+    job = TrainJob(str(every_method.root), "deepfm", DEEPFM, replace(SMALL, epochs=2, num_workers=2, sharding="row_wise"))
     result = train(job, ArtifactRegistry(tmp_path / "registry"), "sharded", tmp_path / "ray")
     in_collection = sum(len(c.embedding_bag_configs()) for c in load_model(result.version).model.modules()
                         if isinstance(c, EmbeddingBagCollection))

@@ -39,7 +39,7 @@ def test_killed_sharded_training_resumes_from_its_checkpoint(ray_cluster, tmp_pa
     killing the driver ends its job, whose Ray Train actors Ray then stops. That saves two cold Ray
     starts; a cold `muxrec train` process is run by test_bench_train_times_floor_loop_and_command.
     """
-    spec = synthetic_spec(rows=12000, seed=5).model_dump(mode="json")
+    spec = synthetic_spec(rows=6000, seed=5).model_dump(mode="json")
     spec["features"] = [f for f in spec["features"] if f["kind"] != "sequence"]  # (sharded tables are pooled only)
     spec_path = tmp_path / "synthetic.yaml"
     spec_path.write_text(yaml.safe_dump(spec))

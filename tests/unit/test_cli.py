@@ -25,6 +25,16 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env=env)
 
 
+def run_main(capsys, *args: str) -> tuple[int, str]:
+    """`muxrec ARGS` in this process (no interpreter start-up): its exit code and stderr. argparse's own
+    errors leave through SystemExit, as they do from the command."""
+    try:
+        code = main(list(args))
+    except SystemExit as stop:
+        code = stop.code
+    return code, capsys.readouterr().err
+
+
 def test_help_everywhere():
     for args in ([], ["train"], ["data", "download"], ["bench", "ctr"], ["evaluate"], ["prepare"],
                  ["encoders", "fit-text"], ["encoders", "align"], ["encoders", "catalog"], ["bench", "encoders"], ["select"], ["bench", "select"]):
@@ -63,12 +73,12 @@ def test_argparse_errors_exit_2():
     assert out.returncode == 2 and "invalid choice" in out.stderr
 
 
-def test_malformed_spec_exits_2(tmp_path):
+def test_malformed_spec_exits_2(tmp_path, capsys):
     spec = tmp_path / "s.yaml"
     spec.write_text("name: s\nfeatures: [{name: a, kind: categorial}]\n")
-    out = run_cli("prepare", "--spec", str(spec), "--out", str(tmp_path / "out"))
-    assert out.returncode == 2
-    assert "features.0.kind" in out.stderr and "Traceback" not in out.stderr
+    code, err = run_main(capsys, "prepare", "--spec", str(spec), "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert "features.0.kind" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 

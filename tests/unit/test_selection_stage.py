@@ -13,7 +13,7 @@ from muxrec.pipelines.prepare import _selects_from
 from muxrec.selection import (FeatureRanking, FeatureScore, permutation_ranking, publish_ranking, selection_name,
                               stored_rankings, subset_spec)
 from tests.helpers import synthetic_spec
-from tests.unit.test_cli import run_cli
+from tests.unit.test_cli import run_main
 
 
 def _ranking(method: str, names: list[str], kept: list[str] | None = None) -> FeatureRanking:
@@ -103,10 +103,10 @@ def test_the_chosen_features_are_the_top_k_or_the_methods_own_set() -> None:
     (["--method", "outrank", "--top-k", "0"], "expected a number >= 1, got 0"),
     (["--method", "permutation", "--model", "missing@v0001"], "no model named 'missing'"),
 ])
-def test_select_cli_errors_are_one_line_and_exit_2(tmp_path, args, message) -> None:
+def test_select_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, args, message) -> None:
     from tests.conftest import CONFIGS
 
-    out = run_cli("select", "--spec", str(CONFIGS / "ml-100k.yaml"), *args, "--registry", str(tmp_path / "reg"),
-                  "--runs", str(tmp_path / "runs"))
-    assert out.returncode == 2, out.stderr
-    assert message in out.stderr and "Traceback" not in out.stderr
+    code, err = run_main(capsys, "select", "--spec", str(CONFIGS / "ml-100k.yaml"), *args,
+                         "--registry", str(tmp_path / "reg"), "--runs", str(tmp_path / "runs"))
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
