@@ -109,6 +109,23 @@ def _is_loopback(address: str) -> bool:
     return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
 
 
+# Ray keeps up to `num_workers_soft_limit` idle worker processes for reuse (default: the CPU count) and
+# stops the others a second after they fall idle. Ray Data runs its readers and map tasks on fractional
+# CPUs, several per CPU, so on a small machine every stage and every job started fresh processes that
+# import Ray Data, pyarrow and muxrec again: tests/integration/test_pipeline.py started 116-117 worker
+# processes on 2 CPUs, 95-98 with a limit of 8 (wall 283.6 s vs 246.6 / 276.1 s, one noisy window). A Ray
+# that muxrec starts keeps at least this many (Ray's default on an 8-CPU machine); a user's
+# RAY_num_workers_soft_limit, or a cluster's own setting, wins.
+MIN_IDLE_WORKERS = 8
+
+
+def _worker_pool_config(num_cpus: int) -> dict[str, int]:
+    """Ray system config for a local Ray that muxrec starts (see MIN_IDLE_WORKERS)."""
+    if "RAY_num_workers_soft_limit" in os.environ:
+        return {}
+    return {"num_workers_soft_limit": max(num_cpus, MIN_IDLE_WORKERS)}
+
+
 SHUFFLE_ENV = "MUXREC_RAY_SHUFFLE"
 SORT_SHUFFLE_MAX_ROWS = 250_000  # jobs over up to this many rows shuffle by sorting, larger ones by hashing
 
@@ -174,8 +191,9 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
         if cluster or kept:
             ray.init(address=cluster or kept, **quiet)
         else:
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                     dashboard_host=HOST, **quiet)
+            cpus = num_cpus or os.cpu_count() or 1
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, dashboard_host=HOST,
+                     _system_config=_worker_pool_config(cpus), **quiet)
             started = True
         if threading.current_thread() is threading.main_thread():
             for sig, handler in handlers.items():
@@ -202,11 +220,14 @@ def ray_up(num_cpus: int | None = None, timeout: float = 120.0) -> str:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # Every server of this Ray on 127.0.0.1 (see _LOOPBACK_ENV); the Ray Client server on a free port,
     # not the fixed 10001 that a second Ray on the machine would also want.
+    cpus = num_cpus or os.cpu_count() or 1
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--node-ip-address={HOST}",
-               f"--port={port}", f"--ray-client-server-port={_free_port()}", f"--num-cpus={num_cpus or os.cpu_count()}",
+               f"--port={port}", f"--ray-client-server-port={_free_port()}", f"--num-cpus={cpus}",
                "--include-dashboard=false", "--disable-usage-stats"]
-    # A token in ~/.ray (made if missing) guards the cluster.
-    env = {**os.environ, **_LOOPBACK_ENV, "RAY_AUTH_MODE": "token"}
+    # A token in ~/.ray (made if missing) guards the cluster. Ray's processes read their system config
+    # from RAY_<name> variables too (`ray start` has no public flag for it).
+    pool = {f"RAY_{name}": str(value) for name, value in _worker_pool_config(cpus).items()}
+    env = {**os.environ, **_LOOPBACK_ENV, "RAY_AUTH_MODE": "token", **pool}
     with log_path.open("w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     deadline = time.monotonic() + timeout

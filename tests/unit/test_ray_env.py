@@ -37,3 +37,13 @@ def test_rows_are_estimated_without_reading_them(tmp_path):
     assert estimated_rows(SourceSpec(loader="parquet", path=str(folder))) == 1000
     (tmp_path / "a.csv").write_text("x\n" + "1\n" * 1000)
     assert estimated_rows(SourceSpec(loader="csv", path=str(tmp_path / "a.csv"))) == 2002 // 100
+
+
+def test_a_local_ray_keeps_at_least_min_idle_workers_unless_the_user_says(monkeypatch):
+    from muxrec.ray_env import MIN_IDLE_WORKERS, _worker_pool_config
+
+    monkeypatch.delenv("RAY_num_workers_soft_limit", raising=False)
+    assert _worker_pool_config(2) == {"num_workers_soft_limit": MIN_IDLE_WORKERS}
+    assert _worker_pool_config(64) == {"num_workers_soft_limit": 64}  # Ray's own default there
+    monkeypatch.setenv("RAY_num_workers_soft_limit", "3")
+    assert _worker_pool_config(2) == {}
