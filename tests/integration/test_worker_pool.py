@@ -20,13 +20,16 @@ BURST = 6  # tasks at once: more than the session's 2 CPUs, no more than MIN_IDL
 
 
 def _worker_pids() -> set[int]:
-    """Pids of this machine's Ray worker processes (Ray titles them `ray::IDLE`, `ray::<task>`, ...)."""
+    """Pids of this session's Ray worker processes: those under this process that Ray titles
+    `ray::IDLE`, `ray::<task>`, ... (the session's local Ray is started by this process)."""
+    from muxrec.ray_env import _process_tree
+
     pids = set()
-    for entry in Path("/proc").glob("[0-9]*"):
+    for pid in _process_tree(os.getpid()):
         try:
-            if (entry / "cmdline").read_bytes().startswith(b"ray::"):
-                pids.add(int(entry.name))
-        except OSError:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
+                pids.add(pid)
+        except OSError:  # the process ended meanwhile
             continue
     return pids
 
