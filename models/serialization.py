@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +23,7 @@ from muxrec.artifacts import ModelVersion
 from muxrec.config import to_dict
 from muxrec.encoding import Vocabulary, attach_content, derive, encode, encode_arrays
 from muxrec.errors import ArtifactError
-from muxrec.models.batch import EncodedRows
+from muxrec.models.batch import Batch, EncodedRows, array_batches
 from muxrec.models.encoders.content import ContentVectors, check_digests, registry_of
 from muxrec.models.layers.embedding import FeatureEmbedding
 from muxrec.models.registry import build_model, make_config
@@ -114,15 +114,19 @@ class LoadedModel:
                     ) -> np.ndarray:
         """(N, T) probabilities for raw rows (content vectors given, or computed by the pinned encoders)."""
         arrays = encode_arrays(self.derive(raw, vectors=vectors), self.spec, self.vocab)
-        return self.predict(EncodedRows(arrays, self.inputs, with_labels=False), batch_size)
+        return _probabilities(self.model, array_batches(arrays, self.inputs, batch_size))
+
+
+def predict_proba(model: nn.Module, rows: EncodedRows, batch_size: int = 8192) -> np.ndarray:
+    """(N, T) probabilities, in row order."""
+    return _probabilities(model, rows.batches(batch_size))
 
 
 @torch.inference_mode()
-def predict_proba(model: nn.Module, rows: EncodedRows, batch_size: int = 8192) -> np.ndarray:
-    """(N, T) probabilities, in row order."""
+def _probabilities(model: nn.Module, batches: Iterable[Batch]) -> np.ndarray:
     if model.training:  # eval() walks every module: not on each serving call
         model.eval()
-    out = [torch.sigmoid(model(batch)) for batch in rows.batches(batch_size)]
+    out = [torch.sigmoid(model(batch)) for batch in batches]
     return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
 
 
