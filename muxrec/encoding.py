@@ -133,10 +133,20 @@ def _as_string(arr: pa.ChunkedArray | pa.Array, where: _Where) -> pa.Array:
 
 def _missing_as_null(arr: pa.Array, fill: str | float | None) -> pa.Array:
     """Empty strings are missing too; missing values become `fill` when the spec gives one."""
-    empty = pc.equal(arr, "")
-    if empty.true_count:
-        arr = pc.if_else(empty, pa.scalar(None, arr.type), arr)
-    return arr if fill is None else pc.fill_null(arr, str(fill))
+    if _any_empty(arr):
+        arr = pc.if_else(pc.equal(arr, ""), pa.scalar(None, arr.type), arr)
+    return arr if fill is None or not arr.null_count else pc.fill_null(arr, str(fill))
+
+
+def _any_empty(arr: pa.Array) -> bool:
+    """Whether a string array holds "" (nulls aside), read from its offsets (cheaper than comparing)."""
+    if not len(arr) or arr.null_count == len(arr):
+        return False
+    offsets = np.frombuffer(arr.buffers()[1], np.int32, len(arr) + 1, arr.offset * 4)  # (n+1,)
+    empty = offsets[1:] == offsets[:-1]
+    if arr.null_count:
+        empty &= pc.is_valid(arr).to_numpy(zero_copy_only=False)
+    return bool(empty.any())
 
 
 def _reject_missing(arr: pa.Array, where: _Where) -> None:
@@ -146,12 +156,17 @@ def _reject_missing(arr: pa.Array, where: _Where) -> None:
                           "the feature is required (declare `fill` to impute them, or drop `required`)")
 
 
+_STRING_LIST = pa.list_(pa.string())
+
+
 def _list_of_strings(arr: pa.ChunkedArray | pa.Array, where: _Where, separator: str | None) -> pa.Array:
     arr = _flat(arr)
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         if separator is None:
             raise where.error("got a string column, expected a list (or set `separator`)")
         arr = pc.split_pattern(arr, separator)
+    if arr.type == _STRING_LIST and arr.type.value_field.name == "item" and not arr.null_count:
+        return arr  # already what the rebuild below makes (a request's lists, from the gateway)
     if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
         raise where.error(f"expected a list column, got {arr.type}")
     lengths = pc.fill_null(pc.list_value_length(arr), 0)
@@ -526,6 +541,30 @@ def _has_nul(values: pa.Array) -> bool:
     return bool(len(values)) and pc.match_substring(values, "\x00").true_count > 0
 
 
+def _ascii_strings(values: pa.Array, missing: np.ndarray | None) -> np.ndarray | None:
+    """A string array as (n,) numpy strings as wide as its longest value, "" where `missing`, laid out
+    from Arrow's offsets and bytes by a few array operations (instead of a Python string per value);
+    None unless every byte is ASCII and none is NUL (numpy strings drop trailing NULs)."""
+    n = len(values)
+    if not n:
+        return np.zeros(0, "<U1")
+    _, offset_buffer, data_buffer = values.buffers()
+    offsets = np.frombuffer(offset_buffer, np.int32, n + 1, values.offset * 4).astype(np.int64)  # (n+1,)
+    first, size = int(offsets[0]), int(offsets[-1] - offsets[0])
+    data = np.frombuffer(data_buffer, np.uint8, size, first) if size else np.zeros(0, np.uint8)
+    if size and ((data - np.uint8(1)) > 126).any():  # wraps around: byte 0 -> 255; so True for 0 and >= 128
+        return None
+    lengths = np.diff(offsets)  # (n,) bytes = characters, all ASCII
+    if missing is not None:
+        lengths[missing] = 0
+    width = max(int(lengths.max()), 1)
+    codes = np.zeros((n, width), np.uint32)  # UTF-32 code points, 0-padded as numpy pads its strings
+    row = np.repeat(np.arange(n), lengths)
+    col = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    codes[row, col] = data[np.repeat(offsets[:-1] - first, lengths) + col]
+    return codes.view(f"U{width}").reshape(n)  # native byte order, as the uint32 codes
+
+
 def vocabulary_ids(lookups: list[tuple[TableVocab, pa.Array | pa.ChunkedArray]]) -> list[np.ndarray]:
     """int64 ids for each (vocabulary, string values) pair; null and unknown values -> OOV_ID.
 
@@ -545,16 +584,17 @@ def vocabulary_ids(lookups: list[tuple[TableVocab, pa.Array | pa.ChunkedArray]])
             out[k] = table._hash_lookup(values)
     if searched:
         values = pa.concat_arrays([v for _, _, v in searched]) if len(searched) > 1 else searched[0][2]
-        if _has_nul(values):  # numpy strings drop trailing NULs: such values take the exact hashing path
-            for k, table, v in searched:
-                out[k] = table._hash_lookup(v)
-            return out
-        query = values.to_numpy(zero_copy_only=False)  # (n,) str or None
-        missing = None
-        if values.null_count:
-            missing = pc.is_null(values).to_numpy(zero_copy_only=False)
-            query = np.where(missing, "", query)
-        query = query.astype(str) if len(query) else np.zeros(0, "<U1")  # (n,) of their own width: exact
+        missing = pc.is_null(values).to_numpy(zero_copy_only=False) if values.null_count else None
+        query = _ascii_strings(values, missing)
+        if query is None:
+            if _has_nul(values):  # numpy strings drop trailing NULs: such values take the exact hashing path
+                for k, table, v in searched:
+                    out[k] = table._hash_lookup(v)
+                return out
+            query = values.to_numpy(zero_copy_only=False)  # (n,) str or None
+            if missing is not None:
+                query = np.where(missing, "", query)
+            query = query.astype(str)  # (n,) of their own width: exact
         start = 0
         for k, table, v in searched:
             ids = table._search(query[start:start + len(v)])
@@ -769,6 +809,16 @@ class Vocabulary:
 EncodedArrays = dict[str, "np.ndarray | tuple[np.ndarray, np.ndarray]"]
 
 
+def _list_parts(col: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """A list column as (offsets (N+1,) int32 from 0, its values in order); a null list is empty."""
+    if not col.null_count:  # offsets and values straight from the array (which may be a slice)
+        offsets = col.offsets.to_numpy()
+        values = col.values.slice(offsets[0], offsets[-1] - offsets[0])
+        return (offsets - offsets[0]).astype(np.int32, copy=False), values
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32), pc.list_flatten(col)
+
+
 def encode_arrays(derived: pa.Table, spec: FeatureSpec, vocab: Vocabulary) -> EncodedArrays:
     """`encode`'s feature columns as numpy, for a caller that wants tensors rather than Arrow (the
     Ranker): int64 (N,) ids, float32 (N,) normalised numbers, for list kinds (offsets (N+1,) int32,
@@ -788,10 +838,8 @@ def encode_arrays(derived: pa.Table, spec: FeatureSpec, vocab: Vocabulary) -> En
             continue
         table = vocab.tables[f.table_name]
         if f.kind in LIST_KINDS:
-            lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
-            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+            offsets, col = _list_parts(col)
             listed.append((f, offsets))
-            col = pc.list_flatten(col)
         elif (f.slots or 1) > 1:  # k rows per value: a bag of exactly k ids
             listed.append((f, np.arange(0, len(col) * f.slots + 1, f.slots, dtype=np.int32)))
         else:

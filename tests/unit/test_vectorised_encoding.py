@@ -51,6 +51,28 @@ def test_search_and_hashing_paths_agree_on_a_large_random_block():
     assert table._hash_lookup(pa.array(small, pa.string())).tolist() == _per_row(vocab, small)
 
 
+def test_ascii_blocks_are_laid_out_from_arrow_buffers_as_python_strings_would_be():
+    """_ascii_strings (numpy strings built from Arrow's offsets and bytes) against the per-value
+    conversion: nulls, empty values, a sliced array (offset into shared buffers), printable and control
+    characters; and None where it must step aside (non-ASCII, NUL)."""
+    from muxrec.encoding import _ascii_strings
+
+    rng = np.random.default_rng(3)
+    alphabet = [chr(c) for c in range(1, 128)]
+    words = ["".join(rng.choice(alphabet, size=int(k))) for k in rng.integers(0, 12, size=300)]
+    block = pa.array([None if i % 17 == 0 else w for i, w in enumerate(words)], pa.string())
+    for values in (block, block.slice(5, 200), block.slice(299, 1), pa.array(["", ""], pa.string())):
+        missing = values.is_null().to_numpy(zero_copy_only=False)
+        expected = np.array(["" if v is None else v for v in values.to_pylist()]).astype(str)
+        got = _ascii_strings(values, missing if values.null_count else None)
+        assert got.dtype == expected.dtype and got.tolist() == expected.tolist()
+    for odd in (["ok", "é"], ["ok", "a\x00"], ["\x00"]):
+        assert _ascii_strings(pa.array(odd), None) is None
+    sliced = block.slice(40, 150)  # ASCII after slicing, with nulls: same ids as one by one
+    vocab = sorted(set(words))[::3]
+    assert TableVocab("t", values=vocab).ids(sliced).tolist() == _per_row(vocab, sliced.to_pylist())
+
+
 def test_several_lookups_at_once_equal_one_by_one():
     tables = [TableVocab("a", values=["x", "y"]), TableVocab("b", values=[]), TableVocab("c", values=VOCAB),
               TableVocab("d", values=["only\x00nul"])]  # a NUL in the vocabulary: always hashed
@@ -130,13 +152,14 @@ def test_encode_of_a_request_sized_block_matches_the_per_row_meaning():
     assert not any(math.isnan(x) for x in encoded["stock"].to_pylist())
 
 
-def test_rows_from_encoded_arrays_equal_rows_from_the_encoded_table():
-    """The serving path (encode_arrays -> EncodedRows, no Arrow table) builds the same batch tensors
-    as the offline path (encode -> Arrow table -> EncodedRows)."""
+def test_batches_from_encoded_arrays_equal_batches_from_the_encoded_table():
+    """The scoring path (encode_arrays -> array_batches: no Arrow table, no gather) builds the same batch
+    tensors as the offline path (encode -> Arrow table -> EncodedRows.take), whole or in slices."""
     import torch
 
     from muxrec.encoding import encode_arrays
     from muxrec.models import EncodedRows
+    from muxrec.models.batch import array_batches
     from muxrec.spec import ModelInputs
 
     spec = parse_spec(SPEC)
@@ -144,15 +167,44 @@ def test_rows_from_encoded_arrays_equal_rows_from_the_encoded_table():
     vocab = Vocabulary.fit(spec, count_values(derived, spec), moments(derived, spec), quantile_sketch(derived, spec))
     inputs = ModelInputs.from_spec(spec, vocab.num_embeddings())
     request = derive(_raw(100, 2), spec, labels=False, split=False)
-    offline = EncodedRows(encode(request, spec, vocab), inputs, with_labels=False).take(torch.arange(100))
-    online = EncodedRows(encode_arrays(request, spec, vocab), inputs, with_labels=False).take(torch.arange(100))
-    assert online.sparse.keys() == offline.sparse.keys()
-    assert torch.equal(online.sparse.values(), offline.sparse.values())
-    assert torch.equal(online.sparse.lengths(), offline.sparse.lengths())
-    assert torch.equal(online.dense, offline.dense)
-    assert online.sequences.keys() == offline.sequences.keys() == {"seen"}
-    for name, (ids, lengths) in offline.sequences.items():
-        assert torch.equal(online.sequences[name][0], ids) and torch.equal(online.sequences[name][1], lengths)
-    assert int(offline.sequences["seen"][1].max()) == 4 and (offline.sparse.lengths() == 0).any()
-    with pytest.raises(ValueError, match="no labels"):
-        EncodedRows(encode_arrays(request, spec, vocab), inputs, with_labels=True)
+    offline_rows = EncodedRows(encode(request, spec, vocab), inputs, with_labels=False)
+    arrays = encode_arrays(request, spec, vocab)
+    for size in (100, 7):
+        online = list(array_batches(arrays, inputs, size))
+        assert [len(b) for b in online] == [min(size, 100 - s) for s in range(0, 100, size)]
+        for start, got in zip(range(0, 100, size), online):
+            want = offline_rows.take(torch.arange(start, min(start + size, 100)))
+            assert got.sparse.keys() == want.sparse.keys()
+            assert torch.equal(got.sparse.values(), want.sparse.values())
+            assert torch.equal(got.sparse.lengths(), want.sparse.lengths())
+            assert torch.equal(got.dense, want.dense) and got.labels is None
+            assert got.sequences.keys() == want.sequences.keys() == {"seen"}
+            for name, (ids, lengths) in want.sequences.items():
+                assert torch.equal(got.sequences[name][0], ids) and torch.equal(got.sequences[name][1], lengths)
+    # Lists longer than max_len (derive cuts them; arrays from elsewhere may not): each row's first ids.
+    long_tags = [list(range(1, 1 + i % 6)) for i in range(100)]  # up to 5 ids, max_len 3
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in long_tags])]).astype(np.int32)
+    table = encode(request, spec, vocab)
+    table = table.set_column(table.column_names.index("tags"), "tags", pa.array(long_tags, pa.list_(pa.int64())))
+    want = EncodedRows(table, inputs, with_labels=False).take(torch.arange(40, 60))
+    got = list(array_batches({**arrays, "tags": (offsets, np.concatenate(long_tags))}, inputs, 20))[2]
+    assert torch.equal(got.sparse.values(), want.sparse.values())
+    assert torch.equal(got.sparse.lengths(), want.sparse.lengths()) and int(got.sparse["tags"].lengths().max()) == 3
+    whole = offline_rows.take(torch.arange(100))
+    assert int(whole.sequences["seen"][1].max()) == 4 and (whole.sparse.lengths() == 0).any()
+    with pytest.raises(ValueError, match="lack feature column"):
+        next(array_batches({k: v for k, v in arrays.items() if k != "seen"}, inputs, 10))
+
+
+def test_a_slice_derives_and_encodes_as_the_same_rows_of_the_whole_block():
+    """Arrays that are slices of larger buffers (Arrow offsets not starting at 0) take the same paths:
+    empty values read from string offsets, list offsets and values taken from the list array."""
+    spec = parse_spec(SPEC)
+    derived = derive(_raw(600, 1), spec)
+    vocab = Vocabulary.fit(spec, count_values(derived, spec), moments(derived, spec), quantile_sketch(derived, spec))
+    raw = _raw(100, 2)
+    whole = derive(raw, spec, labels=False, split=False)
+    part = derive(raw.slice(30, 40), spec, labels=False, split=False)
+    assert part.to_pylist() == whole.slice(30, 40).to_pylist()
+    assert None in whole["shop"].to_pylist()  # "" became null
+    assert encode(whole.slice(30, 40), spec, vocab).to_pylist() == encode(whole, spec, vocab).slice(30, 40).to_pylist()
