@@ -92,28 +92,30 @@ def test_a_split_read_in_chunks_evaluates_as_when_read_whole(prepared):
 
 
 def test_train_resume_and_evaluate(prepared, tmp_path):
-    """2 epochs, then resumed to 3, equals 3 straight; the published model evaluates the same offline.
-    A resume with another config is refused first, and leaves the run resumable."""
+    """2 epochs, then resumed to 3 and published; the same name, now done, starts over and runs 3 epochs
+    straight, which equal the resumed ones; the published model evaluates the same offline. A resume
+    with another config is refused first, and leaves the run resumable."""
     from muxrec.errors import ConfigError
 
     storage = tmp_path / "ray"
     job = TrainJob(str(prepared.root), "deepfm", DEEPFM, replace(SMALL, epochs=2))
-    first, _, _ = fit(job, storage, "interrupted")
+    first, _, _ = fit(job, storage, "run")
     assert first["epoch"] == 1 and len(first["history"]) == 2
     assert first["streamed"] == []  # a split this small is held in memory
-    changed = replace(job, model_config=replace(DEEPFM, hidden_units=(8,)), train=replace(job.train, epochs=3))
+    three = replace(job, train=replace(job.train, epochs=3))
     with pytest.raises(ConfigError, match="started with another spec / model / training config"):
-        fit(changed, storage, "interrupted")
-    resumed, resumed_best, _ = fit(replace(job, train=replace(job.train, epochs=3)), storage, "interrupted")
-    assert resumed["epoch"] == 2 and resumed["history"][:2] == first["history"]
+        fit(replace(three, model_config=replace(DEEPFM, hidden_units=(8,))), storage, "run")
 
     registry = ArtifactRegistry(tmp_path / "registry")
-    result = train(replace(job, train=replace(job.train, epochs=3)), registry, "synthetic-deepfm", storage,
-                   run_name="straight")
-    straight = result.metrics["history"]
-    assert [h["valid_auc"] for h in straight] == [h["valid_auc"] for h in resumed["history"]]
-    assert result.version.file("weights.safetensors").read_bytes() == resumed_best.read_bytes()
-    assert (storage / "straight" / "muxrec-done.json").is_file()
+    result = train(three, registry, "synthetic-deepfm", storage, run_name="run")  # resumes at epoch 3
+    resumed = result.metrics["history"]
+    assert [h["valid_auc"] for h in resumed[:2]] == [h["valid_auc"] for h in first["history"]]
+    assert (storage / "run" / "muxrec-done.json").is_file()
+    (storage / "run" / "left-by-the-first-run").write_text("")
+    straight, straight_best, _ = fit(three, storage, "run")  # a done run is started over, not resumed
+    assert not (storage / "run" / "left-by-the-first-run").exists()
+    assert [h["valid_auc"] for h in straight["history"]] == [h["valid_auc"] for h in resumed]
+    assert result.version.file("weights.safetensors").read_bytes() == straight_best.read_bytes()
     importance = json.loads(result.version.read_text("importance.json"))
     assert importance["rows"] == prepared.stats["splits"]["valid"]["rows"]  # under IMPORTANCE_ROWS: all of them
 
@@ -122,10 +124,6 @@ def test_train_resume_and_evaluate(prepared, tmp_path):
     assert report["rows"] == prepared.stats["splits"]["test"]["rows"]
     assert report["tasks"]["click"]["auc"] == pytest.approx(result.metrics["test"]["auc"], abs=1e-6)
     assert report["tasks"]["click"]["calibration"]["bins"]
-
-    # The same run name after it finished starts over rather than resuming a done run.
-    again, _, _ = fit(replace(job, train=replace(job.train, epochs=1)), storage, "straight")
-    assert again["epoch"] == 0
 
 
 def test_two_workers_train_with_ddp(prepared, tmp_path):
