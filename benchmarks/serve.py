@@ -122,17 +122,26 @@ def _route_p50(url: str, path: str, reps: int = 200, body: dict | None = None) -
     return _percentiles(samples)["p50_ms"]
 
 
-def _batch_counter(url: str) -> tuple[float, float]:
-    """(sum, count) of the gateway's muxrec_ranker_batch_requests histogram: requests per Ranker call,
-    as each request saw it."""
+def _histogram_totals(url: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the gateway's Ranker histograms, as each request saw its Ranker call:
+    muxrec_ranker_batch_requests (requests per call), muxrec_ranker_compute_seconds (its encode + forward)."""
     import httpx
 
-    values = {}
+    totals = {name: [0.0, 0.0] for name in _RANKER_HISTOGRAMS}
     for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
-        if line.startswith(("muxrec_ranker_batch_requests_sum", "muxrec_ranker_batch_requests_count")):
-            name, value = line.rsplit(" ", 1)
-            values[name.split("{")[0].rsplit("_", 1)[1]] = float(value)
-    return values.get("sum", 0.0), values.get("count", 0.0)
+        for name in _RANKER_HISTOGRAMS:
+            if line.startswith((f"{name}_sum", f"{name}_count")):
+                key, value = line.rsplit(" ", 1)
+                totals[name][key.split("{")[0].endswith("_count")] = float(value)
+    return {name: (total[0], total[1]) for name, total in totals.items()}
+
+
+_RANKER_HISTOGRAMS = ("muxrec_ranker_batch_requests", "muxrec_ranker_compute_seconds")
+
+
+def _mean_between(before: dict, after: dict, name: str) -> float:
+    (s0, n0), (s1, n1) = before[name], after[name]
+    return (s1 - s0) / max(n1 - n0, 1)
 
 
 def _hops(url: str, trivial_url: str, rank_body: dict, embed_body: dict) -> dict[str, float]:
@@ -267,16 +276,18 @@ def bench_serve(config_dir: Path, serve_config: Path, runs: Path, registry_root:
         asyncio.run(_load(url, body, 30, 1))  # warm-up
         levels = {}
         for concurrency in (1, 8):
-            before = _batch_counter(url)
+            before = _histogram_totals(url)
             latencies, wall, errors = asyncio.run(_load(url, body, requests, concurrency))
-            after = _batch_counter(url)
+            after = _histogram_totals(url)
             levels[f"c{concurrency}"] = {**_percentiles(latencies), "qps": round(len(latencies) / wall, 1),
                                          "candidates_per_s": round(CANDIDATES * len(latencies) / wall),
                                          "candidates_per_s_per_core": round(CANDIDATES * len(latencies) / wall
                                                                             / (os.cpu_count() or 1)),
                                          "errors": errors,
-                                         "requests_per_ranker_call": round((after[0] - before[0])
-                                                                           / max(after[1] - before[1], 1), 2)}
+                                         "requests_per_ranker_call": round(_mean_between(
+                                             before, after, "muxrec_ranker_batch_requests"), 2),
+                                         "ranker_compute_mean_ms": round(1000 * _mean_between(
+                                             before, after, "muxrec_ranker_compute_seconds"), 3)}
             levels[f"c{concurrency}"]["_samples"] = latencies
         users = [str(u) for u in dict.fromkeys(raw[spec.keys["user"]].to_pylist())][:100]
         # What Serve itself costs (trivial routes) beside the product's light routes, same instance.
@@ -371,14 +382,17 @@ def _write(result: dict[str, Any], samples: dict[str, list[float]], out_dir: Pat
         "## /v1/rank",
         "",
         "| /v1/rank | p50 ms | p95 ms | p99 ms | QPS | candidates / s | candidates / s / core | errors "
-        "| requests per Ranker call |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| requests per Ranker call | Ranker encode + forward, mean ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *[f"| concurrency {k[1:]} | {v['p50_ms']} | {v['p95_ms']} | {v['p99_ms']} | {v['qps']} | "
           f"{v['candidates_per_s']} | {v['candidates_per_s_per_core']} | {v['errors']} | "
-          f"{v.get('requests_per_ranker_call', '-')} |" for k, v in r.items()],
+          f"{v.get('requests_per_ranker_call', '-')} | {v.get('ranker_compute_mean_ms', '-')} |" for k, v in r.items()],
         "",
         "Requests per Ranker call: the mean, over requests, of how many requests shared the forward pass "
-        "(from the gateway's `muxrec_ranker_batch_requests` histogram).",
+        "(from the gateway's `muxrec_ranker_batch_requests` histogram). Ranker encode + forward: the mean, over "
+        "requests, of the seconds the Ranker spent encoding and scoring the batch the request was in, timed in "
+        "the replica (`muxrec_ranker_compute_seconds`); the rest of a request's time is Serve's hops, the gateway "
+        "and waiting for a core.",
         "",
         "Floor: the table the gateway sends the Ranker for this request, scored in this process on one thread "
         "(as in the Ranker replica): encode + forward "

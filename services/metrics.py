@@ -23,6 +23,9 @@ class GatewayMetrics:
                                     buckets=(1, 10, 50, 100, 200, 500, 1000, 2000, 5000, 10000), registry=r)
         self.batch_requests = Histogram("muxrec_ranker_batch_requests", "Requests merged into one Ranker call",
                                         buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.ranker_compute = Histogram("muxrec_ranker_compute_seconds",
+                                        "Encode + forward seconds of the Ranker call a request shared, in the replica",
+                                        buckets=LATENCY_BUCKETS, registry=r)
         self.candidates = Histogram("muxrec_rank_candidates", "Candidates per rank request",
                                     buckets=(1, 10, 50, 100, 200, 500, 1000), registry=r)
         # muxrec_embedding_cache_total{result} and muxrec_redis_up are read from the cache at scrape

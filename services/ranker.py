@@ -16,6 +16,7 @@ the previous batch still ran.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,7 @@ class ScoreResult:
     tasks: tuple[str, ...]
     batch_rows: int  # rows in the forward pass this request shared
     batch_requests: int
+    compute_s: float  # seconds of that pass's encode + forward in the replica (the rest is Serve and waiting)
 
 
 @serve.deployment(name="Ranker")
@@ -81,6 +83,7 @@ class Ranker:
                 raise ConfigError(f"{model.version.ref} reads content features: the request needs their vectors")
             content = {f.name: np.concatenate([r.content[f.name] for r in group]) for f in model.spec.content}
         try:
+            t0 = time.perf_counter()
             probs = model.predict_raw(pa.concat_tables(tables, promote_options="permissive"), vectors=content)  # (N, T)
         except Exception:
             if len(group) == 1:
@@ -90,9 +93,10 @@ class Ranker:
             for pos, request in zip(positions, group):
                 out.update(self._score_group(version, [request], [pos]))
             return out
+        compute_s = time.perf_counter() - t0
         out, start = {}, 0
         for pos, table in zip(positions, tables):
             out[pos] = ScoreResult(f"{model.version.ref}", probs[start:start + table.num_rows],
-                                   model.inputs.tasks[:probs.shape[1]], len(probs), len(group))
+                                   model.inputs.tasks[:probs.shape[1]], len(probs), len(group), compute_s)
             start += table.num_rows
         return out

@@ -27,6 +27,7 @@ def build_router(schema: RequestSchema) -> APIRouter:
                                  timeout_s=context.settings.call_timeout_s)
         context.metrics.batch_size.observe(result.batch_rows)
         context.metrics.batch_requests.observe(result.batch_requests)
+        context.metrics.ranker_compute.observe(result.compute_s)
         context.metrics.candidates.observe(len(ids))
         scores = result.scores  # (N, T)
         multi = scores.shape[1] > 1

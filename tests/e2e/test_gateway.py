@@ -4,6 +4,7 @@ embedding cache, bad input, admin auth and a reload under a stream of requests."
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -274,9 +275,26 @@ def test_reload_under_a_stream_of_requests_fails_none(served, redis_url):
 def test_metrics_report_routes_batches_and_cache(served):
     with httpx.Client(base_url=served.url, timeout=30) as http:
         http.post("/v1/rank", json={"candidates": _rows(3)})
+        assert http.post("/v1/rank", json={}).status_code == 422  # so the test does not rely on an earlier one's
         text = http.get("/metrics").text
     assert 'muxrec_requests_total{route="/v1/rank",status="200"}' in text
     assert 'muxrec_requests_total{route="/v1/rank",status="422"}' in text
     assert "muxrec_request_latency_seconds_bucket" in text and "muxrec_ranker_batch_rows_bucket" in text
     assert 'muxrec_embedding_cache_total{result="hits"}' in text and "muxrec_redis_up 1.0" in text
     assert f'muxrec_model_info{{version="{served.v1.ref}"}} 1.0' in text
+    # The Ranker's own encode + forward, as each scored request saw it: part of, and less than, its latency.
+    compute = _metric(text, "muxrec_ranker_compute_seconds_sum")
+    assert _metric(text, "muxrec_ranker_compute_seconds_count") >= 1 and compute > 0
+    assert compute < sum(_metric(text, f'muxrec_request_latency_seconds_sum{{route="/v1/rank",status="{status}"}}')
+                         for status in _statuses(text, "/v1/rank"))
+
+
+def _statuses(text: str, route: str) -> set[str]:
+    return set(re.findall(rf'muxrec_request_latency_seconds_sum{{route="{re.escape(route)}",status="(\d+)"}}', text))
+
+
+def _metric(text: str, sample: str) -> float:
+    """The value of one sample line (name and labels exactly as written) of a Prometheus text page."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.rsplit(" ", 1)[0] == sample]
+    assert len(values) == 1, sample
+    return values[0]

@@ -56,7 +56,8 @@ def _serve_result():
                  "healthz_p50_ms": 4.2, "importance_p50_ms": 8.8},
         "embed": {"ids": 100, "hit": {"p50_ms": 5.0, "p95_ms": 6.0, "p99_ms": 7.0},
                   "miss": {"p50_ms": 9.0, "p95_ms": 10.0, "p99_ms": 11.0}, "miss_over_hit_p50": 1.8},
-        "rank": {"c1": rank, "c8": {**rank, "p50_ms": 60.0, "candidates_per_s": 12000}},
+        "rank": {"c1": rank, "c8": {**rank, "p50_ms": 60.0, "candidates_per_s": 12000, "requests_per_ranker_call": 2.5,
+                                    "ranker_compute_mean_ms": 3.25}},
         "floor": {"encode_forward_p50_ms": 4.0, "forward_p50_ms": 1.5, "forward_reused_batch_p50_ms": 1.25},
         "overhead_p50_ms": 10.0, "p50_over_floor": 3.5, "redis": None, "commit": "abc1234",
         "machine": {"cpus": 2},
@@ -90,7 +91,8 @@ def test_serve_report_shows_the_trivial_routes_and_the_targets(tmp_path):
     assert "over the trivial two-hop p50 | 1.25 | **not met** | 1.18 | met | <= 1.2 |" in text
     assert "over the trivial one-hop p50 | 1.25 | met | 1.11 | met | <= 1.3 |" in text
     assert "forward alone 1.5 ms" in text and "(1.25 ms p50 here;" in text  # the forward on a batch seen before
-    assert "| concurrency 8 | 60.0 |" in text and "| 12000 | 3500 | 0 | - |" in text
+    assert "| concurrency 8 | 60.0 |" in text and "| 12000 | 3500 | 0 | 2.5 | 3.25 |" in text
+    assert "| concurrency 1 | 14.0 |" in text and "| 0 | - | - |" in text  # a result without the two figures
     assert "[1.0, 1.0, 1.0] at the start" in text and text.rstrip().endswith("kept across runs")
     saved = json.loads((tmp_path / "results" / "serve.json").read_text())
     assert saved["hops"]["trivial_two_hop_p50_ms"] == 8.0 and saved["targets"]["embed_hit_over_one_hop"]["met"]
