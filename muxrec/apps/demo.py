@@ -23,6 +23,7 @@ from muxrec.models import make_config
 from muxrec.pipelines.evaluate import evaluate
 from muxrec.pipelines.prepare import prepare_cached
 from muxrec.pipelines.train import TrainJob, train
+from muxrec.ray_env import ensure_ray, shutdown_started_ray
 from muxrec.spec import FeatureSpec, load_spec
 
 MODEL = "deepfm"
@@ -65,6 +66,15 @@ def example_request(spec: FeatureSpec, raw: pa.Table, candidates: int = 8) -> tu
 
 
 def run_demo(config_dir: Path, serve_config: Path, runs: Path, registry_root: Path) -> None:
+    started = ensure_ray()  # the demo's Ray, unless one is kept or given: stopped with all its processes at the end
+    try:
+        _demo(config_dir, serve_config, runs, registry_root, started)
+    finally:
+        if started:
+            shutdown_started_ray()
+
+
+def _demo(config_dir: Path, serve_config: Path, runs: Path, registry_root: Path, ray_started: bool) -> None:
     spec = pick_dataset(config_dir)
     prepared = prepare_cached(spec, runs / "prepared")
     print(f"[demo] prepared {prepared.root}: " + ", ".join(
@@ -84,7 +94,7 @@ def run_demo(config_dir: Path, serve_config: Path, runs: Path, registry_root: Pa
     # An alias of its own, never set: the demo serves the version it just trained, whatever `serving` names.
     overrides = {"registry": str(Path(registry_root).resolve()), "model": name, "version": result.version.version,
                  "serving_alias": "demo"}
-    with serving(serve_config, overrides, port=free_port()) as url:
+    with serving(serve_config, overrides, port=free_port(), remove_app=not ray_started) as url:
         print(f"[demo] serving {result.version.ref} at {url}")
         ranked = httpx.post(f"{url}/v1/rank", json=body, timeout=30).raise_for_status().json()
         print(f"[demo] POST /v1/rank for user {user}, {len(body['candidates'])} candidates -> top "

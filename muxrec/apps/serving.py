@@ -38,10 +38,11 @@ def wait_ready(url: str, timeout_s: float = 120.0) -> dict:
 
 @contextmanager
 def serving(config_path: Path, overrides: dict[str, Any] | None = None, host: str | None = None,
-            port: int | None = None) -> Iterator[str]:
+            port: int | None = None, remove_app: bool = True) -> Iterator[str]:
     """Start Ray (if needed) and the Serve app; yield its URL once /readyz answers; then shut Serve down,
     and Ray with every process it started when this call started it (a joined cluster or the Ray of
-    `muxrec ray up` is left running)."""
+    `muxrec ray up` is left running). `remove_app=False`: leave the app to a caller that is about to stop
+    the Ray it started (Serve's own shutdown makes Ray print a retry of the controller's last call)."""
     from ray import serve
 
     from muxrec.ray_env import ensure_ray, shutdown_started_ray
@@ -55,9 +56,10 @@ def serving(config_path: Path, overrides: dict[str, Any] | None = None, host: st
         wait_ready(url)
         yield url
     finally:
-        serve.shutdown()
-        if started:
-            shutdown_started_ray()
+        if started:  # everything goes with this Ray; serve.shutdown() first would only add Ray's complaint
+            shutdown_started_ray()  # that the Serve controller, ending itself, was "killed" mid-call
+        elif remove_app:
+            serve.shutdown()  # a Ray that keeps running: take the app off it
 
 
 def serve_until_stopped(config_path: Path, overrides: dict[str, Any], host: str | None, port: int | None) -> None:

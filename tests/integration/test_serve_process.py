@@ -94,6 +94,7 @@ def test_serve_listens_on_loopback_only_and_sigterm_leaves_no_process(small_mode
           f"SIGTERM: exit {proc.returncode} after {stop_s:.1f} s, {len(left)} processes left {list(left.values())}")
     assert proc.returncode == 0, output[-3000:]
     assert "muxrec: stopping" in output
+    assert "(raylet)" not in output, output[-3000:]  # stopping its own Ray, it does not call Serve's shutdown
     assert any(s[1] == port for s in sockets)  # the HTTP proxy is among them
     assert len(tree) >= 4 and len(sockets) >= 6  # GCS, raylet, agents, workers: the check saw Ray's servers
     assert public == replicas, public  # Ray's GCS, raylet, workers, agents, metrics, Serve's proxy: loopback
