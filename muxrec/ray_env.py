@@ -21,6 +21,7 @@ raised in the driver as an exception.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -170,6 +171,11 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
     kept = use_kept_ray()
     import ray
     from ray.data import DataContext
+
+    # A Ray Data run that failed in this process holds its executor, and a scoring run its actor pool
+    # and their CPUs, until the garbage collector frees the failure's traceback: free them before a
+    # new stage asks for those CPUs (found as a scoring run waiting forever after a failed one).
+    gc.collect()
 
     loud = verbose()
     if not loud:

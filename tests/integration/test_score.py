@@ -6,17 +6,20 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import ray
 
 from muxrec.encoding import split_of
 from muxrec.errors import DataError
 from muxrec.models.serialization import load_model
 from muxrec.pipelines.score import score
+from muxrec.ray_env import ensure_ray
 
 from tests.conftest import MODEL
 from tests.helpers import synthetic_raw, synthetic_spec
@@ -88,10 +91,18 @@ def test_a_failed_run_leaves_the_previous_output(small_models, rows_dir, scored_
     price = bad["price"].to_numpy().copy()
     price[7] = np.nan
     pq.write_table(bad.set_column(bad.schema.get_field_index("price"), "price", pa.array(price)), folder / "b.parquet")
+    free = ray.available_resources().get("CPU", 0)
     with pytest.raises(DataError, match="feature 'price'"):
         score(registry, MODEL, "v0001", folder, out, batch_size=200)
     assert pq.read_table(out).equals(before)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    # The failed run's actor pool gives its CPUs back before the next stage starts (ensure_ray), not at
+    # some later garbage collection: a scoring run after it once waited forever for them.
+    ensure_ray()
+    deadline = time.monotonic() + 10
+    while ray.available_resources().get("CPU", 0) < free and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) >= free
 
 
 def test_score_cli_names_missing_columns(small_models, rows_dir, tmp_path):
