@@ -1,8 +1,9 @@
 """The model input contract: a `Batch` of tensors keyed by feature name.
 
-`EncodedRows` holds encoded rows (from Arrow) as padded tensors and cuts them into batches; the
-trainer, the evaluator, batch scoring and the serving Ranker all build batches through it, so a row
-is turned into tensors in exactly one way.
+`EncodedRows` holds encoded rows (from Arrow) as padded tensors and cuts them into batches: the
+trainer and the evaluator build batches through it. Batch scoring and the serving Ranker encode
+straight to numpy columns and build each batch from those (`array_batches`), without the padded
+matrix; tests hold the two to the same tensors for the same rows.
 """
 
 from __future__ import annotations
