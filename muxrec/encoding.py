@@ -138,11 +138,16 @@ def _missing_as_null(arr: pa.Array, fill: str | float | None) -> pa.Array:
     return arr if fill is None or not arr.null_count else pc.fill_null(arr, str(fill))
 
 
+def _string_offsets(arr: pa.Array) -> np.ndarray:
+    """(n+1,) int32 byte offsets of a string array's values into its data buffer (no copy; slices too)."""
+    return np.frombuffer(arr.buffers()[1], np.int32, len(arr) + 1, arr.offset * 4)
+
+
 def _any_empty(arr: pa.Array) -> bool:
     """Whether a string array holds "" (nulls aside), read from its offsets (cheaper than comparing)."""
     if not len(arr) or arr.null_count == len(arr):
         return False
-    offsets = np.frombuffer(arr.buffers()[1], np.int32, len(arr) + 1, arr.offset * 4)  # (n+1,)
+    offsets = _string_offsets(arr)
     empty = offsets[1:] == offsets[:-1]
     if arr.null_count:
         empty &= pc.is_valid(arr).to_numpy(zero_copy_only=False)
@@ -548,8 +553,8 @@ def _ascii_strings(values: pa.Array, missing: np.ndarray | None) -> np.ndarray |
     n = len(values)
     if not n:
         return np.zeros(0, "<U1")
-    _, offset_buffer, data_buffer = values.buffers()
-    offsets = np.frombuffer(offset_buffer, np.int32, n + 1, values.offset * 4).astype(np.int64)  # (n+1,)
+    offsets = _string_offsets(values).astype(np.int64)
+    data_buffer = values.buffers()[2]
     first, size = int(offsets[0]), int(offsets[-1] - offsets[0])
     data = np.frombuffer(data_buffer, np.uint8, size, first) if size else np.zeros(0, np.uint8)
     if size and ((data - np.uint8(1)) > 126).any():  # wraps around: byte 0 -> 255; so True for 0 and >= 128
