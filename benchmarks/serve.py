@@ -9,8 +9,9 @@ In one run, against one model version:
   * what Ray Serve itself costs, in the same Serve instance: a trivial one-hop route (proxy -> ingress)
     and a trivial two-hop route (proxy -> ingress -> handle), both returning constants
     (benchmarks/trivial_serve.py), and the ratios of issue 10's four latency targets against them
-    (`targets`): rank overhead vs the two-hop route, embed hits vs the one-hop route, the floor vs the
-    forward pass alone, and candidates / s at concurrency 8 vs what the floor allows.
+    (`targets`): rank overhead vs the two-hop route, embed hits vs the one-hop route (these two paired:
+    timed in the same interleaved rounds as the trivial routes), the floor vs the forward pass alone,
+    and candidates / s at concurrency 8 vs what the floor allows.
 Figures go to docs/benchmarks/serve.md and serve-latency.png; the last line printed is JSON.
 """
 
@@ -60,24 +61,44 @@ def _ensure_model(config_dir: Path, runs: Path, registry: ArtifactRegistry, name
     train(job, registry, name, runs / "ray", fresh=True)
 
 
+# Issue 10's two hop targets, each timed against trivial routes in the same interleaved rounds (`_rounds`):
+# target -> (muxrec's route, the trivial GET route, the trivial POST twin with the same body).
+_PAIRED = {
+    "rank_overhead_over_two_hop": ("rank_p50_ms", "trivial_two_hop_p50_ms", "trivial_two_hop_rank_body_p50_ms"),
+    "embed_hit_over_one_hop": ("embed_hit_p50_ms", "trivial_one_hop_p50_ms", "trivial_one_hop_embed_body_p50_ms"),
+}
+
+
+def _paired_ratio(rounds: dict[str, list[float]], numerator: str, denominator: str, minus: float) -> list[float]:
+    """(numerator - minus) / denominator in each round, both p50s of that round."""
+    return [(n - minus) / d for n, d in zip(rounds[numerator], rounds[denominator], strict=True)]
+
+
 def _targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Issue 10's latency targets, each as {value, limit, met} from figures of this one run."""
-    hops, floor, rank = result["hops"], result["floor"], result["rank"]
+    """Issue 10's latency targets, each as {value, limit, met} from figures of this one run.
+
+    The two hop targets are paired: in every round the product's route and the trivial routes were timed
+    minutes apart at most, so each round gives a ratio under one machine load; the value is the median of
+    those ratios and `range` their spread (timing the routes in separate phases let the machine's drift
+    move the ratio by more than the gap being measured: 1.4 to 2.1 over ten runs of one commit)."""
+    floor, rank, rounds = result["floor"], result["rank"], result["rounds"]
     c8 = rank["c8"]
     allowed = result["candidates"] * result["ranker_replicas"] / (floor["encode_forward_p50_ms"] / 1000)
-    rows = {
-        "rank_overhead_over_two_hop": (result["overhead_p50_ms"] / hops["trivial_two_hop_p50_ms"], 1.2),
-        "embed_hit_over_one_hop": (result["embed"]["hit"]["p50_ms"] / hops["trivial_one_hop_p50_ms"], 1.3),
-        "floor_over_forward": (floor["encode_forward_p50_ms"] / floor["forward_p50_ms"], 2.0),
-    }
-    out = {k: {"value": round(v, 2), "limit": limit, "met": bool(v <= limit)} for k, (v, limit) in rows.items()}
-    # The same two ratios against trivial POST routes that receive the same body: Serve's replica fetches
-    # a request body from the proxy with a call of its own, which a GET route never pays.
-    twins = {"rank_overhead_over_two_hop": result["overhead_p50_ms"] / hops["trivial_two_hop_rank_body_p50_ms"],
-             "embed_hit_over_one_hop": result["embed"]["hit"]["p50_ms"] / hops["trivial_one_hop_embed_body_p50_ms"]}
-    for k, v in twins.items():
-        out[k]["value_vs_body_twin"] = round(v, 2)
-        out[k]["met_vs_body_twin"] = bool(v <= out[k]["limit"])
+    limits = {"rank_overhead_over_two_hop": 1.2, "embed_hit_over_one_hop": 1.3}
+    out: dict[str, dict[str, Any]] = {}
+    for name, (route, trivial, twin) in _PAIRED.items():
+        minus = floor["encode_forward_p50_ms"] if route == "rank_p50_ms" else 0.0
+        ratios = _paired_ratio(rounds, route, trivial, minus)
+        twins = _paired_ratio(rounds, route, twin, minus)
+        value, twin_value, limit = float(np.median(ratios)), float(np.median(twins)), limits[name]
+        out[name] = {"value": round(value, 2), "limit": limit, "met": bool(value <= limit),
+                     # A POST route pays a Serve call a GET route never does: the replica fetches the
+                     # request body from the proxy. The twins are trivial POST routes with the same body.
+                     "value_vs_body_twin": round(twin_value, 2), "met_vs_body_twin": bool(twin_value <= limit),
+                     "range": [round(min(ratios), 2), round(max(ratios), 2)],
+                     "range_vs_body_twin": [round(min(twins), 2), round(max(twins), 2)]}
+    ratio = floor["encode_forward_p50_ms"] / floor["forward_p50_ms"]
+    out["floor_over_forward"] = {"value": round(ratio, 2), "limit": 2.0, "met": bool(ratio <= 2.0)}
     share = c8["candidates_per_s"] / allowed
     out["c8_candidates_share_of_floor"] = {"value": round(share, 2), "limit": 0.5,
                                            "met": bool(share >= 0.5 and c8["errors"] == 0),
@@ -144,22 +165,28 @@ def _mean_between(before: dict, after: dict, name: str) -> float:
     return (s1 - s0) / max(n1 - n0, 1)
 
 
-def _hops(url: str, trivial_url: str, rank_body: dict, embed_body: dict) -> dict[str, float]:
-    """p50 of the trivial routes (Serve's own cost) and of the product's own light routes, interleaved
-    in rounds so that a change of machine load hits them alike."""
+ROUNDS = 6
+
+
+def _rounds(url: str, trivial_url: str, rank_body: dict, embed_body: dict) -> dict[str, list[float]]:
+    """p50 per round of the trivial routes (Serve's own cost), of /v1/rank and /v1/embed (cache hits) and of
+    the product's light routes: ROUNDS rounds, each timing every route over 60 sequential requests, so that
+    a change of machine load hits them alike and the targets can pair them round by round."""
     routes = {
         "trivial_one_hop_p50_ms": (trivial_url, "/one-hop", None),
         "trivial_two_hop_p50_ms": (trivial_url, "/two-hop", None),
         "trivial_one_hop_embed_body_p50_ms": (trivial_url, "/one-hop", embed_body),
         "trivial_two_hop_rank_body_p50_ms": (trivial_url, "/two-hop", rank_body),
+        "rank_p50_ms": (url, "/v1/rank", rank_body),
+        "embed_hit_p50_ms": (url, "/v1/embed", embed_body),  # the ids were cached by `_embed`
         "healthz_p50_ms": (url, "/healthz", None),
         "importance_p50_ms": (url, "/v1/features/importance?top_k=1", None),
     }
     rounds: dict[str, list[float]] = {k: [] for k in routes}
-    for _ in range(4):
+    for _ in range(ROUNDS):
         for key, (base, path, body) in routes.items():
             rounds[key].append(_route_p50(base, path, 60, body))
-    return {k: round(float(np.median(v)), 3) for k, v in rounds.items()}
+    return rounds
 
 
 def _floor(loaded, raw_rows: pa.Table, reps: int = 1000) -> dict[str, float]:
@@ -290,10 +317,11 @@ def bench_serve(config_dir: Path, serve_config: Path, runs: Path, registry_root:
                                              before, after, "muxrec_ranker_compute_seconds"), 3)}
             levels[f"c{concurrency}"]["_samples"] = latencies
         users = [str(u) for u in dict.fromkeys(raw[spec.keys["user"]].to_pylist())][:100]
-        # What Serve itself costs (trivial routes) beside the product's light routes, same instance.
-        result["hops"] = _hops(url, trivial_url, body, {"entity": "user", "ids": users})
         tag = version_tag(version.ref, version.weights_sha256)
-        result["embed"] = _embed(url, redis_url, tag, users)
+        result["embed"] = _embed(url, redis_url, tag, users)  # leaves the users' vectors cached
+        # What Serve itself costs (trivial routes) beside the product's routes, same instance, same rounds.
+        result["rounds"] = _rounds(url, trivial_url, body, {"entity": "user", "ids": users})
+        result["hops"] = {k: round(float(np.median(v)), 3) for k, v in result["rounds"].items()}
     result["rank"] = {k: {kk: vv for kk, vv in v.items() if kk != "_samples"} for k, v in levels.items()}
     result["floor"] = floor
     p50 = result["rank"]["c1"]["p50_ms"]
@@ -306,6 +334,10 @@ def bench_serve(config_dir: Path, serve_config: Path, runs: Path, registry_root:
     if out_dir is not None:
         _write(result, {k: v["_samples"] for k, v in levels.items()}, out_dir)
     return result
+
+
+def _span(bounds: list[float]) -> str:
+    return f"{bounds[0]}-{bounds[1]}"
 
 
 def _write(result: dict[str, Any], samples: dict[str, list[float]], out_dir: Path) -> None:
@@ -334,6 +366,7 @@ def _write(result: dict[str, Any], samples: dict[str, list[float]], out_dir: Pat
     verdict = {True: "met", False: "**not met**"}
     share = t["c8_candidates_share_of_floor"]
     rk, em = t["rank_overhead_over_two_hop"], t["embed_hit_over_one_hop"]
+    rounds = len(result["rounds"]["rank_p50_ms"])
     lines = [
         "# Serving benchmark",
         "",
@@ -348,10 +381,12 @@ def _write(result: dict[str, Any], samples: dict[str, list[float]], out_dir: Pat
         "",
         "| target | value (trivial GET) | | value (trivial POST, same body) | | limit |",
         "|---|---|---|---|---|---|",
-        f"| /v1/rank p50 minus the floor, over the trivial two-hop p50 | {rk['value']} | {verdict[rk['met']]} | "
-        f"{rk['value_vs_body_twin']} | {verdict[rk['met_vs_body_twin']]} | <= 1.2 |",
-        f"| /v1/embed p50 (100 ids, all cache hits), over the trivial one-hop p50 | {em['value']} | "
-        f"{verdict[em['met']]} | {em['value_vs_body_twin']} | {verdict[em['met_vs_body_twin']]} | <= 1.3 |",
+        f"| /v1/rank p50 minus the floor, over the trivial two-hop p50 | {rk['value']} ({_span(rk['range'])}) | "
+        f"{verdict[rk['met']]} | {rk['value_vs_body_twin']} ({_span(rk['range_vs_body_twin'])}) | "
+        f"{verdict[rk['met_vs_body_twin']]} | <= 1.2 |",
+        f"| /v1/embed p50 (100 ids, all cache hits), over the trivial one-hop p50 | {em['value']} "
+        f"({_span(em['range'])}) | {verdict[em['met']]} | {em['value_vs_body_twin']} "
+        f"({_span(em['range_vs_body_twin'])}) | {verdict[em['met_vs_body_twin']]} | <= 1.3 |",
         f"| floor (encode + forward, 100 rows) over the forward pass alone | {t['floor_over_forward']['value']} "
         f"| {verdict[t['floor_over_forward']['met']]} | | | <= 2 |",
         f"| concurrency 8: candidates / s over what the floor allows ({share['floor_allows_per_s']} / s) | "
@@ -360,13 +395,17 @@ def _write(result: dict[str, Any], samples: dict[str, list[float]], out_dir: Pat
         "A POST route pays one Serve call more than a GET route: the replica fetches the request body from "
         "the HTTP proxy with a call of its own (`receive_asgi_messages` in Ray Serve's proxy). /v1/rank and "
         "/v1/embed are POST routes, so the second column divides by trivial POST routes that receive the "
-        "same body and ignore it; the first divides by the GET routes, as the targets were written.",
+        "same body and ignore it; the first divides by the GET routes, as the targets were written. "
+        f"The first two targets are paired: {rounds} rounds each timed every route below over 60 sequential "
+        "requests; each round gives a ratio of its own p50s, and the value is the median ratio (in brackets, "
+        "the lowest and highest round).",
         "",
         "## What Ray Serve itself costs (same Serve instance, same run)",
         "",
         "A second Serve app (`benchmarks/trivial_serve.py`, route prefix `/bench-trivial`) returns constants "
         "from a FastAPI ingress like the gateway, without its middleware, schema or dependencies. Each route was "
-        "timed in 4 interleaved rounds of 60 sequential requests; the table gives the median of the round p50s.",
+        f"timed in {rounds} interleaved rounds of 60 sequential requests; the table gives the median of the round "
+        "p50s.",
         "",
         "| route | hops | p50 ms |",
         "|---|---|---|",
@@ -376,6 +415,8 @@ def _write(result: dict[str, Any], samples: dict[str, list[float]], out_dir: Pat
         f"{h['trivial_one_hop_embed_body_p50_ms']} |",
         f"| trivial POST with the /v1/rank body (received, not parsed) | proxy -> ingress -> handle | "
         f"{h['trivial_two_hop_rank_body_p50_ms']} |",
+        f"| muxrec `/v1/rank`, 100 candidates | proxy -> gateway -> Ranker | {h['rank_p50_ms']} |",
+        f"| muxrec `/v1/embed`, 100 ids, all cache hits | proxy -> gateway (+ Redis) | {h['embed_hit_p50_ms']} |",
         f"| muxrec `/healthz` | proxy -> gateway | {h['healthz_p50_ms']} |",
         f"| muxrec `/v1/features/importance` | proxy -> gateway -> FeatureSelector | {h['importance_p50_ms']} |",
         "",
