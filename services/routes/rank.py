@@ -23,7 +23,7 @@ def build_router(schema: RequestSchema) -> APIRouter:
         live = await context.model_columns(version)  # from memory after the version's first request
         table, ids = schema.to_table(body, live.columns)
         content = await context.content.for_rows(version, live.spec, table)  # None without content features
-        result = await result_of(context.ranker.score, ScoreRequest(version, table, content),
+        result = await result_of(context.ranker.score, ScoreRequest.of(version, table, content),
                                  timeout_s=context.settings.call_timeout_s)
         context.metrics.batch_size.observe(result.batch_rows)
         context.metrics.batch_requests.observe(result.batch_requests)
