@@ -116,7 +116,8 @@ def small_model(name: str) -> tuple[str, Any]:
     mf = model_file(CONFIGS, name)
     cfg = make_config(mf.architecture, mf.model)
     fields = {f.name for f in dataclasses.fields(cfg)}
-    small = {"embedding_dim": 8 if cfg.embedding_dim > 1 else 1, "hidden_units": (64, 32)}
+    small = {"embedding_dim": 8 if cfg.embedding_dim > 1 else 1, "hidden_units": (64, 32),
+             "neurons_per_head": 8}  # ARM-Net: 8 exponential neurons per head beat LR in 6 s, 32 in 13 s
     if getattr(cfg, "dnn_hidden_units", ()):
         small["dnn_hidden_units"] = (64, 32)
     return mf.architecture, dataclasses.replace(cfg, **{k: v for k, v in small.items() if k in fields})
