@@ -78,7 +78,7 @@ def _targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Issue 10's latency targets, each as {value, limit, met} from figures of this one run.
 
     The two hop targets are paired: in every round the product's route and the trivial routes were timed
-    minutes apart at most, so each round gives a ratio under one machine load; the value is the median of
+    seconds apart, so each round gives a ratio under one machine load; the value is the median of
     those ratios and `range` their spread (timing the routes in separate phases let the machine's drift
     move the ratio by more than the gap being measured: 1.4 to 2.1 over ten runs of one commit)."""
     floor, rank, rounds = result["floor"], result["rank"], result["rounds"]
