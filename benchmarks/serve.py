@@ -1,7 +1,8 @@
 """`muxrec bench serve`: what the serving stack costs on top of the model itself.
 
 In one run, against one model version:
-  * /v1/rank with 100 candidates over loopback HTTP at concurrency 1 and 8: p50 / p95 / p99, QPS;
+  * /v1/rank with 100 candidates over loopback HTTP at concurrency 1 and 8: p50 / p95 / p99, QPS, and
+    the CPU each process (proxy, each deployment's replicas, Ray, the load generator) spends per request;
   * the floor: the same 100 rows through the model in this process (encode + forward, and forward
     alone), and the ratio of the HTTP p50 to it;
   * /v1/embed for 100 ids answered from the Redis cache (hits) vs computed (misses);
@@ -141,6 +142,48 @@ def _route_p50(url: str, path: str, reps: int = 200, body: dict | None = None) -
             if i >= 10:
                 samples.append(time.perf_counter() - t0)
     return _percentiles(samples)["p50_ms"]
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_role(cmdline: str) -> str | None:
+    """What a process is, from its command line as Ray titles its processes: a Serve replica as
+    `<app>/<deployment>`, Serve's proxy and controller, Ray's own daemons; None for anything else."""
+    title = cmdline.split(" ", 1)[0]
+    if title.startswith("ray::ServeReplica:"):
+        app, _, deployment = title[len("ray::ServeReplica:"):].partition(":")
+        return f"{app}/{deployment.split('.', 1)[0]}"
+    if title.startswith("ray::ProxyActor"):
+        return "Serve proxy"
+    if title.startswith("ray::ServeController"):
+        return "Serve controller"
+    if title.endswith(("/raylet", "/gcs_server")):
+        return "Ray (raylet, GCS)"
+    return None
+
+
+def _cpu_by_role() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by this machine's Serve and Ray processes, summed by
+    `process_role`, and by this process (the load generator). Empty where /proc is not there."""
+    out: dict[str, float] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        role = "load generator" if int(entry.name) == os.getpid() else process_role(cmdline)
+        if role is not None:  # fields[11], [12]: utime, stime in clock ticks
+            out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return out
+
+
+def _cpu_ms_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+    """Each role's CPU milliseconds per request between two `_cpu_by_role` readings, largest first (a
+    process that started or ended in between counts what it used while it was there)."""
+    used = {role: (after[role] - before.get(role, 0.0)) * 1000 / requests for role in after}
+    return {role: round(ms, 2) for role, ms in sorted(used.items(), key=lambda kv: -kv[1]) if ms >= 0.01}
 
 
 def _histogram_totals(url: str) -> dict[str, tuple[float, float]]:
@@ -303,8 +346,9 @@ def bench_serve(config_dir: Path, serve_config: Path, runs: Path, registry_root:
         asyncio.run(_load(url, body, 30, 1))  # warm-up
         levels = {}
         for concurrency in (1, 8):
-            before = _histogram_totals(url)
+            before, cpu_before = _histogram_totals(url), _cpu_by_role()
             latencies, wall, errors = asyncio.run(_load(url, body, requests, concurrency))
+            cpu = _cpu_ms_per_request(cpu_before, _cpu_by_role(), len(latencies))
             after = _histogram_totals(url)
             levels[f"c{concurrency}"] = {**_percentiles(latencies), "qps": round(len(latencies) / wall, 1),
                                          "candidates_per_s": round(CANDIDATES * len(latencies) / wall),
@@ -314,7 +358,8 @@ def bench_serve(config_dir: Path, serve_config: Path, runs: Path, registry_root:
                                          "requests_per_ranker_call": round(_mean_between(
                                              before, after, "muxrec_ranker_batch_requests"), 2),
                                          "ranker_compute_mean_ms": round(1000 * _mean_between(
-                                             before, after, "muxrec_ranker_compute_seconds"), 3)}
+                                             before, after, "muxrec_ranker_compute_seconds"), 3),
+                                         "cpu_ms_per_request": cpu}
             levels[f"c{concurrency}"]["_samples"] = latencies
         users = [str(u) for u in dict.fromkeys(raw[spec.keys["user"]].to_pylist())][:100]
         tag = version_tag(version.ref, version.weights_sha256)
@@ -334,6 +379,23 @@ def bench_serve(config_dir: Path, serve_config: Path, runs: Path, registry_root:
     if out_dir is not None:
         _write(result, {k: v["_samples"] for k, v in levels.items()}, out_dir)
     return result
+
+
+def _cpu_table(levels: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown lines: CPU ms per /v1/rank request by process role, one row per concurrency level."""
+    if not any(v.get("cpu_ms_per_request") for v in levels.values()):
+        return []
+    first = next(v["cpu_ms_per_request"] for v in levels.values() if v.get("cpu_ms_per_request"))
+    roles = [role for role, ms in first.items() if ms >= 0.1]
+    rows = [f"| concurrency {k[1:]} | " + " | ".join(str(v.get("cpu_ms_per_request", {}).get(role, 0.0)) for role in roles)
+            + f" | {round(sum(v.get('cpu_ms_per_request', {}).values()), 1)} |" for k, v in levels.items()]
+    return ["CPU per /v1/rank request, by process (user + system CPU ms from /proc over each level, divided by "
+            "its requests; `<app>/<deployment>` are Serve replicas, summed over replicas). Two cores give "
+            "2,000 CPU ms per second, so 2,000 / the total bounds the requests per second of this machine.",
+            "",
+            "| /v1/rank | " + " | ".join(roles) + " | total |",
+            "|---|" + "---:|" * (len(roles) + 1),
+            *rows, ""]
 
 
 def _span(bounds: list[float]) -> str:
@@ -435,6 +497,7 @@ def _write(result: dict[str, Any], samples: dict[str, list[float]], out_dir: Pat
         "the replica (`muxrec_ranker_compute_seconds`); the rest of a request's time is Serve's hops, the gateway "
         "and waiting for a core.",
         "",
+        *_cpu_table(r),
         "Floor: the table the gateway sends the Ranker for this request, scored in this process on one thread "
         "(as in the Ranker replica): encode + forward "
         f"{f['encode_forward_p50_ms']} ms p50, forward alone {f['forward_p50_ms']} ms. Overhead (p50 - floor): "

@@ -63,7 +63,9 @@ def _serve_result():
         "embed": {"ids": 100, "hit": {"p50_ms": 5.0, "p95_ms": 6.0, "p99_ms": 7.0},
                   "miss": {"p50_ms": 9.0, "p95_ms": 10.0, "p99_ms": 11.0}, "miss_over_hit_p50": 1.8},
         "rank": {"c1": rank, "c8": {**rank, "p50_ms": 60.0, "candidates_per_s": 12000, "requests_per_ranker_call": 2.5,
-                                    "ranker_compute_mean_ms": 3.25}},
+                                    "ranker_compute_mean_ms": 3.25,
+                                    "cpu_ms_per_request": {"muxrec/Gateway": 7.1, "muxrec/Ranker": 4.9,
+                                                           "Serve proxy": 4.4, "load generator": 0.05}}},
         "floor": {"encode_forward_p50_ms": 4.0, "forward_p50_ms": 1.5, "forward_reused_batch_p50_ms": 1.25},
         "overhead_p50_ms": 10.0, "p50_over_floor": 3.5, "redis": None, "commit": "abc1234",
         "machine": {"cpus": 2},
@@ -106,6 +108,9 @@ def test_serve_report_shows_the_trivial_routes_and_the_targets(tmp_path):
     assert "forward alone 1.5 ms" in text and "(1.25 ms p50 here;" in text  # the forward on a batch seen before
     assert "| concurrency 8 | 60.0 |" in text and "| 12000 | 3500 | 0 | 2.5 | 3.25 |" in text
     assert "| concurrency 1 | 14.0 |" in text and "| 0 | - | - |" in text  # a result without the two figures
+    # CPU per request: the roles over 0.1 ms as columns, a level without the figures as zeros
+    assert "| /v1/rank | muxrec/Gateway | muxrec/Ranker | Serve proxy | total |" in text
+    assert "| concurrency 8 | 7.1 | 4.9 | 4.4 | 16.4 |" in text and "| concurrency 1 | 0.0 | 0.0 | 0.0 | 0 |" in text
     assert "[1.0, 1.0, 1.0] at the start" in text and text.rstrip().endswith("kept across runs")
     saved = json.loads((tmp_path / "results" / "serve.json").read_text())
     assert saved["hops"]["trivial_two_hop_p50_ms"] == 10.0 and saved["rounds"]["rank_p50_ms"] == [14.0, 24.0, 16.0]
@@ -132,3 +137,15 @@ def test_sharding_bench_trains_on_pooled_features_and_reports_every_layout(tmp_p
     assert len(table) == 1 + len(LAYOUTS)  # the header and one line per layout
     assert "| row_wise | 2 | 3 row_wise | adam | 4,000 | 500, 500 | 0.7000 |" in table
     assert (tmp_path / "sharding-toy.png").stat().st_size > 10_000
+
+
+def test_processes_are_told_apart_by_the_titles_ray_gives_them():
+    from muxrec.benchmarks.serve import process_role
+
+    assert process_role("ray::ServeReplica:muxrec:Ranker") == "muxrec/Ranker"
+    assert process_role("ray::ServeReplica:muxrec:Gateway.handle_request_streaming  ") == "muxrec/Gateway"
+    assert process_role("ray::ServeReplica:bench-trivial:TrivialIngress") == "bench-trivial/TrivialIngress"
+    assert process_role("ray::ProxyActor") == "Serve proxy" and process_role("ray::ServeController ") == "Serve controller"
+    assert process_role("/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --node=1") == \
+        "Ray (raylet, GCS)"
+    assert process_role("/usr/bin/redis-server 127.0.0.1:6379") is None and process_role("") is None
