@@ -184,6 +184,8 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
         # Ray Data logs a failed task's error with its whole traceback before raising it, and the
         # caller prints that error as one line; --verbose shows all of it.
         logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    if not loud:
+        _quiet_worker_pool_notice()
     started = False
     if not ray.is_initialized():
         quiet = {"log_to_driver": loud,
@@ -214,6 +216,38 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
         if loud:
             logging.getLogger("ray.data").setLevel(logging.WARNING)
     return started
+
+
+# The raylet's notice that "N PYTHON worker processes have been started on node ..." (it counts the idle
+# workers MIN_IDLE_WORKERS keeps, so muxrec's own settings raise it in ordinary runs). Ray's driver prints
+# the raylet's messages to stdout, where this one broke a command's output (`muxrec bench pipeline --json`
+# ended with it after its JSON line).
+_WORKER_POOL_NOTICE = "worker processes have been started on node"
+
+
+def _quiet_worker_pool_notice() -> None:
+    """Send the raylet's worker-pool notice to the debug log instead of stdout; every other message the
+    driver receives from Ray (a worker killed for memory, a failed task) is printed as before.
+
+    Ray's driver prints them through `ray._private.worker.print_to_stdstream`, looked up at each call;
+    there is no setting for it. If Ray renames that function, this does nothing."""
+    from ray._private import worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "muxrec_quiet", False):
+        return
+
+    def print_to_stdstream(data, ignore_prefix):
+        lines = [line for line in data.get("lines", ()) if _WORKER_POOL_NOTICE not in line]
+        if data.get("pid") == "raylet" and len(lines) < len(data.get("lines", ())):
+            logging.getLogger("muxrec.ray").debug("raylet: %s", " ".join(data["lines"]))
+            if not lines:
+                return
+            data = {**data, "lines": lines}
+        original(data, ignore_prefix)
+
+    print_to_stdstream.muxrec_quiet = True
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 def ray_up(num_cpus: int | None = None, timeout: float = 120.0) -> str:

@@ -47,3 +47,24 @@ def test_a_local_ray_keeps_at_least_min_idle_workers_unless_the_user_says(monkey
     assert _worker_pool_config(64) == {"num_workers_soft_limit": 64}  # Ray's own default there
     monkeypatch.setenv("RAY_num_workers_soft_limit", "3")
     assert _worker_pool_config(2) == {}
+
+
+def test_the_raylets_worker_pool_notice_goes_to_the_log_and_its_other_messages_to_stdout(monkeypatch, capsys):
+    """Ray's driver prints the raylet's messages to stdout; the worker-pool notice there broke the JSON last
+    line of `muxrec bench pipeline --json`. Quiet mode keeps it off stdout and prints the rest as before."""
+    from ray._private import worker as ray_worker
+
+    from muxrec.ray_env import _quiet_worker_pool_notice
+
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", ray_worker.print_to_stdstream)  # put back afterwards
+    _quiet_worker_pool_notice()
+    _quiet_worker_pool_notice()  # a second call does not wrap twice
+    assert getattr(ray_worker.print_to_stdstream, "muxrec_quiet", False)
+    notice = ("WARNING: 10 PYTHON worker processes have been started on node: 682e with address: 127.0.0.1, "
+              "which is 5x the maximum expected startup concurrency (2).")
+    killed = "A worker died or was killed while executing a task by an unexpected system error (test_ray_env)."
+    ray_worker.print_to_stdstream({"lines": [notice], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    assert capsys.readouterr().out == ""
+    ray_worker.print_to_stdstream({"lines": [notice, killed], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    out = capsys.readouterr().out
+    assert killed in out and "worker processes have been started" not in out
