@@ -142,7 +142,7 @@ def test_bench_pipeline_on_tiny_rows(ray_cluster, tmp_path):
     assert any("Scorer" in t for t in titles) and any("RayTrainWorker" in t for t in titles), titles
     assert set(result["score_profile_s_per_1m_rows"]) == {"derive_s", "encode_s", "tensors_s", "forward_s"}
     table = (tmp_path / "docs" / "pipeline.md").read_text()
-    assert "| score rows/min |" in table and "6,000 rows" in table
+    assert "| score rows/min |" in table and "6,000 rows" in table and f"| commit | {result['commit']} |" in table
     saved = json.loads((tmp_path / "docs" / "results" / "pipeline-6000.json").read_text())
     assert saved["score_rows_per_min"] == result["score_rows_per_min"]
 
