@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from muxrec.artifacts import ArtifactRegistry
-from muxrec.benchmarks.environment import commit, machine
+from muxrec.benchmarks.environment import commit, machine, processes
 from muxrec.config import load_model_file
 from muxrec.data import synthetic_config
 from muxrec.data.synthetic import generate_chunk
@@ -50,25 +50,6 @@ from muxrec.spec import FeatureSpec, load_spec, parse_spec
 MB = 1 << 20
 
 
-def _processes() -> dict[int, tuple[int, int, str]]:
-    """pid -> (parent pid, RSS bytes, command line) of every process, from /proc (Linux)."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/statm") as f:
-                rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                title = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:60]
-        except (OSError, ValueError, IndexError):
-            continue
-        out[int(entry)] = (parent, rss, title)
-    return out
-
-
 class MemoryWatch:
     """Peak RSS of this process and of each Ray worker process (by pid), sampled in a thread."""
 
@@ -83,17 +64,17 @@ class MemoryWatch:
 
     def _sample(self) -> None:
         """The driver and the Ray workers started by it (the local Ray's raylet is its child)."""
-        procs = _processes()
+        procs = processes()
         me = os.getpid()
-        rss = procs.get(me, (0, 0, ""))[1]
+        rss = procs[me].rss_bytes if me in procs else 0
         self.driver_peak = max(self.driver_peak, rss)
         self.stage_peaks[self.stage] = max(self.stage_peaks.get(self.stage, 0), rss)
-        for pid, (parent, rss, title) in procs.items():
-            ancestor, hops = parent, 0
+        for pid, proc in procs.items():
+            ancestor, hops = proc.parent, 0
             while ancestor not in (me, 0, 1) and hops < 6:
-                ancestor, hops = procs.get(ancestor, (0,))[0], hops + 1
-            if ancestor == me and title.startswith("ray::") and rss > self.workers.get(pid, (0, ""))[0]:
-                self.workers[pid] = (rss, title)
+                ancestor, hops = procs[ancestor].parent if ancestor in procs else 0, hops + 1
+            if ancestor == me and proc.title.startswith("ray::") and proc.rss_bytes > self.workers.get(pid, (0, ""))[0]:
+                self.workers[pid] = (proc.rss_bytes, proc.title[:60])
 
     def enter(self, stage: str) -> None:
         """From now on the driver's samples count towards `stage` (sampled once at the switch too)."""

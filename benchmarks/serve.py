@@ -34,7 +34,7 @@ from muxrec.apps.serving import free_port, serving
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.config import model_file
 from muxrec.data import load_source
-from muxrec.benchmarks.environment import commit, machine
+from muxrec.benchmarks.environment import commit, machine, processes
 from muxrec.services.cache import cache_key, version_tag
 
 CANDIDATES = 100
@@ -144,9 +144,6 @@ def _route_p50(url: str, path: str, reps: int = 200, body: dict | None = None) -
     return _percentiles(samples)["p50_ms"]
 
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
 def process_role(cmdline: str) -> str | None:
     """What a process is, from its command line as Ray titles its processes: a Serve replica as
     `<app>/<deployment>`, Serve's proxy and controller, Ray's own daemons; None for anything else."""
@@ -167,15 +164,10 @@ def _cpu_by_role() -> dict[str, float]:
     """CPU seconds (user + system) used so far by this machine's Serve and Ray processes, summed by
     `process_role`, and by this process (the load generator). Empty where /proc is not there."""
     out: dict[str, float] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        role = "load generator" if int(entry.name) == os.getpid() else process_role(cmdline)
-        if role is not None:  # fields[11], [12]: utime, stime in clock ticks
-            out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    for pid, proc in processes().items():
+        role = "load generator" if pid == os.getpid() else process_role(proc.title)
+        if role is not None:
+            out[role] = out.get(role, 0.0) + proc.cpu_s
     return out
 
 

@@ -238,12 +238,13 @@ def _quiet_worker_pool_notice() -> None:
         return
 
     def print_to_stdstream(data, ignore_prefix):
-        lines = [line for line in data.get("lines", ()) if _WORKER_POOL_NOTICE not in line]
-        if data.get("pid") == "raylet" and len(lines) < len(data.get("lines", ())):
-            logging.getLogger("muxrec.ray").debug("raylet: %s", " ".join(data["lines"]))
-            if not lines:
-                return
-            data = {**data, "lines": lines}
+        if data.get("pid") == "raylet":
+            kept = [line for line in data["lines"] if _WORKER_POOL_NOTICE not in line]
+            if len(kept) < len(data["lines"]):
+                logging.getLogger("muxrec.ray").debug("raylet: %s", " ".join(data["lines"]))
+                if not kept:
+                    return
+                data = {**data, "lines": kept}
         original(data, ignore_prefix)
 
     print_to_stdstream.muxrec_quiet = True
