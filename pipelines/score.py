@@ -32,6 +32,26 @@ from muxrec.ray_env import ensure_ray
 
 
 _READER_CPUS = 0.25
+# Blocks are not cut smaller than this to feed more actors: below it, a block's fixed costs (a task's
+# hand-over, a model call) outweigh the parallelism.
+_MIN_BLOCK_BYTES = 1 << 20
+
+
+def _block_bytes(fragments: list[pads.Fragment], blocks: int) -> int | None:
+    """The block size in bytes at which Ray Data cuts what it reads into about `blocks` blocks, where the
+    input has fewer files (`fragments`) than that; None where its files alone make enough blocks.
+
+    Ray Data reads a Parquet file in one task, and cuts its output into blocks only above the context's
+    `target_max_block_size` (128 MiB): a file of 100,000 rows, in one row group or ten, was one block,
+    which one actor scored while the others idled (Ray Data warned so). Arrow's size in memory is
+    taken from the first rows of the first file (the files' own sizes are compressed and encoded)."""
+    if not fragments or len(fragments) >= blocks:
+        return None
+    rows = sum(f.count_rows() for f in fragments)  # from the files' footers
+    sample = fragments[0].head(1024)
+    if not rows or not sample.num_rows:
+        return None
+    return max(_MIN_BLOCK_BYTES, int(rows * sample.nbytes / sample.num_rows / blocks))
 
 
 class Scorer:
@@ -73,7 +93,8 @@ def score(registry: ArtifactRegistry, name: str, ref: str, input_dir: str | Path
     input_dir = Path(input_dir)
     if not input_dir.exists():
         raise DataError(f"input {input_dir} does not exist")
-    schema = pads.dataset(input_dir, format="parquet").schema
+    dataset = pads.dataset(input_dir, format="parquet")
+    schema, fragments = dataset.schema, list(dataset.get_fragments())
     spec = version.read_spec()  # the driver only checks columns: weights and vocabulary load in the actors
     derive(schema.empty_table(), spec, labels=False, split=False)  # missing columns fail here, named
     ensure_ray()
@@ -87,14 +108,17 @@ def score(registry: ArtifactRegistry, name: str, ref: str, input_dir: str | Path
     actor_cpus = min(1.0, max(0.1, (cpus - max(nodes, 1)) / largest))
     try:
         # A few blocks per actor at least: Ray Data gives a whole block to one actor.
-        files = sum(1 for p in (input_dir.rglob("*.parquet") if input_dir.is_dir() else [input_dir]))
-        blocks = max(files, 4 * largest)
+        blocks = max(len(fragments), 4 * largest)
         scored = ray.data.read_parquet(str(input_dir), num_cpus=_READER_CPUS,
                                        override_num_blocks=blocks).map_batches(
             Scorer, fn_constructor_args=(str(registry.root.resolve()), name, version.version),
             batch_format="pyarrow", batch_size=batch_size, num_cpus=actor_cpus,  # spread: Ray Data's default
             compute=ActorPoolStrategy(min_size=pool[0], max_size=pool[1]) if isinstance(pool, tuple)
             else ActorPoolStrategy(size=pool))
+        block_bytes = _block_bytes(fragments, blocks)
+        if block_bytes is not None:
+            limit = scored.context.target_max_block_size
+            scored.context.target_max_block_size = block_bytes if limit is None else min(limit, block_bytes)
         with replacing(Path(output_dir)) as staging:
             rows = write_parquet(scored, staging)
     except Exception as err:

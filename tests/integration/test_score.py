@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -18,7 +19,7 @@ import ray
 from muxrec.encoding import split_of
 from muxrec.errors import DataError
 from muxrec.models.serialization import load_model
-from muxrec.pipelines.score import score
+from muxrec.pipelines.score import _MIN_BLOCK_BYTES, _block_bytes, score
 from muxrec.ray_env import ensure_ray
 
 from tests.conftest import MODEL
@@ -116,3 +117,25 @@ def test_score_cli_names_missing_columns(small_models, rows_dir, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "missing column(s) ['tags']" in out.stderr, out.stderr[-2000:]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_single_file_is_read_as_enough_blocks_for_the_actor_pool(ray_cluster, tmp_path):
+    """Ray Data reads a Parquet file in one task and cuts its output into blocks only above the
+    context's target_max_block_size: one file (40,000 rows, 11 MiB, eight row groups) is one block,
+    which one scoring actor would score alone. `score` sets the block size from the input's rows."""
+    path = tmp_path / "rows.parquet"
+    pq.write_table(synthetic_raw(synthetic_spec(rows=40_000, seed=3)), path, row_group_size=5000)
+    size = _block_bytes(list(pads.dataset(path, format="parquet").get_fragments()), blocks=8)
+    assert size is not None and size >= _MIN_BLOCK_BYTES
+
+    def blocks(block_bytes: int | None) -> int:
+        ds = ray.data.read_parquet(str(path), override_num_blocks=8)
+        if block_bytes is not None:
+            ds.context.target_max_block_size = block_bytes
+        return ds.materialize().num_blocks()
+
+    assert blocks(None) == 1
+    assert 6 <= blocks(size) <= 12
+    # Enough files make enough blocks by themselves; nothing is changed then.
+    pq.write_table(pq.read_table(path), tmp_path / "again.parquet")
+    assert _block_bytes(list(pads.dataset(tmp_path, format="parquet").get_fragments()), blocks=2) is None
