@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(BIN)/muxrec bench ctr --dataset ml-100k-graded-history --model din,final_mlp --seeds 2026,2027,2028 --json
 
 lint: $(STAMP)
-	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q tests/unit/test_layering.py
 
 clean:
 	rm -rf runs artifacts .pytest_cache
