@@ -184,7 +184,6 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
         # Ray Data logs a failed task's error with its whole traceback before raising it, and the
         # caller prints that error as one line; --verbose shows all of it.
         logging.getLogger("ray.data").setLevel(logging.CRITICAL)
-    if not loud:
         _quiet_worker_pool_notice()
     started = False
     if not ray.is_initialized():
