@@ -73,7 +73,7 @@ from muxrec.pipelines.io import collect
 from muxrec.pipelines.progress import ProgressFollower, ProgressLog, fit_trainer
 from muxrec.pipelines.sources import source_dataset
 from muxrec.pipelines.train import CONTROLLER_POLL_S
-from muxrec.pipelines.trainer import TorchTrainer
+from muxrec.pipelines.trainer import TorchTrainer, job_of
 from muxrec.ray_env import ensure_ray
 from muxrec.spec import FeatureSpec, SourceSpec
 
@@ -407,7 +407,7 @@ def _trainable(tower: nn.Module) -> dict[str, Tensor]:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    job: AlignJob = config["job"]
+    job: AlignJob = job_of(config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(job.threads)
@@ -508,7 +508,8 @@ def fit_pair(job: AlignJob, pair: AlignPair, storage: Path, run_name: str) -> li
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", CONTROLLER_POLL_S)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": job},
+        job=job,
+        process_group=cfg.num_workers > 1,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False,
                                      resources_per_worker={"CPU": min(1.0, cpus / cfg.num_workers)}),
         run_config=RunConfig(name=run_name, storage_path=str(storage)),

@@ -62,7 +62,7 @@ from muxrec.pipelines.prepare import PreparedData
 from muxrec.pipelines.progress import ProgressFollower, ProgressLog, fit_trainer
 from muxrec.pipelines.sharding import check_shardable, plan_summary, shard
 from muxrec.pipelines.sparse import sparse_tables
-from muxrec.pipelines.trainer import TorchTrainer
+from muxrec.pipelines.trainer import TorchTrainer, job_of
 from muxrec.ray_env import ensure_ray
 from muxrec.spec import ModelInputs
 
@@ -220,7 +220,7 @@ def _peak_rss_per_rank(world: int) -> list[int]:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    job: TrainJob = config["job"]
+    job: TrainJob = job_of(config)
     cfg = job.train
     prepared = PreparedData.load(job.prepared)
     inputs = prepared.inputs
@@ -409,7 +409,8 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
     datasets = {split: ray.data.read_parquet(str(prepared.split_dir(split))) for split in streamed}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": job},
+        job=job,
+        process_group=job.train.num_workers > 1 or job.train.sharding != "none",
         scaling_config=ScalingConfig(num_workers=job.train.num_workers, use_gpu=False,
                                      resources_per_worker={"CPU": worker_cpus}),
         run_config=RunConfig(name=name, storage_path=str(Path(storage).resolve()),

@@ -1,6 +1,17 @@
-"""Ray Train's `TorchTrainer` as muxrec runs it: without a placement-group cleaner that cannot work.
+"""Ray Train's `TorchTrainer` as muxrec runs it: a light controller, and no placement-group cleaner
+that cannot work.
 
-For every run, Ray Train 2.x starts a detached `PlacementGroupCleaner` actor that asks the state API
+**A light controller.** Ray Train's controller actor unpickles the run's `train_loop_config` and its
+backend config in a process of its own. Handed a muxrec job object, it imported muxrec's training
+module to rebuild it, and with it torch and TorchRec (4.8 s); handed `TorchConfig`, it imported torch
+(1.9 s). It never uses either: it only passes them on. So the job travels as bytes (`job=`, read back
+in the worker by `job_of`), and a run with one worker and no sharding, which needs no process group,
+gets Ray Train's no-op backend. Measured on 1-worker DeepFM runs with Ray already up (6,000 synthetic
+rows): the controller asked for its worker 6.6 s after `fit()` before, 1.9 s after; epoch 1 began
+13.1-16.8 s after `fit()` before and 11.2-12.9 s after (3 runs each, alternated twice). What remains
+is mostly the worker's own start: a new process (2.4 s) importing torch and TorchRec (4.5 s).
+
+**No placement-group cleaner.** For every run, Ray Train 2.x starts a detached `PlacementGroupCleaner` actor that asks the state API
 (served by the Ray dashboard) every second whether the run's controller is still alive, waiting up to
 10 s for an answer, so that it can remove the run's placement group if the controller dies. Without
 a dashboard every question waits out those 10 s, and at the end of the run the controller waits for
@@ -16,8 +27,13 @@ On a Ray with a dashboard (a cluster address) the cleaner stays.
 
 from __future__ import annotations
 
+import pickle
+from typing import Any, Callable
+
 import ray
+from ray.train.backend import BackendConfig
 from ray.train.torch import TorchTrainer as RayTorchTrainer
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
 
@@ -27,8 +43,23 @@ def has_dashboard() -> bool:
     return bool(getattr(node, "webui_url", ""))
 
 
+def job_of(config: dict[str, Any]) -> Any:
+    """The job a `TorchTrainer` was given, in the worker's `train_loop_per_worker(config)`."""
+    return pickle.loads(config["job"])
+
+
 class TorchTrainer(RayTorchTrainer):
-    """`ray.train.torch.TorchTrainer`, without the PlacementGroupCleaner where Ray has no dashboard."""
+    """`ray.train.torch.TorchTrainer` with the job as bytes, torch's process group only where asked
+    for (`process_group`: more than one worker, or TorchRec sharding), and without the
+    PlacementGroupCleaner where Ray has no dashboard."""
+
+    def __init__(self, train_loop_per_worker: Callable[[dict[str, Any]], None], *, job: Any,
+                 process_group: bool = True, **kwargs: Any) -> None:
+        kwargs["train_loop_config"] = {"job": pickle.dumps(job)}
+        if process_group:
+            super().__init__(train_loop_per_worker, **kwargs)
+        else:
+            DataParallelTrainer.__init__(self, train_loop_per_worker, backend_config=BackendConfig(), **kwargs)
 
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()
