@@ -13,6 +13,7 @@ files.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +38,32 @@ _READER_CPUS = 0.25
 _MIN_BLOCK_BYTES = 1 << 20
 
 
-def _block_bytes(fragments: list[pads.Fragment], blocks: int) -> int | None:
-    """The block size in bytes at which Ray Data cuts what it reads into about `blocks` blocks, where the
-    input has fewer files (`fragments`) than that; None where its files alone make enough blocks.
+def _read_plan(fragments: list[pads.Fragment], blocks: int) -> tuple[int | None, int]:
+    """How Ray Data should cut the input to make about `blocks` blocks: the block size in bytes to set (None:
+    leave Ray Data's, as the files alone make enough blocks), and about how many blocks it will make.
 
     Ray Data reads a Parquet file in one task, and cuts its output into blocks only above the context's
     `target_max_block_size` (128 MiB): a file of 100,000 rows, in one row group or ten, was one block,
-    which one actor scored while the others idled (Ray Data warned so). Arrow's size in memory is
-    taken from the first rows of the first file (the files' own sizes are compressed and encoded)."""
+    which one actor scored while the others idled (Ray Data warned so). Blocks are kept to 1 MiB at least,
+    so a small input makes fewer blocks than asked for. Arrow's size in memory is taken from the first
+    rows of the first file (the files' own sizes are compressed and encoded)."""
     if not fragments or len(fragments) >= blocks:
-        return None
+        return None, max(1, len(fragments))
     rows = sum(f.count_rows() for f in fragments)  # from the files' footers
     sample = fragments[0].head(1024)
     if not rows or not sample.num_rows:
-        return None
-    return max(_MIN_BLOCK_BYTES, int(rows * sample.nbytes / sample.num_rows / blocks))
+        return None, len(fragments)
+    arrow_bytes = rows * sample.nbytes / sample.num_rows
+    size = max(_MIN_BLOCK_BYTES, int(arrow_bytes / blocks))
+    return size, max(len(fragments), min(blocks, math.ceil(arrow_bytes / size)))
+
+
+def _no_more_actors_than(pool: Concurrency, blocks: int) -> Concurrency:
+    """The pool cut to `blocks` actors: an actor with no block to score only loads the model (and Ray Data
+    warns that the pool cannot be used)."""
+    if isinstance(pool, tuple):
+        return min(pool[0], blocks), min(pool[1], blocks)
+    return min(pool, blocks)
 
 
 class Scorer:
@@ -99,6 +111,10 @@ def score(registry: ArtifactRegistry, name: str, ref: str, input_dir: str | Path
     derive(schema.empty_table(), spec, labels=False, split=False)  # missing columns fail here, named
     ensure_ray()
     pool = actor_pool(concurrency)
+    # A few blocks per actor at least: Ray Data gives a whole block to one actor.
+    blocks = max(len(fragments), 4 * (pool[-1] if isinstance(pool, tuple) else pool))
+    block_bytes, expected_blocks = _read_plan(fragments, blocks)
+    pool = _no_more_actors_than(pool, expected_blocks)
     # Each actor computes with one thread. The pool leaves a CPU free on each node (actors are spread
     # over the nodes) and the reader tasks ask for a quarter of one: Ray Data's file listing needs a
     # whole CPU, and readers waiting behind actors that hold every CPU would wait forever.
@@ -107,15 +123,12 @@ def score(registry: ArtifactRegistry, name: str, ref: str, input_dir: str | Path
     largest = pool[-1] if isinstance(pool, tuple) else pool
     actor_cpus = min(1.0, max(0.1, (cpus - max(nodes, 1)) / largest))
     try:
-        # A few blocks per actor at least: Ray Data gives a whole block to one actor.
-        blocks = max(len(fragments), 4 * largest)
         scored = ray.data.read_parquet(str(input_dir), num_cpus=_READER_CPUS,
                                        override_num_blocks=blocks).map_batches(
             Scorer, fn_constructor_args=(str(registry.root.resolve()), name, version.version),
             batch_format="pyarrow", batch_size=batch_size, num_cpus=actor_cpus,  # spread: Ray Data's default
             compute=ActorPoolStrategy(min_size=pool[0], max_size=pool[1]) if isinstance(pool, tuple)
             else ActorPoolStrategy(size=pool))
-        block_bytes = _block_bytes(fragments, blocks)
         if block_bytes is not None:
             limit = scored.context.target_max_block_size
             scored.context.target_max_block_size = block_bytes if limit is None else min(limit, block_bytes)

@@ -19,7 +19,7 @@ import ray
 from muxrec.encoding import split_of
 from muxrec.errors import DataError
 from muxrec.models.serialization import load_model
-from muxrec.pipelines.score import _MIN_BLOCK_BYTES, _block_bytes, score
+from muxrec.pipelines.score import _MIN_BLOCK_BYTES, _no_more_actors_than, _read_plan, score
 from muxrec.ray_env import ensure_ray
 
 from tests.conftest import MODEL
@@ -125,8 +125,8 @@ def test_a_single_file_is_read_as_enough_blocks_for_the_actor_pool(ray_cluster, 
     which one scoring actor would score alone. `score` sets the block size from the input's rows."""
     path = tmp_path / "rows.parquet"
     pq.write_table(synthetic_raw(synthetic_spec(rows=40_000, seed=3)), path, row_group_size=5000)
-    size = _block_bytes(list(pads.dataset(path, format="parquet").get_fragments()), blocks=8)
-    assert size is not None and size >= _MIN_BLOCK_BYTES
+    size, expected = _read_plan(list(pads.dataset(path, format="parquet").get_fragments()), blocks=8)
+    assert size is not None and size >= _MIN_BLOCK_BYTES and 6 <= expected <= 8
 
     def blocks(block_bytes: int | None) -> int:
         ds = ray.data.read_parquet(str(path), override_num_blocks=8)
@@ -138,4 +138,8 @@ def test_a_single_file_is_read_as_enough_blocks_for_the_actor_pool(ray_cluster, 
     assert 6 <= blocks(size) <= 12
     # Enough files make enough blocks by themselves; nothing is changed then.
     pq.write_table(pq.read_table(path), tmp_path / "again.parquet")
-    assert _block_bytes(list(pads.dataset(tmp_path, format="parquet").get_fragments()), blocks=2) is None
+    assert _read_plan(list(pads.dataset(tmp_path, format="parquet").get_fragments()), blocks=2) == (None, 2)
+    # A file under the 1 MiB least block is one block, whatever is asked: the pool is cut to one actor.
+    pq.write_table(synthetic_raw(synthetic_spec(rows=300, seed=3)), tmp_path / "small.parquet")
+    _, expected = _read_plan(list(pads.dataset(tmp_path / "small.parquet", format="parquet").get_fragments()), blocks=8)
+    assert expected == 1 and _no_more_actors_than(2, expected) == 1 and _no_more_actors_than((1, 4), expected) == (1, 1)
