@@ -45,7 +45,7 @@ def _read_plan(fragments: list[pads.Fragment], blocks: int) -> tuple[int | None,
     Ray Data reads a Parquet file in one task, and cuts its output into blocks only above the context's
     `target_max_block_size` (128 MiB): a file of 100,000 rows, in one row group or ten, was one block,
     which one actor scored while the others idled (Ray Data warned so). Blocks are kept to 1 MiB at least,
-    so a small input makes fewer blocks than asked for. Arrow's size in memory is taken from the first
+    so a small input makes fewer blocks than asked for, whatever its number of files. Arrow's size in memory is taken from the first
     rows of the first file (the files' own sizes are compressed and encoded)."""
     if not fragments or len(fragments) >= blocks:
         return None, max(1, len(fragments))
@@ -55,7 +55,8 @@ def _read_plan(fragments: list[pads.Fragment], blocks: int) -> tuple[int | None,
         return None, len(fragments)
     arrow_bytes = rows * sample.nbytes / sample.num_rows
     size = max(_MIN_BLOCK_BYTES, int(arrow_bytes / blocks))
-    return size, max(len(fragments), min(blocks, math.ceil(arrow_bytes / size)))
+    # Small files are read together by one task: two files of 300 rows made one block.
+    return size, max(1, min(blocks, math.ceil(arrow_bytes / size)))
 
 
 def _no_more_actors_than(pool: Concurrency, blocks: int) -> Concurrency:

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
@@ -19,7 +20,7 @@ from muxrec.data.synthetic import SyntheticConfig, generate
 from muxrec.encoding import SPLIT_COLUMN, derive, encode
 from muxrec.history import add_histories
 from muxrec.pipelines.prepare import prepare
-from muxrec.pipelines.score import score
+from muxrec.pipelines.score import _read_plan, score
 from muxrec.pipelines.sources import ROW_COLUMN, source_dataset
 from muxrec.spec import load_spec, parse_spec
 
@@ -115,12 +116,13 @@ def test_a_rerun_reuses_a_matching_output_and_redoes_a_changed_one(ray_cluster, 
 
 def test_score_with_an_autoscaling_actor_pool_matches_one_actor(small_models, tmp_path):
     registry, v1, _, _ = small_models
-    spec = synthetic_spec(rows=3000, seed=22)
+    spec = synthetic_spec(rows=12_000, seed=22)  # ~3.6 MB in Arrow: blocks for two actors (1 MiB at least each)
     raw = synthetic_raw(spec)
     folder = tmp_path / "rows"
     folder.mkdir()
-    for i, start in enumerate(range(0, raw.num_rows, 1000)):
-        pq.write_table(raw.slice(start, 1000), folder / f"{i}.parquet")
+    for i, start in enumerate(range(0, raw.num_rows, 4000)):
+        pq.write_table(raw.slice(start, 4000), folder / f"{i}.parquet")
+    assert _read_plan(list(pads.dataset(folder, format="parquet").get_fragments()), blocks=8)[1] >= 2
     one = score(registry, MODEL, "v0001", folder, tmp_path / "one", batch_size=250, concurrency=1)
     pool = score(registry, MODEL, "v0001", folder, tmp_path / "pool", batch_size=250, concurrency=(1, 2))
     assert one["rows"] == pool["rows"] == raw.num_rows
