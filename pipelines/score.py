@@ -45,8 +45,9 @@ def _read_plan(fragments: list[pads.Fragment], blocks: int) -> tuple[int | None,
     Ray Data reads a Parquet file in one task, and cuts its output into blocks only above the context's
     `target_max_block_size` (128 MiB): a file of 100,000 rows, in one row group or ten, was one block,
     which one actor scored while the others idled (Ray Data warned so). Blocks are kept to 1 MiB at least,
-    so a small input makes fewer blocks than asked for, whatever its number of files. Arrow's size in memory is taken from the first
-    rows of the first file (the files' own sizes are compressed and encoded)."""
+    so a small input makes fewer blocks than asked for, whatever its number of files. Arrow's size in
+    memory is taken from the first rows of the first file (the files' own sizes are compressed and
+    encoded)."""
     if not fragments or len(fragments) >= blocks:
         return None, max(1, len(fragments))
     rows = sum(f.count_rows() for f in fragments)  # from the files' footers

@@ -11,13 +11,14 @@ rows): the controller asked for its worker 6.6 s after `fit()` before, 1.9 s aft
 13.1-16.8 s after `fit()` before and 11.2-12.9 s after (3 runs each, alternated twice). What remains
 is mostly the worker's own start: a new process (2.4 s) importing torch and TorchRec (4.5 s).
 
-**No placement-group cleaner.** For every run, Ray Train 2.x starts a detached `PlacementGroupCleaner` actor that asks the state API
-(served by the Ray dashboard) every second whether the run's controller is still alive, waiting up to
-10 s for an answer, so that it can remove the run's placement group if the controller dies. Without
-a dashboard every question waits out those 10 s, and at the end of the run the controller waits for
-the cleaner to stop: 12 s added to every `muxrec train`, `muxrec encoders align` and every test that
-trains (measured: a 1.5 s epoch on 13k rows took 25 s from `fit()` to its result; the controller log
-ends in "Failed to stop PlacementGroupCleaner gracefully" 12 s after the workers shut down).
+**No placement-group cleaner.** For every run, Ray Train 2.x starts a detached `PlacementGroupCleaner`
+actor that asks the state API (served by the Ray dashboard) every second whether the run's controller
+is still alive, waiting up to 10 s for an answer, so that it can remove the run's placement group if
+the controller dies. Without a dashboard every question waits out those 10 s, and at the end of the
+run the controller waits for the cleaner to stop: 12 s added to every `muxrec train`, `muxrec encoders
+align` and every test that trains (measured: a 1.5 s epoch on 13k rows took 25 s from `fit()` to its
+result; the controller log ends in "Failed to stop PlacementGroupCleaner gracefully" 12 s after the
+workers shut down).
 
 The Ray that muxrec starts on one machine has no dashboard (muxrec.ray_env), so there the cleaner
 cannot do its job and `TorchTrainer` below leaves it out. A placement group still goes when the job
