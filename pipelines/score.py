@@ -60,6 +60,10 @@ def _read_plan(fragments: list[pads.Fragment], blocks: int) -> tuple[int | None,
     return size, max(1, min(blocks, math.ceil(arrow_bytes / size)))
 
 
+def _largest(pool: Concurrency) -> int:
+    return pool[-1] if isinstance(pool, tuple) else pool
+
+
 def _no_more_actors_than(pool: Concurrency, blocks: int) -> Concurrency:
     """The pool cut to `blocks` actors: an actor with no block to score only loads the model (and Ray Data
     warns that the pool cannot be used)."""
@@ -114,7 +118,7 @@ def score(registry: ArtifactRegistry, name: str, ref: str, input_dir: str | Path
     ensure_ray()
     pool = actor_pool(concurrency)
     # A few blocks per actor at least: Ray Data gives a whole block to one actor.
-    blocks = max(len(fragments), 4 * (pool[-1] if isinstance(pool, tuple) else pool))
+    blocks = max(len(fragments), 4 * _largest(pool))
     block_bytes, expected_blocks = _read_plan(fragments, blocks)
     pool = _no_more_actors_than(pool, expected_blocks)
     # Each actor computes with one thread. The pool leaves a CPU free on each node (actors are spread
@@ -122,8 +126,7 @@ def score(registry: ArtifactRegistry, name: str, ref: str, input_dir: str | Path
     # whole CPU, and readers waiting behind actors that hold every CPU would wait forever.
     cpus = int(ray.cluster_resources().get("CPU", 1))
     nodes = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU"))
-    largest = pool[-1] if isinstance(pool, tuple) else pool
-    actor_cpus = min(1.0, max(0.1, (cpus - max(nodes, 1)) / largest))
+    actor_cpus = min(1.0, max(0.1, (cpus - max(nodes, 1)) / _largest(pool)))
     try:
         scored = ray.data.read_parquet(str(input_dir), num_cpus=_READER_CPUS,
                                        override_num_blocks=blocks).map_batches(

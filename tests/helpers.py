@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -181,3 +183,13 @@ def spec_data(spec: FeatureSpec) -> tuple[FeatureSpec, Any, ModelInputs, "Encode
     vocab, encoded = fitted(spec, synthetic_raw(spec))
     inputs = inputs_for(spec, vocab)
     return spec, vocab, inputs, EncodedRows(encoded["train"], inputs)
+
+
+@contextmanager
+def no_idle_actor_warning() -> Iterator[None]:
+    """Fails if Ray Data warns, inside the block, that an actor pool got fewer blocks than actors (the
+    scoring pool is cut to the input's blocks: pipelines/score.py)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    assert not [w for w in caught if "concurrent actors" in str(w.message)]
