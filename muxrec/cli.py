@@ -529,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, default=None)
     tr.add_argument("--patience", type=int, default=None)
     tr.add_argument("--seed", type=int, default=None)
-    tr.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (DDP over gloo when > 1)")
+    tr.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (DDP over gloo when > 1); 0: in this process (no worker to start)")
     tr.add_argument("--sharding", default=None, choices=SHARDING_TYPES,
                     help="split the embedding tables over the workers with TorchRec's DistributedModelParallel "
                          "(default none: every worker holds every table)")

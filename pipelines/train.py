@@ -19,6 +19,12 @@ local shuffle buffer (`iter_batches`), so no worker ever holds its whole shard.
 Progress is the driver's: rank 0 appends events to `progress.jsonl` in the run folder and the
 driver draws them (a tqdm bar per epoch on a terminal, one line per epoch), so Ray's own worker
 output can stay off unless --verbose.
+
+`num_workers: 0` runs the same loop in the calling process, through Ray Train's local mode
+(`ScalingConfig(num_workers=0)`): no controller or worker process to start, which on 2 cores is
+most of a small run (DeepFM on 6,000 rows, Ray running: ~15 s per `fit` on a worker, of which 0.3 s
+is the epoch). Local mode keeps no checkpoints, so the loop keeps them in the run folder itself, and
+resumes from the latest one there (a worker run's too).
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import ray
 import ray.train
@@ -73,6 +80,7 @@ _BEST = "best.safetensors"
 _OPTIMIZER = "optimizer.pt"
 _TABLES_OPTIMIZER = "tables-optimizer.safetensors"  # sharded tables' fused optimizer state, unsharded
 _PROGRESS = "progress.jsonl"
+_IN_PROCESS_CHECKPOINT = "checkpoint_in_process_"  # + epoch: a checkpoint of a num_workers 0 run
 _VERSION_FILES = "version-files"  # a run folder's staging of the files it publishes
 IN_MEMORY_BYTES = 64 * 2**20  # a split up to this many Parquet bytes is held in memory, not streamed
 SHUFFLE_BUFFER_ROWS = 50_000  # streamed training rows are shuffled within a buffer of this many rows
@@ -111,6 +119,7 @@ class TrainJob:
     in_memory_bytes: int | None = None  # splits up to this many Parquet bytes are held in memory; None: default
     streamed: tuple[str, ...] = ()  # splits the driver hands over as Ray datasets (set by `fit`)
     progress_file: str = ""  # where rank 0 appends progress events (set by `fit`)
+    run_folder: str = ""  # the run's folder, where an in-process run keeps its checkpoints (set by `fit`)
 
     def __post_init__(self) -> None:
         expected = entry(self.model).config_cls
@@ -126,7 +135,12 @@ class TrainJob:
         """As JSON (the published train.json)."""
         return {"prepared": self.prepared, "model": self.model, "model_config": to_dict(self.model_config),
                 "train": to_dict(self.train), "threads": self.threads, "in_memory_bytes": self.in_memory_bytes,
-                "streamed": list(self.streamed), "progress_file": self.progress_file}
+                "streamed": list(self.streamed), "progress_file": self.progress_file, "run_folder": self.run_folder}
+
+    @property
+    def in_process(self) -> bool:
+        """num_workers 0: the loop runs in the calling process (Ray Train's local mode)."""
+        return self.train.num_workers == 0
 
     def fingerprint(self, spec_fingerprint: str) -> str:
         """What must not change between a run and its resumption (epochs and workers may)."""
@@ -241,6 +255,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer_state, tables_optimizer_state = None, None
 
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and job.in_process:  # Ray Train's local mode keeps no checkpoints: we do
+        checkpoint = _latest_checkpoint(Path(job.run_folder))
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             d = Path(d)
@@ -340,24 +356,60 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         progress.emit(kind="epoch", **metrics)
         current = weights()
         tables_state = sharded.fused_optimizer_state() if sharded is not None else {}
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if rank == 0:
-                d = Path(d)
-                (d / _CURRENT).write_bytes(current)
-                if tables_state:
-                    (d / _TABLES_OPTIMIZER).write_bytes(save_safetensors(tables_state))
-                (d / _BEST).write_bytes(best_weights)
-                saved = optimizer.state_dict() if not objective.parameters() else {
-                    "model": optimizer.optimizers[0].state_dict(), "objective": optimizer.optimizers[1].state_dict()}
-                torch.save(saved, d / _OPTIMIZER)
-                (d / _STATE).write_text(json.dumps(state))
-                checkpoint = Checkpoint.from_directory(str(d))
-            ray.train.report(metrics, checkpoint=checkpoint)
+
+        def write_checkpoint(d: Path) -> None:
+            (d / _CURRENT).write_bytes(current)
+            if tables_state:
+                (d / _TABLES_OPTIMIZER).write_bytes(save_safetensors(tables_state))
+            (d / _BEST).write_bytes(best_weights)
+            saved = optimizer.state_dict() if not objective.parameters() else {
+                "model": optimizer.optimizers[0].state_dict(), "objective": optimizer.optimizers[1].state_dict()}
+            torch.save(saved, d / _OPTIMIZER)
+            (d / _STATE).write_text(json.dumps(state))  # last: a checkpoint with a state is whole
+
+        if job.in_process:
+            ray.train.report(metrics, checkpoint=_keep_checkpoint(Path(job.run_folder), epoch, write_checkpoint))
+        else:
+            with tempfile.TemporaryDirectory() as d:  # Ray Train copies it into the run folder
+                checkpoint = None
+                if rank == 0:
+                    write_checkpoint(Path(d))
+                    checkpoint = Checkpoint.from_directory(d)
+                ray.train.report(metrics, checkpoint=checkpoint)
         if state["stopped"]:
             progress.emit(kind="stop", patience=cfg.patience)
             break
     progress.close()
+
+
+def _latest_checkpoint(folder: Path) -> Checkpoint | None:
+    """The run's latest whole checkpoint, by the epoch its state records, whether this process wrote it
+    or a Ray Train worker of an earlier try did (an in-process run may resume either)."""
+    latest: tuple[int, Path] | None = None
+    for state_file in folder.glob(f"checkpoint_*/{_STATE}"):
+        try:
+            epoch = json.loads(state_file.read_text())["epoch"]
+        except (OSError, ValueError, KeyError):
+            continue  # cut short
+        if latest is None or epoch > latest[0]:
+            latest = (epoch, state_file.parent)
+    return None if latest is None else Checkpoint.from_directory(str(latest[1]))
+
+
+def _keep_checkpoint(folder: Path, epoch: int, write: Callable[[Path], None]) -> Checkpoint:
+    """An in-process run's checkpoint, kept in its run folder as Ray Train keeps a worker's: written
+    aside and renamed into place (a run killed meanwhile leaves the previous one whole), the newest
+    two kept (CheckpointConfig(num_to_keep=2) of a worker run)."""
+    staging = folder / ".checkpoint-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    write(staging)
+    final = folder / f"{_IN_PROCESS_CHECKPOINT}{epoch:06d}"
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    for old in sorted(folder.glob(f"{_IN_PROCESS_CHECKPOINT}*"))[:-2]:
+        shutil.rmtree(old)
+    return Checkpoint.from_directory(str(final))
 
 
 # ---- driver side ----------------------------------------------------------------------------
@@ -380,6 +432,19 @@ def _check_resumable(folder: Path, fingerprint: str) -> None:
                               "use --fresh to start it over")
 
 
+@contextmanager
+def _process_settings_kept() -> Iterator[None]:
+    """What the loop sets for its process (torch threads, Ray Data progress bars) put back after it,
+    for the loop that ran in this one (num_workers 0)."""
+    threads, ctx = torch.get_num_threads(), DataContext.get_current()
+    bars = ctx.enable_progress_bars
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        ctx.enable_progress_bars = bars
+
+
 def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> tuple[dict, Path, float]:
     """Run (or resume) the Ray Train run `name`; return its final state, the file of its best weights
     (in the run folder), wall seconds.
@@ -392,6 +457,10 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
         shutil.rmtree(folder)
     prepared = PreparedData.load(job.prepared)
     _check_resumable(folder, job.fingerprint(prepared.spec.fingerprint()))
+    workers = job.train.num_workers
+    if workers and any(folder.glob(f"{_IN_PROCESS_CHECKPOINT}*")):
+        raise ConfigError(f"run {name} was started in this process (num_workers 0), whose checkpoints Ray Train "
+                          "workers cannot resume: resume it with num_workers 0, or use --fresh to start it over")
     ensure_ray()
     cpus = int(ray.cluster_resources().get("CPU", 1))
     limit = job.in_memory_limit()
@@ -399,32 +468,33 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
     folder.mkdir(parents=True, exist_ok=True)
     progress_file = folder / _PROGRESS
     progress_file.unlink(missing_ok=True)
-    job = replace(job, threads=max(1, cpus // job.train.num_workers), in_memory_bytes=limit, streamed=streamed,
-                  progress_file=str(progress_file))
+    job = replace(job, threads=max(1, cpus // max(1, workers)), in_memory_bytes=limit, streamed=streamed,
+                  progress_file=str(progress_file), run_folder=str(folder))
     # Workers leave a CPU free: Ray Data feeds streamed shards with tasks of its own, and a cluster
     # whose CPUs are all held by workers would wait for them forever.
-    worker_cpus = min(1.0, max(0.1, (cpus - 1) / job.train.num_workers))
+    worker_cpus = min(1.0, max(0.1, (cpus - 1) / max(1, workers)))
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", CONTROLLER_POLL_S)  # read by the controller actor
     use_spin_guard()  # a streamed split's executor would spin while the worker trains
     datasets = {split: ray.data.read_parquet(str(prepared.split_dir(split))) for split in streamed}
     trainer = TorchTrainer(
         train_loop_per_worker,
         job=job,
-        process_group=job.train.num_workers > 1 or job.train.sharding != "none",
-        scaling_config=ScalingConfig(num_workers=job.train.num_workers, use_gpu=False,
-                                     resources_per_worker={"CPU": worker_cpus}),
+        process_group=workers > 1 or job.train.sharding != "none",
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": worker_cpus}),
         run_config=RunConfig(name=name, storage_path=str(Path(storage).resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=[s for s in streamed if s == "train"]),
     )
     how = ", ".join(f"{s} {'streamed' if s in streamed else 'in memory'}" for s in ("train", "valid"))
-    say(f"training {job.model} on {job.train.num_workers} Ray worker(s) ({how})")
+    where = f"on {workers} Ray worker(s)" if workers else "in this process"
+    say(f"training {job.model} {where} ({how})")
     t0 = time.perf_counter()
     display = _EpochDisplay()
     follower = ProgressFollower(progress_file, display.show).start()
     try:
-        result = fit_trainer(trainer)
+        with _process_settings_kept():  # an in-process loop sets torch's threads and Ray Data's bars
+            result = fit_trainer(trainer)
     finally:
         follower.stop()
         display.close()

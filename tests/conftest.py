@@ -72,7 +72,8 @@ def redis_url() -> str:
 
 @pytest.fixture(scope="session")
 def small_models(ray_cluster, tmp_path_factory):
-    """A small model trained by the real pipeline (prepare + Ray Train) and a second version of it.
+    """A small model trained by the real pipeline (prepare on Ray Data, the loop in this process as
+    num_workers 0 runs it: a Ray Train worker would add ~15 s) and a second version of it.
 
     v0001: DeepFM on 6,000 synthetic rows, 2 epochs. v0002: the same weights shifted (a reload /
     version-pinning target). Created before any Serve app takes the CPUs.
@@ -94,7 +95,7 @@ def small_models(ray_cluster, tmp_path_factory):
     prepared = prepare(spec, root / "prepared")
     registry = ArtifactRegistry(root / "registry")
     job = TrainJob(str(prepared.root), "deepfm", DeepFMConfig(embedding_dim=8, hidden_units=(32, 16)),
-                   TrainConfig(epochs=2, batch_size=256, lr=3e-3))
+                   TrainConfig(epochs=2, batch_size=256, lr=3e-3, num_workers=0))
     v1 = train(job, registry, MODEL, root / "ray").version
     loaded = load_model(v1)
     with torch.no_grad():

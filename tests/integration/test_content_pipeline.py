@@ -58,7 +58,7 @@ def test_prepare_train_and_score_with_a_pinned_text_encoder(content):
     np.testing.assert_allclose(stored, expected, atol=1e-5)
 
     job = TrainJob(str(prepared.root), "deepfm", DeepFMConfig(embedding_dim=8, hidden_units=(16,)),
-                   TrainConfig(epochs=1, batch_size=256, lr=3e-3))
+                   TrainConfig(epochs=1, batch_size=256, lr=3e-3, num_workers=0))
     version = train(job, registry, "text-ranker", root / "ray").version
     loaded = load_model(version)
     assert loaded.content is not None and version.read_json("model.json")["encoders"] == vectors.digests

@@ -1,4 +1,4 @@
-"""Multi-task models through the Ray pipeline: prepare -> Ray Train -> publish -> evaluate -> score.
+"""Multi-task models through the Ray pipeline: prepare -> train (num_workers 0) -> publish -> evaluate -> score.
 
 The synthetic spec has two tasks in a funnel (conversion only after a click); a blend declared in the
 spec drives early stopping and the registry's headline AUC.
@@ -25,7 +25,7 @@ from tests.helpers import synthetic_spec
 
 pytestmark = pytest.mark.integration
 
-SMALL = TrainConfig(epochs=2, batch_size=256, lr=3e-3, patience=5, seed=11)
+SMALL = TrainConfig(epochs=2, batch_size=256, lr=3e-3, patience=5, seed=11, num_workers=0)  # in this process
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_mmoe_with_masked_funnel_and_uncertainty_weights_trains_publishes_and_ev
 
 @pytest.mark.parametrize("architecture", ["esmm", "ple"])
 def test_each_multitask_model_trains_on_ray_with_an_interaction_model_bottom(prepared, tmp_path, architecture):
-    """ESMM (entire space) and PLE with DeepFM as the shared bottom: trained by Ray Train, published."""
+    """ESMM (entire space) and PLE with DeepFM as the shared bottom: trained, published."""
     registry = ArtifactRegistry(tmp_path / "registry")
     cfg = make_config(architecture, {"embedding_dim": 8, "bottom": "deepfm", "bottom_config": {"hidden_units": [32]}})
     result = train(TrainJob(str(prepared.root), architecture, cfg, SMALL), registry, f"s-{architecture}",

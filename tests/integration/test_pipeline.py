@@ -27,7 +27,8 @@ from tests.helpers import every_method_spec, mixed_dim_spec, synthetic_raw, synt
 
 pytestmark = pytest.mark.integration
 
-SMALL = TrainConfig(epochs=3, batch_size=256, lr=3e-3, patience=5, seed=11)
+# In this process (num_workers 0) unless a test is about Ray Train's workers: ~15 s less per run.
+SMALL = TrainConfig(epochs=3, batch_size=256, lr=3e-3, patience=5, seed=11, num_workers=0)
 DEEPFM = DeepFMConfig(embedding_dim=8, hidden_units=(32, 16), dropout=0.0)
 
 
@@ -92,17 +93,18 @@ def test_a_split_read_in_chunks_evaluates_as_when_read_whole(prepared):
 
 
 def test_train_resume_and_evaluate(prepared, tmp_path):
-    """2 epochs, then resumed to 3 and published; the same name, now done, starts over and runs 3 epochs
-    straight, which equal the resumed ones; the published model evaluates the same offline. A resume
-    with another config is refused first, and leaves the run resumable."""
+    """2 epochs on a Ray Train worker, then resumed to 3 in this process (num_workers 0) and published; the
+    same name, now done, starts over and runs 3 epochs straight in this process, which equal the resumed
+    ones and the worker's; the published model evaluates the same offline. A resume with another config
+    is refused first, and leaves the run resumable; a worker cannot resume an in-process run."""
     from muxrec.errors import ConfigError
 
     storage = tmp_path / "ray"
-    job = TrainJob(str(prepared.root), "deepfm", DEEPFM, replace(SMALL, epochs=2))
+    job = TrainJob(str(prepared.root), "deepfm", DEEPFM, replace(SMALL, epochs=2, num_workers=1))
     first, _, _ = fit(job, storage, "run")
     assert first["epoch"] == 1 and len(first["history"]) == 2
     assert first["streamed"] == []  # a split this small is held in memory
-    three = replace(job, train=replace(job.train, epochs=3))
+    three = replace(job, train=replace(job.train, epochs=3, num_workers=0))
     with pytest.raises(ConfigError, match="started with another spec / model / training config"):
         fit(replace(three, model_config=replace(DEEPFM, hidden_units=(8,))), storage, "run")
 
@@ -116,6 +118,10 @@ def test_train_resume_and_evaluate(prepared, tmp_path):
     assert not (storage / "run" / "left-by-the-first-run").exists()
     assert [h["valid_auc"] for h in straight["history"]] == [h["valid_auc"] for h in resumed]
     assert result.version.file("weights.safetensors").read_bytes() == straight_best.read_bytes()
+    kept = sorted(p.name for p in (storage / "run").glob("checkpoint_*"))
+    assert kept == ["checkpoint_in_process_000001", "checkpoint_in_process_000002"]  # the newest two
+    with pytest.raises(ConfigError, match="started in this process"):
+        fit(replace(three, train=replace(three.train, epochs=4, num_workers=1)), storage, "run")
     importance = json.loads(result.version.read_text("importance.json"))
     assert importance["rows"] == prepared.stats["splits"]["valid"]["rows"]  # under IMPORTANCE_ROWS: all of them
 
@@ -140,7 +146,7 @@ def test_two_workers_train_with_ddp(prepared, tmp_path):
 def test_a_split_over_the_in_memory_threshold_is_streamed(prepared, tmp_path):
     """Train over the threshold streams through Ray Data; valid, at it, stays in memory; both learn."""
     valid_bytes = sum(f.stat().st_size for f in prepared.split_dir("valid").glob("*.parquet"))
-    job = TrainJob(str(prepared.root), "deepfm", DEEPFM, replace(SMALL, epochs=2, sparse_table_rows=100),
+    job = TrainJob(str(prepared.root), "deepfm", DEEPFM, replace(SMALL, epochs=2, sparse_table_rows=100, num_workers=1),
                    in_memory_bytes=valid_bytes)
     state, best, _ = fit(job, tmp_path / "ray", "streamed")
     assert state["streamed"] == ["train"]
@@ -186,8 +192,8 @@ def test_a_spec_with_its_own_table_dims_trains_and_publishes(ray_cluster, tmp_pa
 def test_every_embedding_method_trains_through_ray_and_publishes_as_served(every_method, tmp_path):
     """One spec using every table method (every_method_spec): Ray Train fits it, and the published version
     stores user_id int8, region's 2-value prefix and slot's kept values, with metrics measured on what is stored.
-    Every split counts as large here (in_memory_bytes=0): the workers stream them and the published model is
-    evaluated in a Ray task, on its served form rebuilt there."""
+    Every split counts as large here (in_memory_bytes=0): the loop, in this process (num_workers 0, Ray Train's
+    local mode), streams them and the published model is evaluated in a Ray task, on its served form rebuilt there."""
     from muxrec.models.layers.tables import MixedDimTable, PrefixTable, QRTable, QuantizedTable, SparseTable
     from muxrec.models.serialization import load_model
 
@@ -252,7 +258,7 @@ def test_ml100k_graded_targets_train_through_ray_and_publish_a_click_model(ray_c
     assert rates["click@2"] > rates["click@3"] > rates["click"] > rates["click@5"] > 0
     assert pq.read_table(prep.split_dir("test"), columns=["click", "click@5"]).num_rows == 10_020
     job = TrainJob(str(prep.root), "deepfm", DeepFMConfig(embedding_dim=8, hidden_units=(64,)),
-                   TrainConfig(epochs=1, batch_size=2048, lr=3e-3))
+                   TrainConfig(epochs=1, batch_size=2048, lr=3e-3, num_workers=0))
     result = train(job, ArtifactRegistry(tmp_path / "registry"), "graded", tmp_path / "ray")
     assert 0.70 < result.metrics["test"]["auc"] < 0.80
     report = evaluate(result.version, "valid")

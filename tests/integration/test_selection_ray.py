@@ -59,7 +59,8 @@ def test_a_derived_spec_reads_the_prepared_rows_trains_and_its_permutation_runs_
 
     registry = ArtifactRegistry(tmp_path / "registry")
     cfg = DeepFMConfig(embedding_dim=8, hidden_units=(32,))
-    result = train(TrainJob(str(view.root), "deepfm", cfg, TrainConfig(epochs=3, batch_size=256, lr=3e-3, seed=3)),
+    in_process = TrainConfig(epochs=3, batch_size=256, lr=3e-3, seed=3, num_workers=0)
+    result = train(TrainJob(str(view.root), "deepfm", cfg, in_process),
                    registry, "top6", tmp_path / "ray")
     loaded = load_model(result.version)
     assert loaded.spec == derived and loaded.inputs.fields == view.inputs.fields

@@ -138,7 +138,7 @@ def test_adult_like_csv_string_label_no_id_bucketized_numbers(ray_cluster, tmp_p
 
     # A short training run, then a request built by the HTTP schema and scored by the published model.
     job = TrainJob(str(prep.root), "deepfm", make_config("deepfm", {"embedding_dim": 8, "hidden_units": [32]}),
-                   TrainConfig(epochs=3, batch_size=256, lr=5e-3, seed=3))
+                   TrainConfig(epochs=3, batch_size=256, lr=5e-3, seed=3, num_workers=0))
     result = train(job, ArtifactRegistry(tmp_path / "registry"), "adult-like", tmp_path / "ray")
     assert result.metrics["test"]["auc"] > 0.7
     schema = RequestSchema(spec, ServeSettings())
