@@ -58,7 +58,7 @@ def _ensure_model(config_dir: Path, runs: Path, registry: ArtifactRegistry, name
     prepared = prepare_cached(load_spec(config_dir / "ml-100k.yaml"), runs / "prepared")
     mf = model_file(config_dir, "deepfm")
     job = TrainJob(str(prepared.root), mf.architecture, make_config(mf.architecture, mf.model),
-                   replace(mf.train, epochs=2))
+                   replace(mf.train, epochs=2, num_workers=0))  # in this process: no worker to start
     train(job, registry, name, runs / "ray", fresh=True)
 
 

@@ -33,6 +33,7 @@ def test_bench_two_seeds_and_a_skip(ray_cluster, tmp_path):
     assert [r["model"] for r in skipped] == ["din"] and "needs the sequence feature" in skipped[0]["skipped"]
     assert lr["model"] == "lr" and lr["seeds"] == [1, 2] and len(lr["per_seed"]) == 2
     assert lr["overrides"] == ["train.epochs=1"] and all(s["epochs"] == 1 for s in lr["per_seed"])
+    assert list((tmp_path / "runs" / "ray" / "bench-tiny-lr-seed1").glob("checkpoint_in_process_*"))  # no worker
     aucs = [s["test_auc"] for s in lr["per_seed"]]
     assert lr["test_auc"] == pytest.approx(sum(aucs) / 2, abs=1e-5) and lr["test_auc_std"] >= 0
     assert 0.5 < lr["test_auc"] < 1 and lr["params"] > 0
