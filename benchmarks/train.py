@@ -16,7 +16,8 @@ each way counts, since noise only ever adds time):
   one epoch to the next (train, validate, checkpoint, report); start-up from launching the process to
   its first batch; tear-down from the end of the last epoch to exit (final evaluation of valid and
   test, feature importance, publishing, stopping Ray). Whether Ray was already running (`muxrec ray
-  up`) is recorded: start-up depends on it.
+  up`) is recorded: start-up depends on it. The command trains on one Ray Train worker, or in its own
+  process with `--set train.num_workers=0`.
 
 samples/s = training rows / seconds. loop_vs_floor compares training passes alone; command_vs_loop
 compares whole epochs (training + validation). Results go to docs/benchmarks/results/train-*.json and
@@ -181,7 +182,7 @@ def bench_model(dataset: str, mf: ModelFile, prepared: PreparedData, spec_path: 
         "command_vs_loop": round(command["epoch_s"] / loop_epoch_s, 3),
         "worker_epoch_s": round(command["worker_epoch_s"], 3),
         "startup_s": round(command["startup_s"], 1), "teardown_s": round(command["teardown_s"], 1),
-        "ray_running": ray_running, "epochs": epochs, "threads": threads, "commit": commit(), "machine": machine(),
+        "ray_running": ray_running, "num_workers": mf.train.num_workers, "epochs": epochs, "threads": threads, "commit": commit(), "machine": machine(),
     }
 
 
@@ -210,8 +211,9 @@ def bench_train(dataset: str, model: str, config_dir: Path, runs: Path, out_dir:
 
 
 def _bench_train_config(cfg: TrainConfig) -> TrainConfig:
-    """One worker: the comparison is with one in-process loop."""
-    return replace(cfg, num_workers=1)
+    """One worker, the comparison being with one in-process loop; or none (`--set train.num_workers=0`):
+    the command runs that loop in its own process."""
+    return cfg if cfg.num_workers == 0 else replace(cfg, num_workers=1)
 
 
 def _result_name(row: dict[str, Any]) -> str:

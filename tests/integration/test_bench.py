@@ -102,7 +102,7 @@ def test_bench_train_times_floor_loop_and_command(ray_cluster, tiny_bench, tmp_p
     assert row["model"] == "deepfm" and row["train_rows"] > 2000 and row["epochs"] == 2
     assert row["floor_samples_per_s"] > 0 and row["loop_samples_per_s"] > 0 and row["command_samples_per_s"] > 0
     assert row["loop_vs_floor"] == pytest.approx(row["loop_samples_per_s"] / row["floor_samples_per_s"], rel=0.01)
-    assert row["startup_s"] > 0 and row["teardown_s"] > 0 and row["ray_running"] is True
+    assert row["startup_s"] > 0 and row["teardown_s"] > 0 and row["ray_running"] is True and row["num_workers"] == 1
     assert len(list((out / "results").glob("train-tiny-deepfm-*-warm.json"))) == 1
     report = (out / "train.md").read_text()
     assert "| tiny | deepfm |" in report and (out / "train.png").stat().st_size > 5_000

@@ -149,3 +149,11 @@ def test_processes_are_told_apart_by_the_titles_ray_gives_them():
     assert process_role("/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --node=1") == \
         "Ray (raylet, GCS)"
     assert process_role("/usr/bin/redis-server 127.0.0.1:6379") is None and process_role("") is None
+
+
+def test_bench_train_runs_the_command_on_one_worker_unless_told_none():
+    from muxrec.benchmarks.train import _bench_train_config
+    from muxrec.config import TrainConfig
+
+    assert _bench_train_config(TrainConfig(num_workers=2)).num_workers == 1  # compared with one in-process loop
+    assert _bench_train_config(TrainConfig(num_workers=0)).num_workers == 0  # --set train.num_workers=0
