@@ -72,7 +72,6 @@ from muxrec.models.encoders.vision import VisionTower, VisionTowerConfig, as_ima
 from muxrec.pipelines.io import collect
 from muxrec.pipelines.progress import ProgressFollower, ProgressLog, fit_trainer
 from muxrec.pipelines.sources import source_dataset
-from muxrec.pipelines.train import CONTROLLER_POLL_S
 from muxrec.pipelines.trainer import TorchTrainer, job_of
 from muxrec.ray_env import ensure_ray
 from muxrec.spec import FeatureSpec, SourceSpec
@@ -504,8 +503,6 @@ def fit_pair(job: AlignJob, pair: AlignPair, storage: Path, run_name: str) -> li
     progress_file = folder / _PROGRESS
     progress_file.unlink(missing_ok=True)
     job = replace(job, threads=_threads(cpus, cfg.num_workers), progress_file=str(progress_file))
-    # A worker's report waits for the controller's poll of the worker group (2 s by default): an epoch takes ~1 s.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", CONTROLLER_POLL_S)
     trainer = TorchTrainer(
         train_loop_per_worker,
         job=job,

@@ -84,12 +84,6 @@ _IN_PROCESS_CHECKPOINT = "checkpoint_in_process_"  # + epoch: a checkpoint of a 
 _VERSION_FILES = "version-files"  # a run folder's staging of the files it publishes
 IN_MEMORY_BYTES = 64 * 2**20  # a split up to this many Parquet bytes is held in memory, not streamed
 SHUFFLE_BUFFER_ROWS = 50_000  # streamed training rows are shuffled within a buffer of this many rows
-# Ray Train's controller collects each worker's report by polling the worker group every
-# RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default), and a worker's `report` blocks until the previous
-# one was collected (a queue of one). Epochs shorter than the interval were paced at it (ML-100K DeepFM:
-# 0.85 s of work per epoch, 1.84 s between epochs), and start-up and the end of a run each waited for a
-# poll. Polling a local worker group costs well under a millisecond; the user's own setting wins.
-CONTROLLER_POLL_S = "0.1"
 # Permutation importance at publish time runs 1 + 3 x fields forward passes on the driver: over the first
 # this many validation rows (all of them on the benchmark datasets), not over a split of millions.
 IMPORTANCE_ROWS = 100_000
@@ -473,7 +467,6 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
     # Workers leave a CPU free: Ray Data feeds streamed shards with tasks of its own, and a cluster
     # whose CPUs are all held by workers would wait for them forever.
     worker_cpus = min(1.0, max(0.1, (cpus - 1) / max(1, workers)))
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", CONTROLLER_POLL_S)  # read by the controller actor
     use_spin_guard()  # a streamed split's executor would spin while the worker trains
     datasets = {split: ray.data.read_parquet(str(prepared.split_dir(split))) for split in streamed}
     trainer = TorchTrainer(

@@ -28,6 +28,7 @@ On a Ray with a dashboard (a cluster address) the cleaner stays.
 
 from __future__ import annotations
 
+import os
 import pickle
 from typing import Any, Callable
 
@@ -36,6 +37,13 @@ from ray.train.backend import BackendConfig
 from ray.train.torch import TorchTrainer as RayTorchTrainer
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+# Ray Train's controller collects each worker's report by polling the worker group every
+# RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default), and a worker's `report` blocks until the previous
+# one was collected (a queue of one). Epochs shorter than the interval were paced at it (ML-100K DeepFM:
+# 0.85 s of work per epoch, 1.84 s between epochs), and start-up and the end of a run each waited for a
+# poll. Polling a local worker group costs well under a millisecond; the user's own setting wins.
+CONTROLLER_POLL_S = "0.1"
 
 
 def has_dashboard() -> bool:
@@ -51,12 +59,13 @@ def job_of(config: dict[str, Any]) -> Any:
 
 class TorchTrainer(RayTorchTrainer):
     """`ray.train.torch.TorchTrainer` with the job as bytes, torch's process group only where asked
-    for (`process_group`: more than one worker, or TorchRec sharding), and without the
-    PlacementGroupCleaner where Ray has no dashboard."""
+    for (`process_group`: more than one worker, or TorchRec sharding), the controller polling its
+    workers every CONTROLLER_POLL_S, and without the PlacementGroupCleaner where Ray has no dashboard."""
 
     def __init__(self, train_loop_per_worker: Callable[[dict[str, Any]], None], *, job: Any,
                  process_group: bool = True, **kwargs: Any) -> None:
         kwargs["train_loop_config"] = {"job": pickle.dumps(job)}
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", CONTROLLER_POLL_S)  # read by the controller
         if process_group:
             super().__init__(train_loop_per_worker, **kwargs)
         else:

@@ -3,6 +3,7 @@ where Ray has no dashboard."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -24,6 +25,15 @@ def test_the_cleaner_is_left_out_without_a_dashboard_and_kept_with_one(monkeypat
     assert PlacementGroupCleanerCallback not in without and without  # the other default callbacks stay
     monkeypatch.setattr(trainer, "has_dashboard", lambda: True)
     assert _kinds(t) == without | {PlacementGroupCleanerCallback}
+
+
+def test_the_controller_polls_its_workers_often_unless_the_user_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    trainer.TorchTrainer(lambda config: None, job=None, scaling_config=ScalingConfig(num_workers=1))
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == trainer.CONTROLLER_POLL_S
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")
+    trainer.TorchTrainer(lambda config: None, job=None, scaling_config=ScalingConfig(num_workers=1))
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
 
 
 def _what_the_controller_imports(t: trainer.TorchTrainer) -> set[str]:
