@@ -76,13 +76,20 @@ def use_kept_ray() -> str | None:
     """The address to join when it is the kept Ray (not RAY_ADDRESS); sets its auth mode.
 
     `ray up` starts Ray with token authentication (the token in ~/.ray). Ray reads RAY_AUTH_MODE
-    when it is imported, so the CLI calls this before anything imports Ray.
+    when it is imported, so the CLI calls this before anything imports Ray; a program that imported
+    Ray first (a script calling muxrec's Python API) has Ray read it again, as `ray.init` does when it
+    turns token authentication on itself (without: "Authentication token is missing or incorrect"
+    until the join gives up).
     """
     if os.environ.get("RAY_ADDRESS"):
         return None
     kept = kept_ray_address()
-    if kept:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if kept and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        if "ray._raylet" in sys.modules:
+            from ray._raylet import Config
+
+            Config.initialize("")
     return kept
 
 

@@ -26,8 +26,9 @@ def test_ray_up_is_joined_by_later_processes_and_ray_down_stops_it(tmp_path):
         assert address.startswith("127.0.0.1:")
         port = address.rsplit(":", 1)[1]
         assert "already running" in _muxrec("ray", "up", env=env).stderr  # a second `up` starts nothing
+        # A program that imports Ray before muxrec (Ray reads its auth mode at import) joins it too.
         joined = subprocess.run(
-            [sys.executable, "-c", "from muxrec.ray_env import ensure_ray; ensure_ray(); import ray; "
+            [sys.executable, "-c", "import ray; from muxrec.ray_env import ensure_ray; ensure_ray(); "
                                    "print(ray.get_runtime_context().gcs_address); print(ray.cluster_resources()['CPU'])"],
             capture_output=True, text=True, env=env, timeout=120)
         assert joined.returncode == 0, joined.stderr
