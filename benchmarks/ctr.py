@@ -2,10 +2,10 @@
 
     muxrec bench ctr --dataset ml-100k --model all --seeds 2026,2027,2028 --json
 
-For each model (a configs/models/<name>.yaml) and seed: train (in this process, Ray Train's local mode:
-`IN_PROCESS`), keep the checkpoint with the best validation AUC, evaluate it on the test split. Per model: mean and std over seeds of test
-AUC / logloss, params, training seconds, and CPU forward latency for batches of 100 and 1000 test
-rows. Hyper-parameters come from the YAML files (never tuned on the test split); seeds only change the
+For each model (a configs/models/<name>.yaml) and seed: train (in this process, Ray Train's local
+mode: `IN_PROCESS`), keep the checkpoint with the best validation AUC, evaluate it on the test split.
+Per model: mean and std over seeds of test AUC / logloss, params, training seconds, and CPU forward
+latency for batches of 100 and 1000 test rows. Hyper-parameters come from the YAML files (never tuned on the test split); seeds only change the
 initialisation and shuffling. Results are saved under docs/benchmarks/results/ and the dataset's
 report (docs/benchmarks/<dataset>.md and <dataset>.png) is rebuilt from all saved results.
 """
