@@ -182,7 +182,8 @@ def bench_model(dataset: str, mf: ModelFile, prepared: PreparedData, spec_path: 
         "command_vs_loop": round(command["epoch_s"] / loop_epoch_s, 3),
         "worker_epoch_s": round(command["worker_epoch_s"], 3),
         "startup_s": round(command["startup_s"], 1), "teardown_s": round(command["teardown_s"], 1),
-        "ray_running": ray_running, "num_workers": mf.train.num_workers, "epochs": epochs, "threads": threads, "commit": commit(), "machine": machine(),
+        "ray_running": ray_running, "num_workers": mf.train.num_workers, "epochs": epochs, "threads": threads,
+        "commit": commit(), "machine": machine(),
     }
 
 

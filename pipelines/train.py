@@ -376,18 +376,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     progress.close()
 
 
+def _checkpoint_states(folder: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(checkpoint folder, its state) for each whole checkpoint of the run, a worker's or this process's;
+    one cut short (no readable state) is passed over, as Ray Train resumes from its last complete one."""
+    for state_file in sorted(folder.glob(f"checkpoint_*/{_STATE}")):
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            continue
+        yield state_file.parent, state
+
+
 def _latest_checkpoint(folder: Path) -> Checkpoint | None:
     """The run's latest whole checkpoint, by the epoch its state records, whether this process wrote it
     or a Ray Train worker of an earlier try did (an in-process run may resume either)."""
-    latest: tuple[int, Path] | None = None
-    for state_file in folder.glob(f"checkpoint_*/{_STATE}"):
-        try:
-            epoch = json.loads(state_file.read_text())["epoch"]
-        except (OSError, ValueError, KeyError):
-            continue  # cut short
-        if latest is None or epoch > latest[0]:
-            latest = (epoch, state_file.parent)
-    return None if latest is None else Checkpoint.from_directory(str(latest[1]))
+    latest = max(_checkpoint_states(folder), key=lambda found: found[1]["epoch"], default=None)
+    return None if latest is None else Checkpoint.from_directory(str(latest[0]))
 
 
 def _keep_checkpoint(folder: Path, epoch: int, write: Callable[[Path], None]) -> Checkpoint:
@@ -416,12 +420,8 @@ def run_dir(storage: str | Path, name: str) -> Path:
 def _check_resumable(folder: Path, fingerprint: str) -> None:
     """Refuse, before any worker starts, to resume a run whose checkpoints were made with another spec /
     model / training config (the worker checks it again on the checkpoint it is given)."""
-    for state_file in sorted(folder.glob(f"checkpoint_*/{_STATE}")):
-        try:
-            made_with = json.loads(state_file.read_text()).get("fingerprint")
-        except (OSError, ValueError):
-            continue  # a checkpoint cut short; Ray Train resumes from its last complete one
-        if made_with != fingerprint:
+    for _, state in _checkpoint_states(folder):
+        if state.get("fingerprint") != fingerprint:
             raise ConfigError(f"run {folder.name} was started with another spec / model / training config; "
                               "use --fresh to start it over")
 
