@@ -9,7 +9,6 @@ that entity (keys: {user: user_id, item: item_id}). Unknown ids get the out-of-v
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -20,24 +19,12 @@ from muxrec.artifacts import ArtifactRegistry
 from muxrec.encoding import OOV_ID
 from muxrec.errors import ConfigError
 from muxrec.models.serialization import LoadedModel
+from muxrec.services.calls import EmbedCall, EmbedResult
 from muxrec.services.content import ContentCall
+from muxrec.services.model_store import ModelStore
 from muxrec.services.settings import ServeSettings
-from muxrec.services.versions import ModelStore, serving_version
+from muxrec.services.versions import serving_version
 from muxrec.spec import Feature, FeatureKind
-
-
-@dataclass(frozen=True)
-class EmbedRequest:
-    version: str
-    entity: str
-    ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class EmbedResult:
-    version: str
-    vectors: np.ndarray  # (N, D) float32
-    known: np.ndarray  # (N,) bool
 
 
 def entity_feature(model: LoadedModel, entity: str) -> Feature:
@@ -96,7 +83,7 @@ class Embedder:
         return [out[i] for i in range(len(requests))]
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
-    async def embed(self, requests: list[EmbedRequest]) -> list[EmbedResult]:
+    async def embed(self, requests: list[EmbedCall]) -> list[EmbedResult]:
         out = []
         for r in requests:
             model = await asyncio.to_thread(self.store.get, r.version)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -26,41 +25,10 @@ from ray import serve
 
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.errors import ConfigError
+from muxrec.services.calls import ScoreCall, ScoreResult
+from muxrec.services.model_store import ModelStore
 from muxrec.services.settings import ServeSettings
-from muxrec.services.versions import ModelStore, serving_version
-
-
-@dataclass(frozen=True)
-class ScoreRequest:
-    """What the gateway sends: the version to score with and the candidate rows as one Arrow IPC stream.
-
-    Bytes, not a `pa.Table`: Ray serializes a table buffer by buffer, 0.49 ms for the bench's 100
-    candidates in the gateway alone, where the stream costs 0.01 ms to write, 0.01 ms to serialize and
-    0.01 ms to read back (docs/benchmarks/serve-notes.md)."""
-
-    version: str
-    rows_ipc: bytes
-    content: dict[str, np.ndarray] | None = None  # content feature -> (N, dim) vectors (the gateway's cache)
-
-    @classmethod
-    def of(cls, version: str, rows: pa.Table, content: dict[str, np.ndarray] | None = None) -> ScoreRequest:
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, rows.schema) as writer:
-            writer.write_table(rows)
-        return cls(version, sink.getvalue().to_pybytes(), content)
-
-    def rows(self) -> pa.Table:
-        return pa.ipc.open_stream(self.rows_ipc).read_all()
-
-
-@dataclass(frozen=True)
-class ScoreResult:
-    version: str
-    scores: np.ndarray  # (N, T) probabilities
-    tasks: tuple[str, ...]
-    batch_rows: int  # rows in the forward pass this request shared
-    batch_requests: int
-    compute_s: float  # seconds of that pass's encode + forward in the replica (the rest is Serve and waiting)
+from muxrec.services.versions import serving_version
 
 
 @serve.deployment(name="Ranker")
@@ -84,14 +52,14 @@ class Ranker:
         return self.store.versions
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+    async def score(self, requests: list[ScoreCall]) -> list[ScoreResult]:
         results: dict[int, ScoreResult] = {}
         for version in {r.version for r in requests}:
             group = [i for i, r in enumerate(requests) if r.version == version]
             results.update(self._score_group(version, [requests[i] for i in group], group))  # on the loop: see above
         return [results[i] for i in range(len(requests))]
 
-    def _score_group(self, version: str, group: list[ScoreRequest], positions: list[int]) -> dict[int, ScoreResult]:
+    def _score_group(self, version: str, group: list[ScoreCall], positions: list[int]) -> dict[int, ScoreResult]:
         model = self.store.get(version)
         tables = [r.rows() for r in group]
         content = None

@@ -1,4 +1,4 @@
-"""Which model version is live, and the loaded versions a replica keeps.
+"""Which model version is live.
 
 The registry alias `serving` (ServeSettings.serving_alias) names the live version; only
 /v1/admin/reload moves it. Nothing writes it at start-up: a replica that starts, restarts, scales up
@@ -16,13 +16,10 @@ at the alias file (one stat, a re-read only when it changed) at most every
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 from muxrec.artifacts import ALIASES, ArtifactRegistry
-from muxrec.models.serialization import LoadedModel, load_model
 from muxrec.services.settings import ServeSettings
 
 
@@ -70,28 +67,3 @@ class LiveVersion:
     @property
     def ref(self) -> str:
         return f"{self.name}/{self.get()}"
-
-
-class ModelStore:
-    """Hash-verified model versions of one registry name, loaded on first use; the last `keep` stay
-    loaded so requests already routed to the previous version finish on it during a reload."""
-
-    def __init__(self, registry: ArtifactRegistry, name: str, keep: int = 2):
-        self.registry, self.name, self.keep = registry, name, keep
-        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, version: str) -> LoadedModel:
-        with self._lock:
-            model = self._loaded.get(version)
-            if model is None:
-                model = load_model(self.registry.open(self.name, version))
-                self._loaded[version] = model
-                while len(self._loaded) > self.keep:
-                    self._loaded.popitem(last=False)
-            self._loaded.move_to_end(version)
-            return model
-
-    @property
-    def versions(self) -> list[str]:
-        return list(self._loaded)

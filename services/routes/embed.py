@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from pydantic_core import to_json
 
 from muxrec.services.deps import Cache, Context, LiveVersionDep, result_of
-from muxrec.services.embedder import EmbedRequest as EmbedCall
+from muxrec.services.calls import EmbedCall
 from muxrec.services.content import decode_images
 from muxrec.services.schema import ContentEmbedRequest, ContentEmbedResponse, EmbedResponse, RequestSchema
 from muxrec.spec import FeatureKind

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 
 from muxrec.services.deps import Context, LiveVersionDep, result_of
-from muxrec.services.ranker import ScoreRequest
+from muxrec.services.calls import ScoreCall
 from muxrec.services.schema import RankedItem, RankResponse, RequestSchema
 
 
@@ -23,7 +23,7 @@ def build_router(schema: RequestSchema) -> APIRouter:
         live = await context.model_columns(version)  # from memory after the version's first request
         table, ids = schema.to_table(body, live.columns)
         content = await context.content.for_rows(version, live.spec, table)  # None without content features
-        result = await result_of(context.ranker.score, ScoreRequest.of(version, table, content),
+        result = await result_of(context.ranker.score, ScoreCall.of(version, table, content),
                                  timeout_s=context.settings.call_timeout_s)
         context.metrics.batch_size.observe(result.batch_rows)
         context.metrics.batch_requests.observe(result.batch_requests)

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 
 from muxrec.encoding import Vocabulary, count_values, derive, encode, moments, quantile_sketch
 from muxrec.errors import DataError
-from muxrec.services.ranker import ScoreRequest
+from muxrec.services.calls import ScoreCall
 from muxrec.services.schema import ModelColumns, RequestSchema, column_changes
 from muxrec.services.settings import ServeSettings
 from muxrec.spec import FeatureSpec, parse_spec
@@ -62,7 +62,7 @@ def test_an_omitted_field_encodes_as_the_same_field_null_in_the_source():
     body = [{k: v for k, v in r.items() if v is not None} if i % 2 else r for i, r in enumerate(rows)]
     request = schema.Request.model_validate({"candidates": body})
     table, _ = schema.to_table(request)
-    received = ScoreRequest.of("v0001", table).rows()  # what the Ranker reads: the table sent as an Arrow IPC stream
+    received = ScoreCall.of("v0001", table).rows()  # what the Ranker reads: the table sent as an Arrow IPC stream
     assert received.equals(table) and received.schema == table.schema
     online = encode(derive(received, spec, labels=False, split=False), spec, vocab)
     nulls = [i for i, r in enumerate(rows) if r["shop name"] is None]
