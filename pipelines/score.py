@@ -38,26 +38,20 @@ _READER_CPUS = 0.25
 _MIN_BLOCK_BYTES = 1 << 20
 
 
-def _read_plan(fragments: list[pads.Fragment], blocks: int) -> tuple[int | None, int]:
-    """How Ray Data should cut the input to make about `blocks` blocks: the block size in bytes to set (None:
-    leave Ray Data's, as the files alone make enough blocks), and about how many blocks it will make.
-
-    Ray Data reads a Parquet file in one task, and cuts its output into blocks only above the context's
-    `target_max_block_size` (128 MiB): a file of 100,000 rows, in one row group or ten, was one block,
-    which one actor scored while the others idled (Ray Data warned so). Blocks are kept to 1 MiB at least,
-    so a small input makes fewer blocks than asked for, whatever its number of files. Arrow's size in
-    memory is taken from the first rows of the first file (the files' own sizes are compressed and
-    encoded)."""
+def _block_count(fragments: list[pads.Fragment], blocks: int) -> int:
+    """How many blocks to read the input as: `blocks`, or one per file where there are more files, but
+    none under `_MIN_BLOCK_BYTES` of Arrow data (a small input makes fewer blocks than asked for, whatever
+    its number of files). Ray Data's Parquet reader cuts files (by row group, then by rows) to make the
+    count it is asked for. Arrow's size in memory is taken from the first rows of the first file (the
+    files' own sizes are compressed and encoded)."""
     if not fragments or len(fragments) >= blocks:
-        return None, max(1, len(fragments))
+        return max(1, len(fragments))
     rows = sum(f.count_rows() for f in fragments)  # from the files' footers
     sample = fragments[0].head(1024)
     if not rows or not sample.num_rows:
-        return None, len(fragments)
+        return len(fragments)
     arrow_bytes = rows * sample.nbytes / sample.num_rows
-    size = max(_MIN_BLOCK_BYTES, int(arrow_bytes / blocks))
-    # Small files are read together by one task: two files of 300 rows made one block.
-    return size, max(1, min(blocks, math.ceil(arrow_bytes / size)))
+    return max(1, min(blocks, math.ceil(arrow_bytes / _MIN_BLOCK_BYTES)))
 
 
 def _largest(pool: Concurrency) -> int:
@@ -118,12 +112,11 @@ def score(registry: ArtifactRegistry, name: str, ref: str, input_dir: str | Path
     ensure_ray()
     pool = actor_pool(concurrency)
     # A few blocks per actor at least: Ray Data gives a whole block to one actor.
-    blocks = max(len(fragments), 4 * _largest(pool))
-    block_bytes, expected_blocks = _read_plan(fragments, blocks)
-    pool = _no_more_actors_than(pool, expected_blocks)
+    blocks = _block_count(fragments, max(len(fragments), 4 * _largest(pool)))
+    pool = _no_more_actors_than(pool, blocks)
     # Each actor computes with one thread. The pool leaves a CPU free on each node (actors are spread
-    # over the nodes) and the reader tasks ask for a quarter of one: Ray Data's file listing needs a
-    # whole CPU, and readers waiting behind actors that hold every CPU would wait forever.
+    # over the nodes) and the reader tasks ask for a quarter of one: readers waiting behind actors that
+    # hold every CPU would wait forever.
     cpus = int(ray.cluster_resources().get("CPU", 1))
     nodes = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU"))
     actor_cpus = min(1.0, max(0.1, (cpus - max(nodes, 1)) / _largest(pool)))
@@ -134,9 +127,6 @@ def score(registry: ArtifactRegistry, name: str, ref: str, input_dir: str | Path
             batch_format="pyarrow", batch_size=batch_size, num_cpus=actor_cpus,  # spread: Ray Data's default
             compute=ActorPoolStrategy(min_size=pool[0], max_size=pool[1]) if isinstance(pool, tuple)
             else ActorPoolStrategy(size=pool))
-        if block_bytes is not None:
-            limit = scored.context.target_max_block_size
-            scored.context.target_max_block_size = block_bytes if limit is None else min(limit, block_bytes)
         with replacing(Path(output_dir)) as staging:
             rows = write_parquet(scored, staging)
     except Exception as err:

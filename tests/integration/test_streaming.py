@@ -20,7 +20,7 @@ from muxrec.data.synthetic import SyntheticConfig, generate
 from muxrec.encoding import SPLIT_COLUMN, derive, encode
 from muxrec.history import add_histories
 from muxrec.pipelines.prepare import prepare
-from muxrec.pipelines.score import _read_plan, score
+from muxrec.pipelines.score import _block_count, score
 from muxrec.pipelines.sources import ROW_COLUMN, source_dataset
 from muxrec.spec import load_spec, parse_spec
 
@@ -122,7 +122,7 @@ def test_score_with_an_autoscaling_actor_pool_matches_one_actor(small_models, tm
     folder.mkdir()
     for i, start in enumerate(range(0, raw.num_rows, 4000)):
         pq.write_table(raw.slice(start, 4000), folder / f"{i}.parquet")
-    assert _read_plan(list(pads.dataset(folder, format="parquet").get_fragments()), blocks=8)[1] >= 2
+    assert _block_count(list(pads.dataset(folder, format="parquet").get_fragments()), blocks=8) >= 2
     one = score(registry, MODEL, "v0001", folder, tmp_path / "one", batch_size=250, concurrency=1)
     pool = score(registry, MODEL, "v0001", folder, tmp_path / "pool", batch_size=250, concurrency=(1, 2))
     assert one["rows"] == pool["rows"] == raw.num_rows
