@@ -110,6 +110,11 @@ class LoadedModel:
     def predict(self, rows: EncodedRows, batch_size: int = 8192) -> np.ndarray:
         return predict_proba(self.model, rows, batch_size)
 
+    def embeddings(self, feature: str, rows: np.ndarray) -> np.ndarray:
+        """Feature `feature`'s vectors (N, d) at table rows `rows`: (N,), or (N, k) for k slots, summed."""
+        with torch.no_grad():
+            return self.model.embedding.lookup(feature, torch.from_numpy(rows)).numpy()
+
     def predict_raw(self, raw: pa.Table, batch_size: int = 8192, vectors: dict[str, np.ndarray] | None = None
                     ) -> np.ndarray:
         """(N, T) probabilities for raw rows (content vectors given, or computed by the pinned encoders)."""

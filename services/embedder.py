@@ -9,22 +9,24 @@ that entity (keys: {user: user_id, item: item_id}). Unknown ids get the out-of-v
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import torch
 from ray import serve
 
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.encoding import OOV_ID
 from muxrec.errors import ConfigError
-from muxrec.models.serialization import LoadedModel
 from muxrec.services.calls import EmbedCall, EmbedResult
 from muxrec.services.content import ContentCall
 from muxrec.services.model_store import ModelStore
 from muxrec.services.settings import ServeSettings
 from muxrec.services.versions import serving_version
 from muxrec.spec import Feature, FeatureKind
+
+if TYPE_CHECKING:
+    from muxrec.models.serialization import LoadedModel  # imported by ModelStore when a model loads
 
 
 def entity_feature(model: LoadedModel, entity: str) -> Feature:
@@ -40,8 +42,7 @@ def entity_feature(model: LoadedModel, entity: str) -> Feature:
 def lookup(model: LoadedModel, entity: str, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     f = entity_feature(model, entity)
     rows = model.vocab.tables[f.table_name].ids(pa.array(ids, pa.string()), f.name, f.slots or 1)  # (N,) or (N, k)
-    with torch.no_grad():
-        vectors = model.model.embedding.lookup(f.name, torch.from_numpy(rows)).numpy()  # (N, d)
+    vectors = model.embeddings(f.name, rows)  # (N, d)
     known = rows != OOV_ID if rows.ndim == 1 else (rows != OOV_ID).all(axis=1)  # (N,)
     return vectors.astype(np.float32, copy=False), known
 

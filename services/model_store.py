@@ -1,13 +1,19 @@
-"""The model versions a Ranker or Embedder replica keeps loaded (the gateway never loads a model:
-it imports neither this module nor torch)."""
+"""The model versions a Ranker or Embedder replica keeps loaded.
+
+Only a replica that loads a model imports the model code (and torch): the gateway never does, and the
+`muxrec serve` process that builds the app imports this module without loading anything.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from muxrec.artifacts import ArtifactRegistry
-from muxrec.models.serialization import LoadedModel, load_model
+
+if TYPE_CHECKING:
+    from muxrec.models.serialization import LoadedModel
 
 
 class ModelStore:
@@ -23,6 +29,8 @@ class ModelStore:
         with self._lock:
             model = self._loaded.get(version)
             if model is None:
+                from muxrec.models.serialization import load_model  # torch: see the module docstring
+
                 model = load_model(self.registry.open(self.name, version))
                 self._loaded[version] = model
                 while len(self._loaded) > self.keep:

@@ -71,6 +71,8 @@ def test_serve_listens_on_loopback_only_and_sigterm_leaves_no_process(small_mode
         wait_ready(f"http://127.0.0.1:{port}", timeout_s=240)
         tree = _process_tree(proc.pid)
         sockets = listening_sockets([proc.pid, *tree])
+        driver_torch = "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text()
+        driver_mb = int(Path(f"/proc/{proc.pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
     except BaseException:
         proc.kill()
         print(proc.communicate()[0][-3000:])
@@ -91,7 +93,9 @@ def test_serve_listens_on_loopback_only_and_sigterm_leaves_no_process(small_mode
     print(f"muxrec serve: {len(tree)} processes started, {len(sockets)} listening sockets "
           f"({len({s[2] for s in sockets})} kinds of process), {len(public)} not on loopback, "
           f"{len(replicas)} of them Serve replicas' gRPC servers {public}; "
-          f"SIGTERM: exit {proc.returncode} after {stop_s:.1f} s, {len(left)} processes left {list(left.values())}")
+          f"SIGTERM: exit {proc.returncode} after {stop_s:.1f} s, {len(left)} processes left {list(left.values())}; "
+          f"the serve process itself: {driver_mb} MB resident, torch loaded: {driver_torch}")
+    assert not driver_torch  # it builds the app; only the Ranker and Embedder replicas load models
     assert proc.returncode == 0, output[-3000:]
     assert "muxrec: stopping" in output
     assert "(raylet)" not in output, output[-3000:]  # stopping its own Ray, it does not call Serve's shutdown

@@ -109,9 +109,10 @@ def test_preprocessing_imports_without_torch():
     assert _loaded_after(preprocessing, ("torch", "fbgemm_gpu")) == []
 
 
-def test_gateway_and_feature_selector_import_without_torch():
+def test_serving_imports_torch_only_where_a_model_loads():
     """The replicas that load no model start without torch and TorchRec (~2 s instead of ~7 s per replica
     here, and ~300 MB less each): the gateway's routes reach the Ranker and Embedder through
-    services/calls.py, not through the deployments' modules."""
-    lean = "muxrec.services.gateway, muxrec.services.selector"
+    services/calls.py, not through the deployments' modules. The `muxrec serve` process builds the app
+    from every deployment's module, and loads no model either."""
+    lean = "muxrec.services.gateway, muxrec.services.selector, muxrec.services.app, muxrec.apps.serving"
     assert _loaded_after(lean, ("torch", "fbgemm_gpu", "muxrec.models")) == []
