@@ -71,7 +71,7 @@ def cmd_encoders_align(args: argparse.Namespace) -> int:
     from muxrec.spec import load_spec
 
     cfg = _config(AlignConfig, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                  width_mult=args.width_mult, fine_tune_layers=args.fine_tune_layers)
+                  width_mult=args.width_mult, fine_tune_layers=args.fine_tune_layers, num_workers=args.num_workers)
     result = align(load_spec(args.source_spec), args.text_column, args.image_column, ArtifactRegistry(args.registry),
                    args.name, cfg)
     _print_json({k: v for k, v in result.items() if k != "history"})  # per-epoch figures were printed as it ran
@@ -508,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--seed", type=int, default=None)
     al.add_argument("--width-mult", type=float, default=None, help="MobileNetV2 width multiplier")
     al.add_argument("--fine-tune-layers", type=int, default=None, help="MiniLM layers trained (default 0: frozen)")
+    al.add_argument("--num-workers", type=int, default=None,
+                    help="Ray Train workers (default 1); 0: in this process (no worker to start)")
     paths(al)
     al.set_defaults(func=cmd_encoders_align)
     ca = en_sub.add_parser("catalog", help="item vectors of a content feature for every distinct value (Ray Data)")

@@ -72,6 +72,7 @@ from muxrec.models.encoders.vision import VisionTower, VisionTowerConfig, as_ima
 from muxrec.pipelines.io import collect
 from muxrec.pipelines.progress import ProgressFollower, ProgressLog, fit_trainer
 from muxrec.pipelines.sources import source_dataset
+from muxrec.pipelines.train import process_settings_kept
 from muxrec.pipelines.trainer import TorchTrainer, job_of
 from muxrec.ray_env import ensure_ray
 from muxrec.spec import FeatureSpec, SourceSpec
@@ -82,6 +83,7 @@ RECALL_AT = (1, 5)
 _WEIGHTS = "towers.safetensors"  # the final checkpoint: both towers' trainable parameters
 _STATE = "state.json"
 _PROGRESS = "progress.jsonl"
+_FINAL = "checkpoint_in_process"  # the final checkpoint of a num_workers 0 run, in its run folder
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,8 @@ class AlignConfig:
             frozen and its sentence vectors are computed once, so only the projection trains).
         valid_share: the share of items held out for validation retrieval (default 0.1).
         temperature_init: the softmax temperature at the start, in [0.01, 1] (default 0.07).
-        num_workers: Ray Train workers (default 1).
+        num_workers: Ray Train workers (default 1); 0 runs the same loop in this process (Ray Train's local
+            mode: no worker process to start).
         flip: flip each training image left-right with probability 1/2 (default True).
     """
 
@@ -129,9 +132,9 @@ class AlignConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
-        if self.batch_size < 2 * self.num_workers:
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0 (0: in this process), got {self.num_workers}")
+        if self.batch_size < 2 * max(1, self.num_workers):
             raise ValueError(f"batch_size must be >= 2 per worker (a softmax over one pair learns nothing), "
                              f"got {self.batch_size} for {self.num_workers} worker(s)")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -290,6 +293,7 @@ class AlignJob:
     valid: np.ndarray  # item rows held out
     threads: int = 1  # torch threads per worker
     progress_file: str = ""
+    run_folder: str = ""  # where a run in this process (num_workers 0) leaves its final checkpoint
 
 
 def build_pair(cfg: AlignConfig) -> AlignPair:
@@ -423,14 +427,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         pair, history = train_pair(job, rank, world, net, pair, on_epoch)
         state = {**{f"vision.{k}": v for k, v in _trainable(pair.vision).items()},
                  **{f"text.{k}": v for k, v in _trainable(pair.text).items()}}
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if rank == 0:
-                (Path(d) / _WEIGHTS).write_bytes(save_safetensors(state))
-                (Path(d) / _STATE).write_text(json.dumps({"history": history,
-                                                          "log_scale": float(pair.log_scale.detach())}))
-                checkpoint = Checkpoint.from_directory(d)
-            ray.train.report(history[-1], checkpoint=checkpoint)
+        def write_checkpoint(d: Path) -> Checkpoint:
+            (d / _WEIGHTS).write_bytes(save_safetensors(state))
+            (d / _STATE).write_text(json.dumps({"history": history, "log_scale": float(pair.log_scale.detach())}))
+            return Checkpoint.from_directory(d)
+
+        if job.cfg.num_workers == 0:  # Ray Train's local mode copies no checkpoint: it stays in the run folder
+            final = Path(job.run_folder) / _FINAL
+            final.mkdir(exist_ok=True)
+            ray.train.report(history[-1], checkpoint=write_checkpoint(final))
+        else:
+            with tempfile.TemporaryDirectory() as d:  # Ray Train copies it into the run folder
+                ray.train.report(history[-1], checkpoint=write_checkpoint(Path(d)) if rank == 0 else None)
     finally:
         progress.close()
 
@@ -502,16 +510,17 @@ def fit_pair(job: AlignJob, pair: AlignPair, storage: Path, run_name: str) -> li
     folder.mkdir(parents=True, exist_ok=True)
     progress_file = folder / _PROGRESS
     progress_file.unlink(missing_ok=True)
-    job = replace(job, threads=_threads(cpus, cfg.num_workers), progress_file=str(progress_file))
+    workers = max(1, cfg.num_workers)
+    job = replace(job, threads=_threads(cpus, workers), progress_file=str(progress_file), run_folder=str(folder))
     trainer = TorchTrainer(
         train_loop_per_worker,
         job=job,
         process_group=cfg.num_workers > 1,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False,
-                                     resources_per_worker={"CPU": min(1.0, cpus / cfg.num_workers)}),
+                                     resources_per_worker={"CPU": min(1.0, cpus / workers)}),
         run_config=RunConfig(name=run_name, storage_path=str(storage)),
     )
-    with ProgressFollower(progress_file, _show):
+    with ProgressFollower(progress_file, _show), process_settings_kept():
         result = fit_trainer(trainer)
     if result.checkpoint is None:
         raise MuxrecError(f"ALIGN run {run_name} produced no checkpoint")

@@ -427,7 +427,7 @@ def _check_resumable(folder: Path, fingerprint: str) -> None:
 
 
 @contextmanager
-def _process_settings_kept() -> Iterator[None]:
+def process_settings_kept() -> Iterator[None]:
     """What the loop sets for its process (torch threads, Ray Data progress bars) put back after it,
     for the loop that ran in this one (num_workers 0)."""
     threads, ctx = torch.get_num_threads(), DataContext.get_current()
@@ -486,7 +486,7 @@ def fit(job: TrainJob, storage: str | Path, name: str, fresh: bool = False) -> t
     display = _EpochDisplay()
     follower = ProgressFollower(progress_file, display.show).start()
     try:
-        with _process_settings_kept():  # an in-process loop sets torch's threads and Ray Data's bars
+        with process_settings_kept():  # an in-process loop sets torch's threads and Ray Data's bars
             result = fit_trainer(trainer)
     finally:
         follower.stop()

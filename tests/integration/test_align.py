@@ -27,7 +27,7 @@ from tests.helpers import synthetic_spec
 pytestmark = pytest.mark.integration
 
 ITEMS = 120
-CFG = AlignConfig(epochs=20, batch_size=16, valid_share=0.25, seed=0)
+CFG = AlignConfig(epochs=20, batch_size=16, valid_share=0.25, seed=0, num_workers=0)  # in this process
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,21 @@ def test_both_encoders_are_published_and_point_at_each_other(aligned):
     assert image.info["valid_recall_at_1"] == pytest.approx(result["valid_recall_at_1"])
     assert result["epochs"] == CFG.epochs and len(result["history"]) == CFG.epochs and result["seconds"] > 0
     assert result["train_items"] + result["valid_items"] == ITEMS and result["valid_items"] == 30
+
+
+def test_a_ray_train_worker_trains_the_same_towers_as_this_process(aligned, tmp_path):
+    """The fixture trains in this process (num_workers 0); one epoch on a Ray Train worker gives the same
+    published weights, byte for byte, as one epoch here."""
+    spec = aligned[0]
+    short = {"epochs": 1, "batch_size": CFG.batch_size, "valid_share": CFG.valid_share, "seed": CFG.seed}
+    published = {}
+    for workers in (1, 0):
+        registry = ArtifactRegistry(tmp_path / f"registry-{workers}")
+        result = align(spec, "title", "image", registry, "one", AlignConfig(**short, num_workers=workers),
+                       storage=tmp_path / f"ray-{workers}")
+        published[workers] = ([load_encoder(registry, result[kind]).sha256 for kind in ("text", "image")],
+                              [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in result["history"]])
+    assert published[1] == published[0]
 
 
 def test_versions_are_hash_checked(aligned, tmp_path):

@@ -142,7 +142,7 @@ def test_split_is_seeded_disjoint_and_complete():
     ({"dims": (16, 8)}, "dims"),
     ({"image_size": 16}, "image_size"),
     ({"width_mult": 0.0}, "width_mult"),
-    ({"num_workers": 0}, "num_workers"),
+    ({"num_workers": -1}, "num_workers"),
 ])
 def test_config_rejects_bad_values(bad, match):
     with pytest.raises(ValueError, match=match):
