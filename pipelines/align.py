@@ -427,6 +427,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         pair, history = train_pair(job, rank, world, net, pair, on_epoch)
         state = {**{f"vision.{k}": v for k, v in _trainable(pair.vision).items()},
                  **{f"text.{k}": v for k, v in _trainable(pair.text).items()}}
+
         def write_checkpoint(d: Path) -> Checkpoint:
             (d / _WEIGHTS).write_bytes(save_safetensors(state))
             (d / _STATE).write_text(json.dumps({"history": history, "log_scale": float(pair.log_scale.detach())}))
