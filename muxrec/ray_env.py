@@ -307,11 +307,18 @@ def ray_down(timeout: float = 30.0) -> bool:
 
 
 def _stop_group(pid: int, timeout: float = 30.0) -> bool:
-    """SIGTERM to the process group `ray start --block` leads (it stops what it started), then SIGKILL."""
+    """SIGTERM to `ray start --block` (it stops what it started), then SIGKILL to its process group.
+
+    Only the leader gets the SIGTERM: it drains the node (the raylet ends once idle) and then stops GCS
+    and the rest in order, ~4 s here. SIGTERM to the whole group killed the raylet under it, and the
+    leader then waited out its 30 s drain timeout for a drain that could no longer happen."""
     try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:  # the leader is gone: whatever is left of its group gets the SIGTERM
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
