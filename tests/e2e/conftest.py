@@ -49,3 +49,30 @@ def served(small_models, redis_url) -> Served:
     wait_ready(url)
     yield Served(url, registry, v1, v2, spec_path)
     serve.shutdown()
+
+
+def extra_app(served: Served, name: str, overrides: dict) -> str:
+    """Deploy another copy of the app under /<name>, with tiny CPU reservations; return its URL."""
+    from ray import serve
+
+    from muxrec.services.app import build_app, load_serve_config, make_settings
+
+    config = load_serve_config(REPO / "deploy" / "serve.yaml")
+    # One replica each (these apps test other things): fewer processes to start on a 2-core box.
+    small = {n: {**opts, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}}
+             for n, opts in config.deployments.items()}
+    settings = make_settings({"registry": str(served.registry.root), "model": MODEL, "version": served.v1.version,
+                              "serving_alias": f"serving-{name}", **overrides})
+    serve.run(build_app(settings, small), name=name, route_prefix=f"/{name}")
+    return f"{served.url}/{name}"
+
+
+@pytest.fixture(scope="session")
+def redisless_app(served) -> str:
+    """A second copy of the app under /local, one replica each, with no Redis (the in-process cache) and
+    model calls that give up after 2 s (call_timeout_s; 5 s by default). The tests of either share it:
+    a deployment costs ~10 s here. A test that kills a replica waits until the app answers again."""
+    from ray import serve
+
+    yield extra_app(served, "local", {"call_timeout_s": 2.0, "redis_url": ""})
+    serve.delete("local")

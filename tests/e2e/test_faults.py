@@ -15,9 +15,8 @@ import redis
 from muxrec.services.cache import cache_key, decode_vector, encode_vector
 
 from tests.conftest import REPO
-from tests.e2e.conftest import ADMIN_TOKEN
+from tests.e2e.conftest import ADMIN_TOKEN, extra_app
 from tests.e2e.test_gateway import _json, _rows, _tag
-from tests.e2e.test_redis_fault import _extra_app
 
 pytestmark = pytest.mark.e2e
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -36,7 +35,7 @@ def test_live_version_survives_a_gateway_and_ranker_redeploy(served):
     # (new actor options restart every replica, two Gateway replicas instead of one) with the same
     # settings: the live version must stay v0002 and the restarted Ranker must load it, not `latest`.
     name = "alias"
-    url = _extra_app(served, name, {"version": "latest", "admin_token": ADMIN_TOKEN})
+    url = extra_app(served, name, {"version": "latest", "admin_token": ADMIN_TOKEN})
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
             assert http.get("/v1/models").json()["live"] == served.v1.ref

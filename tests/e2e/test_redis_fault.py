@@ -3,7 +3,7 @@ the breaker stops calling Redis; Redis comes back: cache hits resume. And with R
 gateway needs no Redis at all (in-process LRU).
 
 The test runs its own redis-server on a free port and kills that one, never the shared server;
-extra Serve applications (route prefixes /fault, /lru) point at it or at nothing."""
+an extra Serve application (/fault) points at it; the session's /local app (tests/e2e/conftest.py) at no Redis."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from tests.conftest import MODEL, REPO, require
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import extra_app, free_port
 from tests.e2e.test_gateway import _rows
 
 pytestmark = pytest.mark.e2e
@@ -45,22 +45,6 @@ def _cache_counts(http: httpx.Client) -> dict[str, float]:
     return out
 
 
-def _extra_app(served, name: str, overrides: dict) -> str:
-    """Deploy another copy of the app under /<name>, with tiny CPU reservations; return its URL."""
-    from ray import serve
-
-    from muxrec.services.app import build_app, load_serve_config, make_settings
-
-    config = load_serve_config(REPO / "deploy" / "serve.yaml")
-    # One replica each (these apps test other things): fewer processes to start on a 2-core box.
-    small = {n: {**opts, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}}
-             for n, opts in config.deployments.items()}
-    settings = make_settings({"registry": str(served.registry.root), "model": MODEL, "version": served.v1.version,
-                              "serving_alias": f"serving-{name}", **overrides})
-    serve.run(build_app(settings, small), name=name, route_prefix=f"/{name}")
-    return f"{served.url}/{name}"
-
-
 @pytest.fixture(scope="module")
 def _fault_module(served):
     """The /fault app and its private Redis, deployed once for this module's tests (a deployment
@@ -71,7 +55,7 @@ def _fault_module(served):
     require(shutil.which("redis-server") is not None, "redis-server is not installed")
     port = free_port()
     proc = _start_redis(port)
-    url = _extra_app(served, "fault", {"redis_url": f"redis://127.0.0.1:{port}/0", "breaker_cooldown_s": 1.0})
+    url = extra_app(served, "fault", {"redis_url": f"redis://127.0.0.1:{port}/0", "breaker_cooldown_s": 1.0})
     state = {"proc": proc, "port": port}
     yield url, state
     serve.delete("fault")
@@ -129,21 +113,15 @@ def test_redis_outage_is_survived_and_recovered(fault_app):
         assert http.get("/readyz").json()["status"] == "ready"
 
 
-def test_empty_redis_url_uses_the_in_process_cache(served):
-    from ray import serve
-
-    url = _extra_app(served, "lru", {"redis_url": ""})
-    try:
-        ids = [str(r["user_id"]) for r in _rows(3, "train")]
-        with httpx.Client(base_url=url, timeout=30) as http:
-            assert http.get("/readyz").json()["redis"] == "disabled"
-            first = http.post("/v1/embed", json={"entity": "user", "ids": ids}).json()
-            second = http.post("/v1/embed", json={"entity": "user", "ids": ids}).json()
-            assert first["cache_hits"] == [False] * 3 and second["cache_hits"] == [True] * 3
-            assert second["vectors"] == first["vectors"]
-            assert "muxrec_redis_up" not in http.get("/metrics").text
-    finally:
-        serve.delete("lru")
+def test_empty_redis_url_uses_the_in_process_cache(redisless_app):
+    ids = [str(r["user_id"]) for r in _rows(3, "train")]  # the other test on /local only ranks
+    with httpx.Client(base_url=redisless_app, timeout=30) as http:
+        assert http.get("/readyz").json()["redis"] == "disabled"
+        first = http.post("/v1/embed", json={"entity": "user", "ids": ids}).json()
+        second = http.post("/v1/embed", json={"entity": "user", "ids": ids}).json()
+        assert first["cache_hits"] == [False] * 3 and second["cache_hits"] == [True] * 3
+        assert second["vectors"] == first["vectors"]
+        assert "muxrec_redis_up" not in http.get("/metrics").text
 
 
 def test_a_redis_restart_costs_no_failed_lookup(fault_app):

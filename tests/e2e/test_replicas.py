@@ -20,7 +20,6 @@ from muxrec.services.app import load_serve_config
 
 from tests.conftest import REPO, require
 from tests.e2e.test_gateway import _rows
-from tests.e2e.test_redis_fault import _extra_app
 
 pytestmark = pytest.mark.e2e
 SERVE = load_serve_config(REPO / "deploy" / "serve.yaml")
@@ -128,34 +127,28 @@ def test_a_killed_ranker_replica_costs_no_request(served):
     assert first_ok - killed_at < 5.0 and slowest < SERVE.request_timeout_s / 2
 
 
-def test_with_its_only_ranker_replica_dead_requests_get_a_503_with_retry_after(served):
-    from ray import serve
-
-    # An app of one replica each, whose model calls give up after 2 s (call_timeout_s; 5 s by default).
-    url = _extra_app(served, "one", {"call_timeout_s": 2.0, "redis_url": ""})
-    try:
-        (pid,) = _replica_pids("Ranker", app="one")
-        body = {"candidates": _rows(5)}
-        with httpx.Client(base_url=url, timeout=30) as http:
-            assert http.post("/v1/rank", json=body).status_code == 200
-            os.kill(pid, signal.SIGKILL)
-            killed_at, answers = time.monotonic(), []
-            while time.monotonic() < killed_at + 90:
-                start = time.monotonic()
-                r = http.post("/v1/rank", json=body)
-                answers.append(Answer(start, time.monotonic(), r.status_code, r.headers.get("retry-after")))
-                if r.status_code == 200:
-                    break
-        failed = [a for a in answers if a.status != 200]
-        print(f"the only Ranker replica killed: {len(failed)} requests answered "
-              f"{sorted({a.status for a in failed})} with Retry-After {sorted({a.retry_after for a in failed})} "
-              f"in at most {max(a.end - a.start for a in failed):.1f} s each; 200 again after "
-              f"{answers[-1].end - killed_at:.1f} s")
-        assert answers[-1].status == 200, "the Ranker was not restarted within 90 s"
-        assert failed and all(a.status == 503 and a.retry_after == "1" for a in failed), failed
-        assert max(a.end - a.start for a in failed) < SERVE.request_timeout_s  # before the proxy's 408
-    finally:
-        serve.delete("one")
+def test_with_its_only_ranker_replica_dead_requests_get_a_503_with_retry_after(redisless_app):
+    url = redisless_app  # one replica each; model calls give up after 2 s
+    (pid,) = _replica_pids("Ranker", app="local")
+    body = {"candidates": _rows(5)}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        assert http.post("/v1/rank", json=body).status_code == 200
+        os.kill(pid, signal.SIGKILL)
+        killed_at, answers = time.monotonic(), []
+        while time.monotonic() < killed_at + 90:
+            start = time.monotonic()
+            r = http.post("/v1/rank", json=body)
+            answers.append(Answer(start, time.monotonic(), r.status_code, r.headers.get("retry-after")))
+            if r.status_code == 200:
+                break
+    failed = [a for a in answers if a.status != 200]
+    print(f"the only Ranker replica killed: {len(failed)} requests answered "
+          f"{sorted({a.status for a in failed})} with Retry-After {sorted({a.retry_after for a in failed})} "
+          f"in at most {max(a.end - a.start for a in failed):.1f} s each; 200 again after "
+          f"{answers[-1].end - killed_at:.1f} s")
+    assert answers[-1].status == 200, "the Ranker was not restarted within 90 s"
+    assert failed and all(a.status == 503 and a.retry_after == "1" for a in failed), failed
+    assert max(a.end - a.start for a in failed) < SERVE.request_timeout_s  # before the proxy's 408
 
 
 async def _overload(url: str, clients: int, seconds: float) -> list[Answer]:
