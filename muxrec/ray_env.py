@@ -79,12 +79,13 @@ def use_kept_ray() -> str | None:
     when it is imported, so the CLI calls this before anything imports Ray; a program that imported
     Ray first (a script calling muxrec's Python API) has Ray read it again, as `ray.init` does when it
     turns token authentication on itself (without: "Authentication token is missing or incorrect"
-    until the join gives up).
+    until the join gives up). RAY_ADDRESS set to the kept Ray's own address (as `muxrec ray status`
+    prints it) joins it the same way; another RAY_ADDRESS is a cluster of the user's, joined as it is.
     """
-    if os.environ.get("RAY_ADDRESS"):
-        return None
     kept = kept_ray_address()
-    if kept and "RAY_AUTH_MODE" not in os.environ:
+    if not kept or os.environ.get("RAY_ADDRESS", kept) != kept:
+        return None
+    if "RAY_AUTH_MODE" not in os.environ:
         os.environ["RAY_AUTH_MODE"] = "token"
         if "ray._raylet" in sys.modules:
             from ray._raylet import Config

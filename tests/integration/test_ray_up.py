@@ -35,6 +35,12 @@ def test_ray_up_is_joined_by_later_processes_and_ray_down_stops_it(tmp_path):
         gcs, cpus = joined.stdout.split()
         assert gcs.endswith(f":{port}") and cpus == "1.0"  # the kept Ray, not a new one (which has every CPU)
         assert "Started a local Ray instance" not in joined.stderr
+        # RAY_ADDRESS naming the kept Ray joins it the same way (its token auth included).
+        named = subprocess.run([sys.executable, "-c", "import ray; from muxrec.ray_env import ensure_ray; "
+                                "ensure_ray(); print(ray.get_runtime_context().gcs_address)"],
+                               capture_output=True, text=True, env={**env, "RAY_ADDRESS": address}, timeout=120)
+        assert named.returncode == 0, named.stderr[-3000:]
+        assert named.stdout.strip().endswith(f":{port}")
     finally:
         down = _muxrec("ray", "down", env=env)
     assert down.returncode == 0 and "Ray stopped" in down.stderr
