@@ -264,6 +264,9 @@ def _quiet_worker_pool_notice() -> None:
     ray_worker.print_to_stdstream = print_to_stdstream
 
 
+DRAIN_ENV = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"  # Ray's seconds of draining a node on SIGTERM
+
+
 def ray_up(num_cpus: int | None = None, timeout: float = 120.0) -> str:
     """Start a local Ray head bound to 127.0.0.1 that later muxrec commands join; return its address."""
     running = kept_ray_address()
@@ -281,7 +284,10 @@ def ray_up(num_cpus: int | None = None, timeout: float = 120.0) -> str:
     # A token in ~/.ray (made if missing) guards the cluster. Ray's processes read their system config
     # from RAY_<name> variables too (`ray start` has no public flag for it).
     pool = {f"RAY_{name}": str(value) for name, value in _worker_pool_config(cpus).items()}
-    env = {**os.environ, **_LOOPBACK_ENV, "RAY_AUTH_MODE": "token", **pool}
+    # No drain on SIGTERM (Ray's default waits up to 30 s for the node to go idle, and after a training
+    # run here it never did): `muxrec ray down` stops this Ray at once, as a user's own choice overrides.
+    drain = {DRAIN_ENV: os.environ.get(DRAIN_ENV, "0")}
+    env = {**os.environ, **_LOOPBACK_ENV, "RAY_AUTH_MODE": "token", **pool, **drain}
     with log_path.open("w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     deadline = time.monotonic() + timeout
@@ -310,9 +316,9 @@ def ray_down(timeout: float = 30.0) -> bool:
 def _stop_group(pid: int, timeout: float = 30.0) -> bool:
     """SIGTERM to `ray start --block` (it stops what it started), then SIGKILL to its process group.
 
-    Only the leader gets the SIGTERM: it drains the node (the raylet ends once idle) and then stops GCS
-    and the rest in order, ~4 s here. SIGTERM to the whole group killed the raylet under it, and the
-    leader then waited out its 30 s drain timeout for a drain that could no longer happen."""
+    Only the leader gets the SIGTERM: it stops the raylet, GCS and the rest in order, ~4 s here. A
+    SIGTERM to the whole group killed the raylet under it, and the leader then waited out its 30 s
+    drain timeout (see ray_up) for a drain that could no longer happen."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:  # the leader is gone: whatever is left of its group gets the SIGTERM

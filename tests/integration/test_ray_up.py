@@ -44,9 +44,9 @@ def test_ray_up_is_joined_by_later_processes_and_ray_down_stops_it(tmp_path):
     finally:
         down = _muxrec("ray", "down", env=env)
     assert down.returncode == 0 and "Ray stopped" in down.stderr
-    # The head drained and stopped in order (a SIGTERM to every Ray process at once left it waiting out
-    # a 30 s drain timeout, then killed).
+    # The head stopped at once: no drain on SIGTERM, which waited up to 30 s (and after a training run
+    # never finished), and no SIGTERM to every Ray process at once (the drain then failed after 30 s).
     log = next(tmp_path.rglob("ray-up.log")).read_text(errors="replace")
-    assert "received SIGTERM" in log and "Failed to mark the local node as draining" not in log
+    assert "Draining for up to" not in log and "Failed to mark the local node as draining" not in log
     assert _muxrec("ray", "status", env=env).stdout.strip() == "not running"
     assert "no Ray kept" in _muxrec("ray", "down", env=env).stderr
