@@ -42,6 +42,9 @@ def ml100k_dir() -> Path:
     return path
 
 
+SESSION = {"owns_ray": False}  # facts about this test session's Ray that fixtures share
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray instance for the whole session, shared by the integration and e2e tiers."""
@@ -49,7 +52,7 @@ def ray_cluster():
 
     from muxrec.ray_env import ensure_ray
 
-    ensure_ray(num_cpus=2)
+    SESSION["owns_ray"] = ensure_ray(num_cpus=2)  # False when it joined RAY_ADDRESS or a `muxrec ray up`
     yield ray
     ray.shutdown()
 

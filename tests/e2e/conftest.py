@@ -1,7 +1,7 @@
 """The Serve application started once for the e2e tier, on a small model trained by the real pipeline.
 
-Order matters on a 2-CPU box: the models are trained (Ray Train) before Serve takes its CPUs, and
-Serve is shut down when the session ends.
+Order matters on a 2-CPU box: the models are trained (Ray Train) before Serve takes its CPUs; Serve
+ends with the session's Ray (or is shut down, on a Ray the session joined).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from muxrec.artifacts import ArtifactRegistry, ModelVersion
 
-from tests.conftest import MODEL, REPO
+from tests.conftest import MODEL, REPO, SESSION
 
 ADMIN_TOKEN = "e2e-admin-token-0123456789"
 
@@ -48,7 +48,8 @@ def served(small_models, redis_url) -> Served:
                          "redis_url": redis_url, "admin_token": ADMIN_TOKEN})
     wait_ready(url)
     yield Served(url, registry, v1, v2, spec_path)
-    serve.shutdown()
+    if not SESSION["owns_ray"]:  # a Ray of this session's own ends with it, Serve included: 5 s sooner
+        serve.shutdown()
 
 
 def extra_app(served: Served, name: str, overrides: dict) -> str:
