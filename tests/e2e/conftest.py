@@ -68,12 +68,18 @@ def extra_app(served: Served, name: str, overrides: dict) -> str:
     return f"{served.url}/{name}"
 
 
+def delete_app(name: str) -> None:
+    """serve.delete without waiting for the replicas' graceful stop (4-5 s per app here): the tests after
+    it use other apps, and these reserve almost no CPU."""
+    from ray import serve
+
+    serve.delete(name, _blocking=False)
+
+
 @pytest.fixture(scope="session")
 def redisless_app(served) -> str:
     """A second copy of the app under /local, one replica each, with no Redis (the in-process cache) and
     model calls that give up after 2 s (call_timeout_s; 5 s by default). The tests of either share it:
     a deployment costs ~10 s here. A test that kills a replica waits until the app answers again."""
-    from ray import serve
-
     yield extra_app(served, "local", {"call_timeout_s": 2.0, "redis_url": ""})
-    serve.delete("local")
+    delete_app("local")

@@ -33,6 +33,7 @@ from muxrec.pipelines.encoders import fit_text_projection
 from muxrec.spec import ModelInputs, parse_spec
 
 from tests.conftest import REPO
+from tests.e2e.conftest import delete_app
 from tests.helpers import synthetic_raw, synthetic_spec
 
 pytestmark = pytest.mark.e2e
@@ -96,9 +97,7 @@ def content_app(served, redis_url, tmp_path_factory) -> ContentApp:
                          "redis_url": redis_url, "max_image_bytes": MAX_IMAGE_BYTES})
     wait_ready(url)
     yield ContentApp(url, version, raw, redis_url)
-    from ray import serve
-
-    serve.delete("content")
+    delete_app("content")
 
 
 def _b64_file(path: str) -> str:

@@ -15,7 +15,7 @@ import redis
 from muxrec.services.cache import cache_key, decode_vector, encode_vector
 
 from tests.conftest import REPO
-from tests.e2e.conftest import ADMIN_TOKEN, extra_app
+from tests.e2e.conftest import ADMIN_TOKEN, delete_app, extra_app
 from tests.e2e.test_gateway import _json, _rows, _tag
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +58,7 @@ def test_live_version_survives_a_gateway_and_ranker_redeploy(served):
         assert served_by_v2 == len(versions) and live == served.v2.ref
         assert ready["ranker_versions"] == [served.v2.version]  # the serving version, not `latest`
     finally:
-        serve.delete(name)
+        delete_app(name)
 
 
 def _surrogate_bodies() -> list[tuple[str, str, str]]:
