@@ -6,7 +6,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,19 +46,22 @@ def _batches(ds: Dataset) -> Iterator[pa.Table]:
     return ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=2)
 
 
-def write_parquet(ds: Dataset, folder: Path, rows_per_file: int = 1_000_000) -> int:
+def write_parquet(ds: Dataset, folder: Path, rows_per_file: int = 1_000_000,
+                  on_rows: Callable[[int], object] | None = None) -> int:
     """Write `ds` to folder/part-00000.parquet, part-00001.parquet, ... in dataset order; return rows.
 
     Ray's own Parquet writer coalesces blocks into files in the order they finish, so two runs over
     the same input can write the same rows in different orders (seen here in 3 of 15 reruns). The
     blocks are still produced in parallel; only the writing is sequential, in the order Ray Data
     yields them (preserve_order is on, see ray_env), which makes a rerun's files identical. The
-    driver holds a few blocks at a time, never the dataset.
+    driver holds a few blocks at a time, never the dataset. `on_rows(n)` is called after each block
+    (n rows), e.g. to move a progress bar.
     """
-    return write_parquet_by(ds, None, {None: folder}, rows_per_file)[None]
+    return write_parquet_by(ds, None, {None: folder}, rows_per_file, on_rows)[None]
 
 
-def write_parquet_by(ds: Dataset, column: str | None, folders: dict, rows_per_file: int = 1_000_000) -> dict:
+def write_parquet_by(ds: Dataset, column: str | None, folders: dict, rows_per_file: int = 1_000_000,
+                     on_rows: Callable[[int], object] | None = None) -> dict:
     """Like write_parquet, in one pass, routing rows by the value of `column` (dropped) to folders[value].
 
     Values without a folder are an error. Returns the rows written per value.
@@ -66,6 +69,8 @@ def write_parquet_by(ds: Dataset, column: str | None, folders: dict, rows_per_fi
     parts = {value: _Parts(folder, rows_per_file) for value, folder in folders.items()}
     try:
         for batch in _batches(ds):
+            if on_rows is not None:
+                on_rows(batch.num_rows)
             if column is None:
                 parts[None].write(batch)
                 continue

@@ -8,12 +8,15 @@ hash-verified version once (an alias is resolved before the run starts, so a con
 cannot mix versions), and scores blocks through the same derive -> encode -> model path as the
 Ranker, all vectorised (Arrow kernels and numpy; the model's forward pass is most of the time). Output goes to a staging folder that replaces `--output` only when the run
 succeeds; rows are written in input order to deterministic file names, so a rerun gives the same
-files.
+files. It says what it scores, with what, and, at the end, the rows and their rate; a terminal gets a
+bar of the rows written.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +26,12 @@ import pyarrow.dataset as pads
 import ray
 import torch
 from ray.data import ActorPoolStrategy
+from tqdm import tqdm
 
 from muxrec.artifacts import ArtifactRegistry
 from muxrec.encoding import derive
 from muxrec.errors import DataError, find_muxrec_error
+from muxrec.log import say
 from muxrec.models.serialization import load_model
 from muxrec.pipelines.io import replacing, write_parquet
 from muxrec.ray_env import ensure_ray
@@ -127,11 +132,18 @@ def score(registry: ArtifactRegistry, name: str, ref: str, input_dir: str | Path
             batch_format="pyarrow", batch_size=batch_size, num_cpus=actor_cpus,  # spread: Ray Data's default
             compute=ActorPoolStrategy(min_size=pool[0], max_size=pool[1]) if isinstance(pool, tuple)
             else ActorPoolStrategy(size=pool))
-        with replacing(Path(output_dir)) as staging:
-            rows = write_parquet(scored, staging)
+        total = sum(f.count_rows() for f in fragments)  # from the files' footers
+        actors = f"{pool[0]}-{pool[1]}" if isinstance(pool, tuple) else str(pool)
+        say(f"scoring {total:,} rows ({len(fragments)} file(s)) with {version.ref} on {actors} actor(s)")
+        start = time.perf_counter()
+        with replacing(Path(output_dir)) as staging, tqdm(total=total, unit="rows", unit_scale=True, desc="score",
+                                                          disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
+            rows = write_parquet(scored, staging, on_rows=bar.update)
     except Exception as err:
         ours = find_muxrec_error(err)
         if ours is not None and ours is not err:
             raise ours from None
         raise
+    seconds = time.perf_counter() - start
+    say(f"scored {rows:,} rows in {seconds:.1f} s ({rows / max(seconds, 1e-9) * 60:,.0f} rows/min) into {output_dir}")
     return {"output": str(output_dir), "rows": rows, "model_version": version.ref}

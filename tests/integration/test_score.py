@@ -52,7 +52,7 @@ def scored_v1(small_models, rows_dir):
         return out, score(registry, MODEL, "v0001", folder, out, batch_size=200)
 
 
-def test_score_matches_the_model_and_reruns_identically(small_models, rows_dir, scored_v1, tmp_path):
+def test_score_matches_the_model_and_reruns_identically(small_models, rows_dir, scored_v1, tmp_path, capsys):
     registry, v1, v2, _ = small_models
     folder, raw = rows_dir
     out = tmp_path / "scored"
@@ -73,7 +73,11 @@ def test_score_matches_the_model_and_reruns_identically(small_models, rows_dir, 
     assert names and all(n.startswith("part-") for n in names)
     # A rerun gives the same files, rows in the same order (the autoscaling pool's run in
     # test_streaming.py must equal a one-actor run too).
+    capsys.readouterr()
     score(registry, MODEL, "v0001", folder, out, batch_size=200)
+    said = capsys.readouterr().err  # progress for people: what runs on what, then the rows and the rate
+    assert f"[muxrec] scoring {raw.num_rows:,} rows (2 file(s)) with {v1.ref} on 1 actor(s)" in said, said
+    assert f"[muxrec] scored {raw.num_rows:,} rows in " in said and " rows/min) into " in said, said
     assert sorted(p.name for p in out.iterdir()) == names
     assert pq.read_table(out).equals(scored)
 
