@@ -54,8 +54,8 @@ def write_parquet(ds: Dataset, folder: Path, rows_per_file: int = 1_000_000,
     the same input can write the same rows in different orders (seen here in 3 of 15 reruns). The
     blocks are still produced in parallel; only the writing is sequential, in the order Ray Data
     yields them (preserve_order is on, see ray_env), which makes a rerun's files identical. The
-    driver holds a few blocks at a time, never the dataset. `on_rows(n)` is called after each block
-    (n rows), e.g. to move a progress bar.
+    driver holds a few blocks at a time, never the dataset. `on_rows(n)` is called as each block (n rows)
+    arrives, e.g. to move a progress bar.
     """
     return write_parquet_by(ds, None, {None: folder}, rows_per_file, on_rows)[None]
 
