@@ -43,20 +43,25 @@ _READER_CPUS = 0.25
 _MIN_BLOCK_BYTES = 1 << 20
 
 
-def _block_count(fragments: list[pads.Fragment], blocks: int) -> int:
+def _block_count(fragments: list[pads.Fragment], blocks: int, rows: int | None = None) -> int:
     """How many blocks to read the input as: `blocks`, or one per file where there are more files, but
     none under `_MIN_BLOCK_BYTES` of Arrow data (a small input makes fewer blocks than asked for, whatever
     its number of files). Ray Data's Parquet reader cuts files (by row group, then by rows) to make the
     count it is asked for. Arrow's size in memory is taken from the first rows of the first file (the
-    files' own sizes are compressed and encoded)."""
+    files' own sizes are compressed and encoded). `rows`: the input's rows, where the caller counted them."""
     if not fragments or len(fragments) >= blocks:
         return max(1, len(fragments))
-    rows = sum(f.count_rows() for f in fragments)  # from the files' footers
+    if rows is None:
+        rows = _row_count(fragments)
     sample = fragments[0].head(1024)
     if not rows or not sample.num_rows:
         return len(fragments)
     arrow_bytes = rows * sample.nbytes / sample.num_rows
     return max(1, min(blocks, math.ceil(arrow_bytes / _MIN_BLOCK_BYTES)))
+
+
+def _row_count(fragments: list[pads.Fragment]) -> int:
+    return sum(f.count_rows() for f in fragments)  # from the files' footers
 
 
 def _largest(pool: Concurrency) -> int:
@@ -117,7 +122,8 @@ def score(registry: ArtifactRegistry, name: str, ref: str, input_dir: str | Path
     ensure_ray()
     pool = actor_pool(concurrency)
     # A few blocks per actor at least: Ray Data gives a whole block to one actor.
-    blocks = _block_count(fragments, max(len(fragments), 4 * _largest(pool)))
+    total = _row_count(fragments)
+    blocks = _block_count(fragments, max(len(fragments), 4 * _largest(pool)), total)
     pool = _no_more_actors_than(pool, blocks)
     # Each actor computes with one thread. The pool leaves a CPU free on each node (actors are spread
     # over the nodes) and the reader tasks ask for a quarter of one: readers waiting behind actors that
@@ -132,7 +138,6 @@ def score(registry: ArtifactRegistry, name: str, ref: str, input_dir: str | Path
             batch_format="pyarrow", batch_size=batch_size, num_cpus=actor_cpus,  # spread: Ray Data's default
             compute=ActorPoolStrategy(min_size=pool[0], max_size=pool[1]) if isinstance(pool, tuple)
             else ActorPoolStrategy(size=pool))
-        total = sum(f.count_rows() for f in fragments)  # from the files' footers
         actors = f"{pool[0]}-{pool[1]}" if isinstance(pool, tuple) else str(pool)
         say(f"scoring {total:,} rows ({len(fragments)} file(s)) with {version.ref} on {actors} actor(s)")
         start = time.perf_counter()
